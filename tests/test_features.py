@@ -1,0 +1,142 @@
+"""Per-cluster error vectors Psi against a NumPy loop."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import RTOL
+from uniroute_jax import cluster_errors
+from uniroute_jax import features
+
+
+def numpy_psi(cluster, loss, mask, weights, k, prior):
+  n, m = loss.shape
+  psi, counts = np.zeros((k, m)), np.zeros((k, m))
+  overall = np.zeros(m)
+  for j in range(m):
+    s = c = 0.0
+    for i in range(n):
+      if mask[i, j]:
+        s += weights[i] * loss[i, j]
+        c += weights[i]
+    overall[j] = s / c
+  for j in range(m):
+    for g in range(k):
+      s = c = 0.0
+      for i in range(n):
+        if cluster[i] == g and mask[i, j]:
+          s += weights[i] * loss[i, j]
+          c += weights[i]
+      counts[g, j] = c
+      psi[g, j] = (s + prior * overall[j]) / (c + prior) if c + prior > 0 else overall[j]
+  return psi, counts, overall
+
+
+def problem(n=60, m=5, k=6, seed=0, dtype=np.float64):
+  rng = np.random.default_rng(seed)
+  cluster = rng.integers(0, k - 1, size=n)  # cluster k-1 stays empty
+  # A mix of 0/1 errors and graded scores.
+  loss = np.where(rng.random((n, m)) < 0.5, rng.integers(0, 2, (n, m)),
+                  rng.random((n, m))).astype(dtype)
+  mask = rng.random((n, m)) < 0.8
+  mask[0] = True
+  weights = rng.uniform(0.2, 2.0, size=n).astype(dtype)
+  return cluster, loss, mask, weights
+
+
+@pytest.mark.parametrize("prior", [0.0, 2.5])
+def test_matches_numpy_loop(dtype, mode, prior):
+  cluster, loss, mask, weights = problem(dtype=dtype)
+  out = cluster_errors(cluster, loss, num_clusters=6, mask=mask,
+                       weights=weights, prior_strength=prior)
+  psi, counts, overall = numpy_psi(cluster, loss, mask, weights, 6, prior)
+  rtol = RTOL[dtype] * 10
+  np.testing.assert_allclose(np.asarray(out.psi), psi, rtol=rtol)
+  np.testing.assert_allclose(np.asarray(out.counts), counts, rtol=rtol)
+  np.testing.assert_allclose(np.asarray(out.overall), overall, rtol=rtol)
+  assert out.psi.dtype == dtype
+
+
+def test_empty_cluster_gets_the_overall_error():
+  cluster, loss, mask, _ = problem()
+  out = cluster_errors(cluster, loss, num_clusters=6, mask=mask)
+  np.testing.assert_array_equal(np.asarray(out.counts[5]), 0.0)
+  np.testing.assert_allclose(np.asarray(out.psi[5]), np.asarray(out.overall))
+
+
+def test_soft_one_hot_equals_hard():
+  cluster, loss, mask, weights = problem()
+  hard = cluster_errors(cluster, loss, num_clusters=6, mask=mask, weights=weights)
+  soft = cluster_errors(np.eye(6)[cluster], loss, mask=mask, weights=weights)
+  for a, b in zip(hard, soft):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+
+
+def test_soft_membership_is_a_weighted_mean():
+  rng = np.random.default_rng(3)
+  phi = rng.dirichlet(np.ones(3), size=40)
+  loss = rng.random((40, 4))
+  out = cluster_errors(phi, loss)
+  expected = (phi.T @ loss) / phi.sum(0)[:, None]
+  np.testing.assert_allclose(np.asarray(out.psi), expected, rtol=1e-12)
+
+
+def test_masking_a_label_equals_removing_it():
+  cluster, loss, mask, weights = problem()
+  mask[:] = True
+  mask[7, 2] = False
+  masked = cluster_errors(cluster, loss, num_clusters=6, mask=mask)
+  keep = np.arange(len(loss)) != 7
+  removed = cluster_errors(cluster[keep], loss[keep], num_clusters=6)
+  np.testing.assert_allclose(np.asarray(masked.psi[:, 2]),
+                             np.asarray(removed.psi[:, 2]), rtol=1e-12)
+
+
+def test_invariant_to_prompt_order_and_weight_scale():
+  cluster, loss, mask, weights = problem()
+  base = cluster_errors(cluster, loss, num_clusters=6, mask=mask, weights=weights)
+  perm = np.random.default_rng(5).permutation(len(loss))
+  permuted = cluster_errors(cluster[perm], loss[perm], num_clusters=6,
+                            mask=mask[perm], weights=3.0 * weights[perm])
+  np.testing.assert_allclose(np.asarray(base.psi), np.asarray(permuted.psi),
+                             rtol=1e-12)
+
+
+def test_shrinkage_pulls_tiny_clusters_towards_overall():
+  loss = np.array([[0.0], [0.0], [1.0], [1.0], [1.0], [1.0]])
+  cluster = np.array([0, 1, 1, 1, 1, 1])
+  plain = cluster_errors(cluster, loss, num_clusters=2)
+  shrunk = cluster_errors(cluster, loss, num_clusters=2, prior_strength=1.0)
+  overall = 4 / 6
+  assert float(plain.psi[0, 0]) == 0.0
+  np.testing.assert_allclose(float(shrunk.psi[0, 0]), (0 + overall) / 2)
+  np.testing.assert_allclose(float(shrunk.psi[1, 0]), (4 + overall) / 6)
+
+
+def test_traced_inputs_and_no_retrace():
+  cluster, loss, mask, weights = problem()
+  f = jax.jit(lambda c, l: cluster_errors(c, l, num_clusters=6).psi)
+  np.testing.assert_allclose(
+      np.asarray(f(cluster, loss)),
+      np.asarray(cluster_errors(cluster, loss, num_clusters=6).psi), rtol=1e-12)
+  cluster_errors(cluster, loss, num_clusters=6, mask=mask, prior_strength=1.0)
+  before = features._cluster_errors._cache_size()
+  cluster_errors(cluster, 1 - loss, num_clusters=6, mask=~mask | mask,
+                 prior_strength=3.0, weights=weights)
+  assert features._cluster_errors._cache_size() == before
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(loss=np.full((4, 2), 1.5)), r"loss must lie in \[0.0, 1.0\]"),
+    (dict(loss=np.ones((3, 2))), "membership and loss must agree"),
+    (dict(membership=np.array([0, 1, 2, 0])), r"membership must lie in \[0, 1\]"),
+    (dict(mask=np.array([[1, 0]] * 4, bool)), "LLM 1 has no labelled prompt"),
+    (dict(prior_strength=-1.0), "prior_strength must be non-negative"),
+    (dict(num_clusters=None), "num_clusters must be given"),
+])
+def test_bad_input(bad, match):
+  args = dict(membership=np.array([0, 1, 1, 0]), loss=np.full((4, 2), 0.5),
+              num_clusters=2)
+  args.update(bad)
+  with pytest.raises(ValueError, match=match):
+    cluster_errors(args.pop("membership"), args.pop("loss"), **args)

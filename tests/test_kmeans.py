@@ -1,0 +1,277 @@
+"""k-means against scikit-learn and brute force, in float32 and float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from conftest import RTOL
+from uniroute_jax import clustering as km
+from uniroute_jax import assign_clusters, kmeans, kmeans_plusplus
+
+
+def blobs(n=600, d=5, centres=4, seed=0, dtype=np.float64, spread=4.0):
+  rng = np.random.default_rng(seed)
+  mu = rng.normal(scale=spread, size=(centres, d))
+  label = rng.integers(centres, size=n)
+  return (mu[label] + rng.normal(size=(n, d))).astype(dtype)
+
+
+def brute_inertia(x, centroids, weights=None):
+  d2 = ((x[:, None, :].astype(np.float64) - centroids[None].astype(np.float64)) ** 2).sum(-1)
+  w = np.ones(len(x)) if weights is None else weights
+  return float((w * d2.min(1)).sum()), d2.argmin(1)
+
+
+def test_matches_sklearn_from_same_init(dtype, mode):
+  x = blobs(dtype=dtype)
+  init = x[[0, 1, 2, 3, 4]]
+  ours = kmeans(None, x, init=init, tol=0.0, max_iter=100)
+  ref = KMeans(5, init=init, n_init=1, tol=0.0, max_iter=100,
+               algorithm="lloyd").fit(x.astype(np.float64))
+  rtol = 1e-5 if dtype == np.float64 else 1e-4
+  np.testing.assert_allclose(float(ours.inertia), ref.inertia_, rtol=rtol)
+  assert adjusted_rand_score(ref.labels_, np.asarray(ours.assignment)) == 1.0
+  np.testing.assert_allclose(np.asarray(ours.centroids), ref.cluster_centers_,
+                             rtol=rtol, atol=rtol)
+  assert int(ours.num_iterations) == ref.n_iter_
+  assert bool(ours.converged)
+  assert ours.centroids.dtype == dtype
+  # The reported inertia is that of the reported assignment and centroids.
+  inertia, labels = brute_inertia(x, np.asarray(ours.centroids))
+  np.testing.assert_allclose(float(ours.inertia), inertia, rtol=RTOL[dtype] * 10)
+  np.testing.assert_array_equal(labels, np.asarray(ours.assignment))
+
+
+def test_jit_equals_eager():
+  x = blobs(n=200)
+  run = lambda: kmeans(jax.random.key(3), x, num_clusters=4, n_init=2)
+  jitted = run()
+  with jax.disable_jit():
+    eager = run()
+  for a, b in zip(jitted, eager):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10)
+
+
+def test_user_jit_of_public_function():
+  x = jnp.asarray(blobs(n=200))
+  f = jax.jit(lambda key, x: kmeans(key, x, num_clusters=3).inertia)
+  direct = kmeans(jax.random.key(1), x, num_clusters=3).inertia
+  np.testing.assert_allclose(float(f(jax.random.key(1), x)), float(direct),
+                             rtol=1e-12)
+
+
+def potential(x, centroids):
+  return brute_inertia(x, np.asarray(centroids))[0]
+
+
+def test_plusplus_beats_random_init_on_average():
+  x = blobs(n=800, centres=10, spread=6.0)
+  pp, rnd = [], []
+  for seed in range(20):
+    key = jax.random.key(seed)
+    pp.append(potential(x, kmeans_plusplus(key, x, num_clusters=10)))
+    rows = np.random.default_rng(seed).choice(len(x), 10, replace=False)
+    rnd.append(potential(x, x[rows]))
+  assert np.mean(pp) < np.mean(rnd)
+
+
+def test_plusplus_centroids_are_distinct_data_points():
+  x = blobs(n=300)
+  c = np.asarray(kmeans_plusplus(jax.random.key(0), x, num_clusters=8))
+  d2 = ((c[:, None] - x[None]) ** 2).sum(-1)
+  np.testing.assert_allclose(d2.min(1), 0.0, atol=1e-9)
+  assert len({tuple(np.round(row, 8)) for row in c}) == 8
+
+
+def test_plusplus_with_duplicate_points_does_not_break():
+  x = np.repeat(np.eye(3), 10, axis=0)
+  c = np.asarray(kmeans_plusplus(jax.random.key(0), x, num_clusters=5))
+  assert np.all(np.isfinite(c))
+  assert len({tuple(row) for row in c}) == 3
+
+
+def test_float32_far_from_origin():
+  x = blobs(dtype=np.float64)
+  init = x[:4]
+  near = kmeans(None, x.astype(np.float32), init=init.astype(np.float32))
+  far = kmeans(None, (x + 1e4).astype(np.float32),
+               init=(init + 1e4).astype(np.float32))
+  assert float(far.inertia) >= 0
+  assert adjusted_rand_score(np.asarray(near.assignment),
+                             np.asarray(far.assignment)) == 1.0
+  np.testing.assert_allclose(float(far.inertia), float(near.inertia), rtol=1e-2)
+  assert np.all(np.asarray(assign_clusters((x + 1e4).astype(np.float32),
+                                           far.centroids).sq_distance) >= 0)
+
+
+def test_integer_weights_equal_repeated_rows(dtype):
+  x = blobs(n=150, dtype=dtype)
+  w = np.random.default_rng(1).integers(0, 4, size=len(x))
+  init = x[w > 0][:3]
+  weighted = kmeans(None, x, init=init, weights=w.astype(dtype), tol=0.0)
+  repeated = kmeans(None, np.repeat(x, w, axis=0), init=init, tol=0.0)
+  np.testing.assert_allclose(np.asarray(weighted.centroids),
+                             np.asarray(repeated.centroids), rtol=RTOL[dtype] * 10,
+                             atol=RTOL[dtype] * 10)
+  np.testing.assert_allclose(float(weighted.inertia), float(repeated.inertia),
+                             rtol=RTOL[dtype] * 10)
+
+
+def test_weights_match_sklearn():
+  x = blobs(n=300)
+  w = np.random.default_rng(2).uniform(0.1, 3.0, size=len(x))
+  init = x[:4]
+  ours = kmeans(None, x, init=init, weights=w, tol=0.0)
+  ref = KMeans(4, init=init, n_init=1, tol=0.0, algorithm="lloyd").fit(
+      x, sample_weight=w)
+  np.testing.assert_allclose(float(ours.inertia), ref.inertia_, rtol=1e-8)
+  np.testing.assert_allclose(np.asarray(ours.centroids), ref.cluster_centers_,
+                             rtol=1e-8)
+
+
+def test_scaling_weights_changes_nothing_but_inertia():
+  x = blobs(n=200)
+  init = x[:3]
+  a = kmeans(None, x, init=init)
+  b = kmeans(None, x, init=init, weights=np.full(len(x), 2.5))
+  np.testing.assert_allclose(np.asarray(a.centroids), np.asarray(b.centroids),
+                             rtol=1e-10)
+  np.testing.assert_allclose(2.5 * float(a.inertia), float(b.inertia), rtol=1e-10)
+
+
+def test_empty_cluster_is_relocated_like_sklearn():
+  x = blobs(n=300)
+  # The last initial centroid is far from every point: empty on iteration 1.
+  init = np.vstack([x[:3], np.full((1, x.shape[1]), 1e3)])
+  ours = kmeans(None, x, init=init, tol=0.0)
+  ref = KMeans(4, init=init, n_init=1, tol=0.0, algorithm="lloyd").fit(x)
+  counts = np.bincount(np.asarray(ours.assignment), minlength=4)
+  assert counts.min() > 0
+  np.testing.assert_allclose(float(ours.inertia), ref.inertia_, rtol=1e-8)
+  assert adjusted_rand_score(ref.labels_, np.asarray(ours.assignment)) == 1.0
+
+
+def test_relocation_moves_the_farthest_point():
+  x = np.array([[0.0], [0.1], [0.2], [10.0]])
+  init = np.array([[0.1], [100.0]])
+  state = km._update_centroids(
+      jnp.asarray(x), jnp.ones(4), jnp.zeros(4, jnp.int32),
+      jnp.asarray(((x - 0.1) ** 2)[:, 0]), jnp.asarray(init))
+  # Cluster 1 had nothing; it takes x=10, which leaves cluster 0.
+  np.testing.assert_allclose(np.asarray(state), [[0.1], [10.0]], atol=1e-12)
+
+
+def test_restarts_keep_the_best_run():
+  x = blobs(n=300, centres=6, spread=3.0)
+  key = jax.random.key(7)
+  best = kmeans(key, x, num_clusters=6, n_init=4)
+  singles = [kmeans(k, x, num_clusters=6) for k in jax.random.split(key, 4)]
+  inertias = [float(s.inertia) for s in singles]
+  np.testing.assert_allclose(float(best.inertia), min(inertias), rtol=1e-12)
+  chosen = singles[int(np.argmin(inertias))]
+  np.testing.assert_array_equal(np.asarray(best.assignment),
+                                np.asarray(chosen.assignment))
+
+
+def test_chunked_equals_unchunked(dtype):
+  x = blobs(n=257, dtype=dtype)
+  init = x[:5]
+  whole = kmeans(None, x, init=init)
+  chunked = kmeans(None, x, init=init, chunk_size=32)
+  np.testing.assert_array_equal(np.asarray(whole.assignment),
+                                np.asarray(chunked.assignment))
+  np.testing.assert_allclose(np.asarray(whole.centroids),
+                             np.asarray(chunked.centroids), rtol=RTOL[dtype])
+  a = assign_clusters(x, whole.centroids, chunk_size=50)
+  np.testing.assert_array_equal(np.asarray(a.cluster), np.asarray(whole.assignment))
+
+
+def test_assign_clusters_matches_brute_force(dtype, mode):
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(100, 7)).astype(dtype)
+  c = rng.normal(size=(9, 7)).astype(dtype)
+  out = assign_clusters(x, c)
+  d2 = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(np.asarray(out.cluster), d2.argmin(1))
+  np.testing.assert_allclose(np.asarray(out.sq_distance), d2.min(1),
+                             rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
+  assert out.cluster.dtype == jnp.int32
+
+
+def test_assignment_invariant_to_translation_and_permutation():
+  x = blobs(n=200)
+  c = x[:4]
+  base = np.asarray(assign_clusters(x, c).cluster)
+  shifted = np.asarray(assign_clusters(x + 50.0, c + 50.0).cluster)
+  np.testing.assert_array_equal(base, shifted)
+  perm = np.random.default_rng(0).permutation(len(x))
+  np.testing.assert_array_equal(np.asarray(assign_clusters(x[perm], c).cluster),
+                                base[perm])
+
+
+def test_prompt_permutation_does_not_change_clustering():
+  x = blobs(n=200)
+  init = x[:4]
+  perm = np.random.default_rng(1).permutation(len(x))
+  a = kmeans(None, x, init=init)
+  b = kmeans(None, x[perm], init=init)
+  np.testing.assert_allclose(np.asarray(a.centroids), np.asarray(b.centroids),
+                             rtol=1e-9)
+  np.testing.assert_array_equal(np.asarray(a.assignment)[perm],
+                                np.asarray(b.assignment))
+
+
+def test_converged_flag():
+  x = blobs(n=400, centres=8, spread=1.0)
+  one_step = kmeans(None, x, init=x[:8], max_iter=1, tol=0.0)
+  assert not bool(one_step.converged)
+  assert int(one_step.num_iterations) == 1
+  loose = kmeans(None, x, init=x[:8], tol=1e6)
+  assert bool(loose.converged)
+  assert int(loose.num_iterations) == 1
+
+
+def test_tolerance_scales_with_the_data():
+  x = blobs(n=300)
+  a = kmeans(None, x, init=x[:4], tol=1e-2)
+  b = kmeans(None, 1000.0 * x, init=1000.0 * x[:4], tol=1e-2)
+  assert int(a.num_iterations) == int(b.num_iterations)
+
+
+def test_low_precision_input_accumulates_in_float32():
+  x = blobs(n=200, dtype=np.float16)
+  out = kmeans(jax.random.key(0), x, num_clusters=3)
+  assert out.centroids.dtype == np.float32
+
+
+def test_no_retrace_when_only_values_change():
+  x = blobs(n=120)
+  kmeans(None, x, init=x[:3], tol=1e-4)
+  before = km._kmeans._cache_size()
+  kmeans(None, x + 1.0, init=x[3:6], tol=1e-3,
+         weights=np.linspace(0.5, 1.5, len(x)))
+  kmeans(None, x * 2.0, init=x[6:9], tol=0.0)
+  assert km._kmeans._cache_size() == before
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(x=np.full((10, 2), np.nan)), "x must be finite"),
+    (dict(num_clusters=11), "num_clusters must be at most"),
+    (dict(num_clusters=0), "num_clusters must be a positive integer"),
+    (dict(weights=-np.ones(10)), "weights must be non-negative"),
+    (dict(weights=np.ones(9)), "weights must have length 10"),
+    (dict(x=np.ones(10)), r"x must be a 2-d array"),
+    (dict(init="bogus"), "init must be"),
+    (dict(init=np.ones((2, 3))), "init must have 2 columns"),
+])
+def test_bad_input(bad, match):
+  args = dict(x=np.random.default_rng(0).normal(size=(10, 2)), num_clusters=2)
+  args.update(bad)
+  if isinstance(args.get("init"), np.ndarray):
+    args.pop("num_clusters")
+  x = args.pop("x")
+  with pytest.raises(ValueError, match=match):
+    kmeans(jax.random.key(0), x, **args)

@@ -1,0 +1,190 @@
+"""The routing rule against brute-force loops over prompts and lambdas."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from uniroute_jax import choose_models, predicted_loss, route, switch_path
+from uniroute_jax import routing
+
+
+def brute_choice(gamma, cost, lam, pool):
+  """Python loop: argmin score, ties to the cheaper LLM, then lower index."""
+  n, m = gamma.shape
+  cost = np.broadcast_to(cost, gamma.shape)
+  out = np.empty(n, int)
+  for i in range(n):
+    best = None
+    for j in range(m):
+      if not pool[j]:
+        continue
+      key = (gamma[i, j] + lam * cost[i, j], cost[i, j], j)
+      if best is None or key < best:
+        best = key
+    out[i] = best[2]
+  return out
+
+
+def problem(n=40, k=5, m=6, seed=0, dtype=np.float64):
+  rng = np.random.default_rng(seed)
+  psi = rng.random((k, m)).astype(dtype)
+  cost = rng.uniform(0.1, 2.0, size=m).astype(dtype)
+  cluster = rng.integers(0, k, size=n)
+  return psi, cost, cluster, rng
+
+
+LAMBDAS = np.array([0.0, 0.01, 0.1, 0.3, 1.0, 10.0])
+
+
+def test_hard_route_matches_brute_force(dtype, mode):
+  psi, cost, cluster, _ = problem(dtype=dtype)
+  out = route(cluster, psi, cost, LAMBDAS.astype(dtype))
+  assert out.choice.shape == (len(LAMBDAS), len(cluster))
+  assert out.choice.dtype == jnp.int32
+  gamma = psi[cluster]
+  np.testing.assert_array_equal(np.asarray(out.predicted_loss), gamma)
+  for l, lam in enumerate(LAMBDAS):
+    np.testing.assert_array_equal(np.asarray(out.choice[l]),
+                                  brute_choice(gamma, cost, lam, np.ones(6, bool)))
+
+
+def test_soft_route_and_per_prompt_costs_match_brute_force(dtype, mode):
+  psi, _, cluster, rng = problem(dtype=dtype)
+  phi = rng.dirichlet(np.ones(5), size=len(cluster)).astype(dtype)
+  cost = rng.uniform(0.1, 2.0, size=(len(cluster), 6)).astype(dtype)
+  out = route(phi, psi, cost, LAMBDAS.astype(dtype))
+  gamma = phi.astype(np.float64) @ psi
+  np.testing.assert_allclose(np.asarray(out.predicted_loss), gamma,
+                             rtol=1e-5 if dtype == np.float32 else 1e-12)
+  for l, lam in enumerate(LAMBDAS):
+    np.testing.assert_array_equal(
+        np.asarray(out.choice[l]),
+        brute_choice(np.asarray(out.predicted_loss), cost, lam, np.ones(6, bool)))
+
+
+def test_pool_mask_is_honoured():
+  psi, cost, cluster, rng = problem(m=8)
+  for trial in range(10):
+    pool = rng.random(8) < 0.5
+    pool[rng.integers(8)] = True
+    choice = np.asarray(route(cluster, psi, cost, LAMBDAS, pool_mask=pool).choice)
+    assert pool[choice].all()
+    for l, lam in enumerate(LAMBDAS):
+      np.testing.assert_array_equal(choice[l],
+                                    brute_choice(psi[cluster], cost, lam, pool))
+
+
+def test_ties_go_to_the_cheaper_llm():
+  gamma = np.array([[0.5, 0.5, 0.5]])
+  cost = np.array([3.0, 1.0, 2.0])
+  assert int(choose_models(gamma, cost, 0.0)[0]) == 1
+  # Exact break-even between LLM 0 (loss .1, cost 2) and LLM 1 (.3, 1).
+  assert int(choose_models(np.array([[0.1, 0.3]]), np.array([2.0, 1.0]), 0.25)[0]) == 1
+
+
+def test_lambda_grid_equals_loop_and_vmap(mode):
+  psi, cost, cluster, _ = problem()
+  grid = route(cluster, psi, cost, LAMBDAS).choice
+  looped = np.stack([np.asarray(route(cluster, psi, cost, lam).choice)
+                     for lam in LAMBDAS])
+  np.testing.assert_array_equal(np.asarray(grid), looped)
+  vmapped = jax.vmap(lambda lam: route(cluster, psi, cost, lam).choice)(
+      jnp.asarray(LAMBDAS))
+  np.testing.assert_array_equal(np.asarray(vmapped), looped)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_vmap_over_pools_with_small_batches(n):
+  psi, cost, cluster, rng = problem()
+  pools = rng.random((n, 6)) < 0.7
+  pools[:, 0] = True
+  f = jax.vmap(lambda pool: routing._route(jnp.asarray(cluster), jnp.asarray(psi),
+                                           jnp.asarray(cost), jnp.asarray(0.1),
+                                           pool).choice)
+  out = np.asarray(f(jnp.asarray(pools)))
+  assert out.shape == (n, len(cluster))
+  for b in range(n):
+    np.testing.assert_array_equal(out[b], brute_choice(psi[cluster], cost, 0.1, pools[b]))
+
+
+def test_no_retrace_when_lambda_cost_or_pool_change():
+  psi, cost, cluster, _ = problem()
+  route(cluster, psi, cost, LAMBDAS)
+  before = routing._route._cache_size()
+  route(cluster, psi * 0.5, cost * 3.0, LAMBDAS * 2.0)
+  route(cluster, psi, cost, LAMBDAS[::-1], pool_mask=np.arange(6) != 2)
+  assert routing._route._cache_size() == before
+
+
+def test_predicted_loss_hard_and_soft():
+  psi, _, cluster, _ = problem()
+  np.testing.assert_array_equal(np.asarray(predicted_loss(cluster, psi)), psi[cluster])
+  np.testing.assert_allclose(np.asarray(predicted_loss(np.eye(5)[cluster], psi)),
+                             psi[cluster], rtol=1e-12)
+
+
+def all_break_evens(gamma, cost, pool):
+  cost = np.broadcast_to(cost, gamma.shape)
+  values = {0.0}
+  for i in range(gamma.shape[0]):
+    for a, b in itertools.combinations(np.flatnonzero(pool), 2):
+      if cost[i, a] != cost[i, b]:
+        lam = (gamma[i, a] - gamma[i, b]) / (cost[i, b] - cost[i, a])
+        if lam > 0:
+          values.add(float(lam))
+  return np.array(sorted(values))
+
+
+def test_switch_path_matches_a_dense_sweep(dtype):
+  rng = np.random.default_rng(2)
+  gamma = rng.random((15, 7)).astype(dtype)
+  cost = rng.uniform(0.1, 2.0, size=(15, 7)).astype(dtype)
+  pool = np.array([1, 1, 0, 1, 1, 1, 1], bool)
+  path = switch_path(gamma, cost, pool_mask=pool)
+  lambdas = np.asarray(path.lambdas, np.float64)
+  # Between consecutive break-evens the choice is constant: probe midpoints.
+  breaks = all_break_evens(gamma.astype(np.float64), cost, pool)
+  probes = np.concatenate([[0.0], (breaks[1:] + breaks[:-1]) / 2, [breaks[-1] + 1]])
+  for lam in probes:
+    steps = (lambdas <= lam).sum(0)
+    state = np.where(steps == 0, np.asarray(path.start),
+                     np.asarray(path.choice)[np.maximum(steps - 1, 0),
+                                             np.arange(15)])
+    np.testing.assert_array_equal(
+        state, brute_choice(gamma.astype(np.float64), cost, lam, pool))
+  # Lambdas ascend along each path; padding steps are +inf.
+  assert np.all(lambdas[1:] >= lambdas[:-1])
+
+
+def test_switch_path_walks_cheaper_each_step():
+  rng = np.random.default_rng(3)
+  gamma, cost = rng.random((20, 6)), rng.uniform(0.1, 1, size=6)
+  path = switch_path(gamma, cost)
+  states = np.vstack([np.asarray(path.start)[None], np.asarray(path.choice)])
+  moved = np.isfinite(np.asarray(path.lambdas))
+  c = cost[states]
+  assert np.all(c[1:][moved] < c[:-1][moved])
+  np.testing.assert_array_equal(states[-1], np.full(20, np.argmin(cost)))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(cost=-np.ones(3)), "cost must be non-negative"),
+    (dict(cost=np.ones(4)), r"cost must have shape \[3\] or \[4, 3\]"),
+    (dict(lambdas=-1.0), "lambdas must be non-negative"),
+    (dict(pool_mask=np.zeros(3, bool)), "pool_mask must leave at least one"),
+    (dict(pool_mask=np.ones(2, bool)), r"pool_mask must have shape \(3,\)"),
+    (dict(membership=np.array([0, 1, 2, 0])), r"membership must lie in \[0, 1\]"),
+    (dict(membership=np.ones((4, 3))), "membership must have 2 columns"),
+    (dict(psi=np.full((2, 3), np.nan)), "psi must be finite"),
+])
+def test_bad_input(bad, match):
+  args = dict(membership=np.array([0, 1, 1, 0]), psi=np.full((2, 3), 0.5),
+              cost=np.ones(3), lambdas=0.5)
+  args.update(bad)
+  pool = args.pop("pool_mask", None)
+  with pytest.raises(ValueError, match=match):
+    route(args["membership"], args["psi"], args["cost"], args["lambdas"],
+          pool_mask=pool)

@@ -1,0 +1,36 @@
+"""uniroute_jax: universal LLM routing (UniRoute, arXiv 2502.08773) in JAX.
+
+The pipeline, one module a step: ``kmeans`` clusters training prompts,
+``features`` turns each LLM's validation errors into a per-cluster feature
+vector Psi, ``routing`` sends each prompt to argmin gamma + lambda * cost,
+``metrics`` scores the resulting deferral curve; ``baselines`` holds the
+paper's comparison routers and ``protocol`` its evaluation.
+"""
+
+from uniroute_jax import baselines, metrics, protocol
+from uniroute_jax.baselines import (
+    ParetoHull, knn_predicted_loss, zero_router_curve, zero_router_hull,
+    zero_router_route)
+from uniroute_jax.data import make_synthetic
+from uniroute_jax.features import ClusterErrors, cluster_errors
+from uniroute_jax.clustering import (
+    Assignment, KMeansResult, assign_clusters, kmeans, kmeans_plusplus)
+from uniroute_jax.metrics import (
+    DeferralCurve, DeferralMetrics, Envelope, curve_from_points, deferral_curve,
+    deferral_metrics, upper_envelope)
+from uniroute_jax.routing import (
+    RoutingResult, SwitchPath, choose_models, predicted_loss, route, switch_path)
+from uniroute_jax.types import RoutingData
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Assignment", "ClusterErrors", "DeferralCurve", "DeferralMetrics",
+    "Envelope", "KMeansResult", "ParetoHull", "RoutingData", "RoutingResult",
+    "SwitchPath", "assign_clusters", "baselines", "choose_models",
+    "cluster_errors", "curve_from_points", "deferral_curve", "deferral_metrics",
+    "kmeans", "kmeans_plusplus", "knn_predicted_loss", "make_synthetic",
+    "metrics", "predicted_loss", "protocol", "route", "switch_path",
+    "upper_envelope", "zero_router_curve", "zero_router_hull",
+    "zero_router_route",
+]

@@ -1,0 +1,257 @@
+"""The routing rule: send each prompt to argmin_m gamma_m(x) + lambda * c_m (eq. 2).
+
+gamma_m(x) = Phi(x)^T Psi(h_m) is the predicted loss of LLM m on prompt x
+(eq. 9). Everything here is vectorised over prompts, LLMs and a grid of
+lambdas, and takes a pool mask, so the pool can change without retracing.
+
+Ties are broken towards the cheaper LLM (then the lower index): at a
+break-even lambda the rule already takes the cheaper side, so the routing at
+lambda equals the state that :func:`switch_path` records as starting there.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from uniroute_jax import _validation as check
+from uniroute_jax.types import Array
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class RoutingResult(NamedTuple):
+  """Output of :func:`route`.
+
+  Attributes:
+    choice: int32 index of the chosen LLM, [n] for a scalar lambda or
+      [L, n] for L lambdas.
+    predicted_loss: [n, m] gamma, the predicted loss of every LLM.
+  """
+
+  choice: Array
+  predicted_loss: Array
+
+
+class SwitchPath(NamedTuple):
+  """How each prompt's choice changes as lambda grows from 0 to infinity.
+
+  Attributes:
+    start: [n] int32 choice at lambda = 0.
+    lambdas: [s, n] the lambda at which step t begins, ascending in t;
+      +inf for steps that never happen (s = m - 1 is the most there can be).
+    choice: [s, n] int32 choice from ``lambdas[t]`` on (the previous choice
+      where the step never happens).
+  """
+
+  start: Array
+  lambdas: Array
+  choice: Array
+
+
+def _argmin_cheapest(score, cost):
+  """argmin over the last axis; among ties, the cheapest, then lowest index."""
+  best = jnp.min(score, axis=-1, keepdims=True)
+  tied_cost = jnp.where(score <= best, cost, jnp.inf)
+  return jnp.argmin(tied_cost, axis=-1).astype(jnp.int32)
+
+
+def _check_cost_and_pool(cost, pool_mask, n: int, m: int, dtype):
+  cost = check.array("cost", cost, ndim=(1, 2), dtype=dtype,
+                     shape_doc="[m] or [n, m]")
+  if cost.shape not in ((m,), (n, m)):
+    raise ValueError(f"cost must have shape [{m}] or [{n}, {m}], got {cost.shape}")
+  check.nonnegative("cost", cost)
+  pool = check.bool_mask("pool_mask", pool_mask, (m,))
+  if check.is_concrete(pool) and m and not bool(jnp.any(pool)):
+    raise ValueError("pool_mask must leave at least one LLM available")
+  return cost, pool
+
+
+def _check_lambdas(lambdas, dtype):
+  lambdas = check.array("lambdas", lambdas, ndim=(0, 1), dtype=dtype,
+                        shape_doc="(a scalar or [L])")
+  check.nonnegative("lambdas", lambdas)
+  return lambdas
+
+
+def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
+  """argmin_m predicted_loss[i, m] + lambda * cost[(i,) m] over available LLMs.
+
+  Args:
+    predicted_loss: [n, m] gamma.
+    cost: [m] or [n, m] non-negative costs.
+    lambdas: a scalar or [L] non-negative trade-offs (traced).
+    pool_mask: optional [m] bool, False for LLMs that are not available.
+
+  Returns:
+    int32 choices, [n] for a scalar lambda, [L, n] for a grid.
+  """
+  dtype = check.compute_dtype(predicted_loss, cost)
+  gamma = check.array("predicted_loss", predicted_loss, ndim=2, dtype=dtype,
+                      shape_doc="[n, m]")
+  n, m = gamma.shape
+  cost, pool = _check_cost_and_pool(cost, pool_mask, n, m, dtype)
+  lambdas = _check_lambdas(lambdas, dtype)
+  return _choose(gamma, cost, lambdas, pool)
+
+
+@jax.jit
+def _choose(gamma, cost, lambdas, pool):
+  cost = jnp.broadcast_to(cost, gamma.shape)
+
+  available = pool[None, :]
+
+  def one(lam):
+    score = jnp.where(available, gamma + lam * cost, jnp.inf)
+    return _argmin_cheapest(score, jnp.where(available, cost, jnp.inf))
+
+  if lambdas.ndim == 0:
+    return one(lambdas)
+  return jax.vmap(one)(lambdas)
+
+
+def predicted_loss(membership, psi) -> Array:
+  """gamma = Phi^T Psi: [n, m] predicted loss of every LLM on every prompt.
+
+  Args:
+    membership: [n] int cluster of each prompt, or [n, k] cluster
+      probabilities.
+    psi: [k, m] per-cluster loss of each LLM (see ``features.cluster_errors``).
+  """
+  dtype = check.compute_dtype(psi, membership if jnp.ndim(membership) == 2 else None)
+  psi = check.array("psi", psi, ndim=2, dtype=dtype, shape_doc="[k, m]")
+  membership = _check_membership(membership, psi.shape[0], dtype)
+  return _predicted_loss(membership, psi)
+
+
+def _check_membership(membership, k: int, dtype):
+  membership = check.array("membership", membership, ndim=(1, 2),
+                           shape_doc="[n] (clusters) or [n, k] (probabilities)")
+  if membership.ndim == 2:
+    if membership.shape[1] != k:
+      raise ValueError(
+          f"membership must have {k} columns like psi has rows, "
+          f"got shape {membership.shape}")
+    membership = membership.astype(dtype)
+    check.nonnegative("membership", membership)
+  else:
+    if not jnp.issubdtype(membership.dtype, jnp.integer):
+      raise ValueError("membership must hold integer cluster indices when 1-d")
+    check.in_range("membership", membership, 0, k - 1)
+  return membership
+
+
+def _predicted_loss(membership, psi):
+  if membership.ndim == 1:
+    return psi[membership]
+  return jnp.matmul(membership, psi, precision=_HIGHEST)
+
+
+def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
+  """Routes prompts given their clusters and the pool's feature vectors (eq. 9).
+
+  r(x) = argmin_m Phi(x)^T Psi(h_m) + lambda * c_m over the available LLMs.
+
+  Args:
+    membership: [n] int cluster of each prompt (UniRoute K-means), or
+      [n, k] cluster probabilities (a learned cluster map).
+    psi: [k, m] per-cluster loss of each LLM in the pool.
+    cost: [m] cost of each LLM, or [n, m] per-prompt costs.
+    lambdas: a scalar or [L] grid of non-negative trade-offs (traced: new
+      values do not retrace).
+    pool_mask: optional [m] bool; an LLM whose entry is False is never chosen.
+
+  Returns:
+    A :class:`RoutingResult`; ``choice`` is [n] or [L, n].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> psi = jnp.array([[0.1, 0.4], [0.5, 0.6]])   # 2 clusters, 2 LLMs
+    >>> cost = jnp.array([10.0, 1.0])
+    >>> route(jnp.array([0, 1]), psi, cost, jnp.array([0.0, 0.1])).choice
+    Array([[0, 0],
+           [1, 1]], dtype=int32)
+  """
+  dtype = check.compute_dtype(psi, cost,
+                              membership if jnp.ndim(membership) == 2 else None)
+  psi = check.array("psi", psi, ndim=2, dtype=dtype, shape_doc="[k, m]")
+  check.finite("psi", psi)
+  k, m = psi.shape
+  membership = _check_membership(membership, k, dtype)
+  n = membership.shape[0]
+  cost, pool = _check_cost_and_pool(cost, pool_mask, n, m, dtype)
+  lambdas = _check_lambdas(lambdas, dtype)
+  return _route(membership, psi, cost, lambdas, pool)
+
+
+@jax.jit
+def _route(membership, psi, cost, lambdas, pool):
+  gamma = _predicted_loss(membership, psi)
+  if membership.ndim == 1 and cost.ndim == 1:
+    # Hard clusters and one cost per LLM: every prompt of a cluster gets the
+    # same choice, so decide once per cluster and gather.
+    per_cluster = _choose(psi, cost, lambdas, pool)
+    return RoutingResult(jnp.take(per_cluster, membership, axis=-1), gamma)
+  return RoutingResult(_choose(gamma, cost, lambdas, pool), gamma)
+
+
+def switch_path(predicted_loss, cost, *, pool_mask=None) -> SwitchPath:
+  """Every change of each prompt's choice as lambda sweeps [0, inf).
+
+  For a prompt whose current choice j is optimal at lambda, the next switch
+  is to a cheaper LLM i at the break-even lambda
+  (gamma_i - gamma_j) / (c_j - c_i), the smallest over cheaper LLMs; the
+  choice then walks down the lower convex hull of {(c_m, gamma_m)}, so there
+  are at most m - 1 switches. This gives the exact deferral curve without a
+  lambda grid.
+
+  Args:
+    predicted_loss: [n, m] gamma.
+    cost: [m] or [n, m] non-negative costs.
+    pool_mask: optional [m] bool.
+
+  Returns:
+    A :class:`SwitchPath` with m - 1 steps (+inf lambdas pad missing ones).
+  """
+  dtype = check.compute_dtype(predicted_loss, cost)
+  gamma = check.array("predicted_loss", predicted_loss, ndim=2, dtype=dtype,
+                      shape_doc="[n, m]")
+  check.finite("predicted_loss", gamma)
+  n, m = gamma.shape
+  cost, pool = _check_cost_and_pool(cost, pool_mask, n, m, dtype)
+  return _switch_path(gamma, cost, pool)
+
+
+@jax.jit
+def _switch_path(gamma, cost, pool):
+  n, m = gamma.shape
+  cost = jnp.broadcast_to(cost, gamma.shape)
+  available = pool[None, :]
+  pool_cost = jnp.where(available, cost, jnp.inf)
+  start = _argmin_cheapest(jnp.where(available, gamma, jnp.inf), pool_cost)
+  rows = jnp.arange(n)
+
+  def step(carry, _):
+    current, lam = carry
+    g_cur = gamma[rows, current][:, None]
+    c_cur = cost[rows, current][:, None]
+    cheaper = available & (cost < c_cur)
+    gap = jnp.where(cheaper, c_cur - cost, 1.0)
+    # Rounding can put a break-even a hair below the current lambda.
+    breakeven = jnp.where(cheaper, jnp.maximum((gamma - g_cur) / gap,
+                                               lam[:, None]), jnp.inf)
+    next_lam = jnp.min(breakeven, axis=1)
+    tied = breakeven <= next_lam[:, None]
+    candidate = jnp.argmin(jnp.where(tied, cost, jnp.inf), axis=1)
+    moves = jnp.isfinite(next_lam)
+    nxt = jnp.where(moves, candidate, current).astype(jnp.int32)
+    return (nxt, jnp.where(moves, next_lam, lam)), (next_lam, nxt)
+
+  steps = max(m - 1, 0)
+  (_, _), (lambdas, choice) = jax.lax.scan(
+      step, (start, jnp.zeros((n,), gamma.dtype)), None, length=steps)
+  return SwitchPath(start, lambdas.reshape(steps, n), choice.reshape(steps, n))

@@ -1,0 +1,83 @@
+"""The dataset type every loader returns, and shared array aliases."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from uniroute_jax import _validation as check
+
+Array = jax.Array
+
+
+class RoutingData(NamedTuple):
+  """Prompts, their embeddings, and the loss of each LLM on each prompt.
+
+  Attributes:
+    embeddings: [n, d] prompt embeddings.
+    loss: [n, m] loss of LLM j on prompt i, in [0, 1] (0-1 error, or
+      1 - quality score). Entries where ``mask`` is False are ignored.
+    mask: [n, m] bool, True where the loss is observed (a missing label is
+      False, never a guessed value).
+    cost: [m] cost per prompt of each LLM, or [n, m] per-prompt costs.
+    model_names: m names.
+    prompt_ids: [n] prompt identifiers.
+  """
+
+  embeddings: np.ndarray
+  loss: np.ndarray
+  mask: np.ndarray
+  cost: np.ndarray
+  model_names: tuple[str, ...]
+  prompt_ids: np.ndarray
+
+  @property
+  def num_prompts(self) -> int:
+    return int(self.loss.shape[0])
+
+  @property
+  def num_models(self) -> int:
+    return int(self.loss.shape[1])
+
+  def validate(self) -> "RoutingData":
+    """Checks shapes and values; returns self so calls can be chained."""
+    emb = check.array("embeddings", self.embeddings, ndim=2, shape_doc="[n, d]")
+    loss = check.array("loss", self.loss, ndim=2, shape_doc="[n, m]")
+    n, m = loss.shape
+    check.same_size("embeddings", emb.shape[0], "loss", n, "prompts")
+    check.finite("embeddings", emb)
+    mask = check.bool_mask("mask", self.mask, (n, m))
+    check.in_range("loss", loss, 0.0, 1.0, where=mask)
+    cost = check.array("cost", self.cost, ndim=(1, 2), shape_doc="[m] or [n, m]")
+    if cost.shape not in ((m,), (n, m)):
+      raise ValueError(
+          f"cost must have shape [{m}] or [{n}, {m}], got {cost.shape}")
+    check.nonnegative("cost", cost)
+    if len(self.model_names) != m:
+      raise ValueError(
+          f"model_names must have {m} entries, got {len(self.model_names)}")
+    if len(set(self.model_names)) != m:
+      raise ValueError("model_names must be unique")
+    if len(self.prompt_ids) != n:
+      raise ValueError(f"prompt_ids must have {n} entries, got {len(self.prompt_ids)}")
+    return self
+
+  def select_prompts(self, index) -> "RoutingData":
+    """The dataset restricted to the prompts ``index`` (indices or bool mask)."""
+    index = np.asarray(index)
+    cost = self.cost[index] if np.ndim(self.cost) == 2 else self.cost
+    return self._replace(
+        embeddings=self.embeddings[index], loss=self.loss[index],
+        mask=self.mask[index], cost=cost,
+        prompt_ids=np.asarray(self.prompt_ids)[index])
+
+  def select_models(self, index) -> "RoutingData":
+    """The dataset restricted to the LLMs ``index`` (indices or bool mask)."""
+    index = np.asarray(index)
+    positions = np.arange(self.num_models)[index]
+    return self._replace(
+        loss=self.loss[:, positions], mask=self.mask[:, positions],
+        cost=np.asarray(self.cost)[..., positions],
+        model_names=tuple(self.model_names[i] for i in positions))
