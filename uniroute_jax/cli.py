@@ -84,12 +84,19 @@ def _run_demo(args) -> int:
 
   key = jax.random.key(args.seed)
   data_key, split_key, fit_key = jax.random.split(key, 3)
-  progress(f"generating {args.prompts} prompts x {args.llms} LLMs")
-  data = make_synthetic(data_key, num_prompts=args.prompts, num_models=args.llms)
-  split = protocol.make_split(split_key, data.num_prompts, data.num_models)
-  n_val = len(split.val)
+  # Everything a user can get wrong is checked before any work starts.
+  split = protocol.make_split(split_key, args.prompts, args.llms)
+  n_train, n_val = len(split.train), len(split.val)
   clusters = args.clusters or protocol.default_num_clusters(n_val)
   neighbors = args.neighbors or protocol.default_num_neighbors(n_val)
+  if clusters > n_train:
+    raise ValueError(f"--clusters must be at most the number of training "
+                     f"prompts ({n_train}), got {clusters}")
+  if neighbors > n_val:
+    raise ValueError(f"--neighbors must be at most the number of validation "
+                     f"prompts ({n_val}), got {neighbors}")
+  progress(f"generating {args.prompts} prompts x {args.llms} LLMs")
+  data = make_synthetic(data_key, num_prompts=args.prompts, num_models=args.llms)
   results = protocol.evaluate_split(
       fit_key, data, split, num_clusters=clusters, num_neighbors=neighbors,
       on_step=progress)

@@ -1,0 +1,154 @@
+"""ZeroRouter and K-NN against brute force."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import RTOL
+from uniroute_jax import (choose_models, deferral_curve, deferral_metrics,
+                          knn_predicted_loss, zero_router_curve,
+                          zero_router_hull, zero_router_route)
+
+
+def brute_hull(loss, cost, pool):
+  """LLMs the static rule picks at 0, between break-evens, or beyond them."""
+  idx = np.flatnonzero(pool)
+  breaks = {0.0}
+  for a, b in itertools.combinations(idx, 2):
+    if cost[a] != cost[b]:
+      lam = (loss[a] - loss[b]) / (cost[b] - cost[a])
+      if lam > 0:
+        breaks.add(lam)
+  breaks = np.array(sorted(breaks))
+  probes = np.concatenate([[0.0], (breaks[1:] + breaks[:-1]) / 2, [breaks[-1] * 2 + 1]])
+  chosen = np.asarray(choose_models(loss[None], cost, probes, pool_mask=pool))[:, 0]
+  return sorted(set(chosen.tolist()), key=lambda j: cost[j])
+
+
+def test_hull_matches_brute_force(dtype):
+  rng = np.random.default_rng(0)
+  for trial in range(20):
+    m = rng.integers(2, 12)
+    loss = rng.random(m).astype(dtype)
+    cost = rng.uniform(0.1, 5.0, size=m).astype(dtype)
+    pool = rng.random(m) < 0.8
+    pool[rng.integers(m)] = True
+    hull = zero_router_hull(loss, cost, pool_mask=pool)
+    size = int(hull.size)
+    expected = brute_hull(loss.astype(np.float64), cost.astype(np.float64), pool)
+    assert np.asarray(hull.models)[:size].tolist() == expected
+    # Padding repeats the dearest vertex.
+    assert np.all(np.asarray(hull.models)[size:] == expected[-1])
+    # Vertices: costs up, losses down, slopes flattening (convex).
+    c, l = np.asarray(hull.cost)[:size], np.asarray(hull.loss)[:size]
+    assert np.all(np.diff(c) > 0) and np.all(np.diff(l) < 0)
+    slopes = np.diff(l) / np.diff(c)
+    assert np.all(np.diff(slopes) > -1e-6)
+
+
+def test_hull_excludes_points_on_an_edge():
+  loss = np.array([0.5, 0.25, 0.0, 0.6])   # LLM 1 is on the segment 0-2
+  cost = np.array([1.0, 2.0, 3.0, 2.0])
+  hull = zero_router_hull(loss, cost)
+  assert int(hull.size) == 2
+  assert np.asarray(hull.models)[:2].tolist() == [0, 2]
+
+
+def test_randomised_route_meets_the_budget():
+  loss = np.array([0.5, 0.3, 0.2])
+  cost = np.array([1.0, 2.0, 4.0])
+  hull = zero_router_hull(loss, cost)
+  n = 200_000
+  choice = np.asarray(zero_router_route(jax.random.key(0), hull, 3.0, num_prompts=n))
+  assert set(np.unique(choice)) == {1, 2}
+  # P(LLM 1) = (4 - 3) / (4 - 2) = 1/2; 5 standard errors of slack.
+  np.testing.assert_allclose((choice == 1).mean(), 0.5, atol=5 * np.sqrt(0.25 / n))
+  np.testing.assert_allclose(cost[choice].mean(), 3.0, atol=5 * np.sqrt(1.0 / n))
+  low = np.asarray(zero_router_route(jax.random.key(1), hull, 0.1, num_prompts=10))
+  high = np.asarray(zero_router_route(jax.random.key(1), hull, 9.0, num_prompts=10))
+  assert np.all(low == 0) and np.all(high == 2)
+
+
+def test_zero_router_curve_is_one_cluster_uniroute():
+  """Prop. 9: ZeroRouter's curve is that of the rule with gamma = mean loss."""
+  rng = np.random.default_rng(1)
+  val = (rng.random((80, 6)) < rng.random(6)).astype(float)
+  test = (rng.random((50, 6)) < rng.random(6)).astype(float)
+  cost = rng.uniform(0.1, 2.0, size=6)
+  hull = zero_router_hull(val.mean(0), cost)
+  zero = deferral_metrics(zero_router_curve(hull, test, cost))
+  gamma = np.broadcast_to(val.mean(0), test.shape)
+  rule = deferral_metrics(deferral_curve(gamma, test, cost))
+  for a, b in zip(zero, rule):
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-12)
+
+
+def numpy_knn(query, reference, loss, mask, k, metric):
+  out = np.zeros((len(query), loss.shape[1]))
+  overall = (loss * mask).sum(0) / mask.sum(0)
+  for i, q in enumerate(query):
+    if metric == "cosine":
+      score = (reference / np.linalg.norm(reference, axis=1, keepdims=True)) @ (
+          q / np.linalg.norm(q))
+    else:
+      score = -((reference - q) ** 2).sum(1)
+    nearest = np.argsort(-score, kind="stable")[:k]
+    for j in range(loss.shape[1]):
+      labelled = nearest[mask[nearest, j]]
+      out[i, j] = loss[labelled, j].mean() if len(labelled) else overall[j]
+  return out
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_matches_numpy(dtype, mode, metric):
+  rng = np.random.default_rng(2)
+  query = rng.normal(size=(30, 6)).astype(dtype)
+  reference = rng.normal(size=(50, 6)).astype(dtype)
+  loss = rng.random((50, 4)).astype(dtype)
+  mask = rng.random((50, 4)) < 0.7
+  mask[:, 3] = False
+  mask[0, 3] = True  # LLM 3: most queries have no labelled neighbour
+  out = knn_predicted_loss(query, reference, loss, num_neighbors=5, mask=mask,
+                           metric=metric)
+  expected = numpy_knn(query.astype(np.float64), reference.astype(np.float64),
+                       loss.astype(np.float64), mask, 5, metric)
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=RTOL[dtype] * 10)
+  assert out.dtype == dtype
+
+
+def test_knn_chunked_equals_whole_and_is_order_invariant():
+  rng = np.random.default_rng(3)
+  query, reference = rng.normal(size=(37, 5)), rng.normal(size=(40, 5))
+  loss = rng.random((40, 3))
+  whole = knn_predicted_loss(query, reference, loss, num_neighbors=4)
+  chunked = knn_predicted_loss(query, reference, loss, num_neighbors=4, chunk_size=8)
+  np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-12)
+  perm = rng.permutation(40)
+  shuffled = knn_predicted_loss(query, reference[perm], loss[perm], num_neighbors=4)
+  np.testing.assert_allclose(np.asarray(shuffled), np.asarray(whole), rtol=1e-12)
+
+
+def test_knn_with_all_neighbours_is_the_mean():
+  rng = np.random.default_rng(4)
+  reference, loss = rng.normal(size=(20, 3)), rng.random((20, 2))
+  out = knn_predicted_loss(rng.normal(size=(5, 3)), reference, loss, num_neighbors=20)
+  np.testing.assert_allclose(np.asarray(out), np.tile(loss.mean(0), (5, 1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(num_neighbors=11), "num_neighbors must be at most"),
+    (dict(metric="manhattan"), "metric must be one of"),
+    (dict(query=np.ones((3, 4))), "same embedding size"),
+    (dict(reference_loss=np.ones((9, 2))), "reference and reference_loss must agree"),
+    (dict(query=np.full((3, 2), np.nan)), "query must be finite"),
+])
+def test_knn_bad_input(bad, match):
+  args = dict(query=np.ones((3, 2)), reference=np.ones((10, 2)),
+              reference_loss=np.zeros((10, 2)), num_neighbors=3)
+  args.update(bad)
+  with pytest.raises(ValueError, match=match):
+    knn_predicted_loss(args.pop("query"), args.pop("reference"),
+                       args.pop("reference_loss"), **args)

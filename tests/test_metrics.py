@@ -1,0 +1,213 @@
+"""Deferral curves and metrics against hand-computed cases and brute force."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from uniroute_jax import (choose_models, curve_from_points, deferral_curve,
+                          deferral_metrics, upper_envelope)
+from uniroute_jax import metrics
+
+
+def two_llm_problem():
+  """Cheap LLM: cost 1, wrong on prompts 0-4. Dear LLM: cost 2, wrong on 0."""
+  loss = np.zeros((10, 2))
+  loss[:5, 0] = 1.0
+  loss[:1, 1] = 1.0
+  return loss, np.array([1.0, 2.0])
+
+
+def test_prompt_blind_router_hand_computed(dtype, mode):
+  loss, cost = two_llm_problem()
+  gamma = np.broadcast_to(loss.mean(0), loss.shape)
+  curve = deferral_curve(gamma.astype(dtype), loss.astype(dtype), cost.astype(dtype))
+  m = deferral_metrics(curve)
+  # Points (0.5, 0.5) and (1, 0.9) in (relative cost, quality):
+  # Area = 0.5 * 0.5 + 0.5 * (0.5 + 0.9) / 2 = 0.6; Area(50%) = 0.25.
+  np.testing.assert_allclose(float(m.area), 0.6, rtol=1e-6)
+  np.testing.assert_allclose(float(m.area50), 0.25, rtol=1e-6)
+  np.testing.assert_allclose(float(m.qnc), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(float(m.peak_quality), 0.9, rtol=1e-6)
+  assert m.area.dtype == dtype
+
+
+def test_oracle_hand_computed(mode):
+  loss, cost = two_llm_problem()
+  curve = deferral_curve(loss, loss, cost)
+  valid = np.asarray(curve.valid)
+  # lambda = 0: prompts 1-4 need the dear LLM (cost 1.4, quality 0.9);
+  # large lambda: everything to the cheap one (cost 1, quality 0.5).
+  np.testing.assert_allclose(np.sort(np.asarray(curve.cost)[valid]), [1.0, 1.4])
+  m = deferral_metrics(curve)
+  # Envelope (0.5, .5) -> (0.7, .9): area = .25 + .2 * .7 + .3 * .9 = .66.
+  np.testing.assert_allclose(float(m.area), 0.66, rtol=1e-12)
+  np.testing.assert_allclose(float(m.area50), 0.25, rtol=1e-12)
+  np.testing.assert_allclose(float(m.qnc), 0.7, rtol=1e-12)
+
+
+def test_qnc_is_infinite_when_never_reached():
+  # The router prefers the cheap LLM everywhere, so its curve is one point
+  # of quality .5 while the best single LLM has .9.
+  loss, cost = two_llm_problem()
+  gamma = np.tile([0.0, 1.0], (10, 1))
+  m = deferral_metrics(deferral_curve(gamma, loss, cost))
+  assert np.isinf(float(m.qnc))
+  np.testing.assert_allclose(float(m.area), 0.5, rtol=1e-12)
+  np.testing.assert_allclose(float(m.peak_quality), 0.5, rtol=1e-12)
+
+
+def test_qnc_zero_when_cheapest_point_reaches_the_best():
+  loss = np.array([[0.0, 1.0], [0.0, 0.0]])
+  m = deferral_metrics(deferral_curve(loss, loss, np.array([1.0, 2.0])))
+  assert float(m.qnc) == 0.0
+  np.testing.assert_allclose(float(m.area), 1.0)
+
+
+def test_envelope_drops_dominated_points():
+  curve = curve_from_points(np.array([1.0, 2.0, 3.0, 4.0]),
+                            np.array([0.5, 0.4, 0.8, 0.7]),
+                            max_cost=4.0, best_quality=0.8)
+  env = upper_envelope(curve)
+  pts = sorted(set(zip(np.asarray(env.relative_cost), np.asarray(env.quality))))
+  np.testing.assert_allclose(pts, [(0.25, 0.5), (0.75, 0.8)])
+  m = deferral_metrics(curve)
+  # .25 * .5 + .5 * (.5 + .8) / 2 + .25 * .8
+  np.testing.assert_allclose(float(m.area), 0.125 + 0.325 + 0.2)
+  np.testing.assert_allclose(float(m.area50), 0.125 + 0.25 * (0.5 + 0.65) / 2)
+
+
+def numpy_area(points, upper):
+  """Independent oracle: Pareto staircase, np.interp on a fine grid."""
+  points = sorted(points, key=lambda p: (p[0], -p[1]))
+  xs, ys, best = [], [], -np.inf
+  for x, y in points:
+    if y > best:
+      xs.append(x)
+      ys.append(y)
+      best = y
+  grid = np.linspace(0.0, upper, 200_001)
+  return np.trapezoid(np.interp(grid, xs, ys), grid)
+
+
+def brute_force_curve(gamma, truth, cost, pool, weights):
+  """Route at 0, every midpoint between break-evens, and beyond the last."""
+  n, m = gamma.shape
+  cost = np.broadcast_to(cost, gamma.shape)
+  breaks = {0.0}
+  for i in range(n):
+    for a, b in itertools.combinations(np.flatnonzero(pool), 2):
+      if cost[i, a] != cost[i, b]:
+        lam = (gamma[i, a] - gamma[i, b]) / (cost[i, b] - cost[i, a])
+        if lam > 0:
+          breaks.add(lam)
+  breaks = np.array(sorted(breaks))
+  probes = np.concatenate([[0.0], (breaks[1:] + breaks[:-1]) / 2,
+                           [breaks[-1] * 2 + 1]])
+  choice = np.asarray(choose_models(gamma, cost, probes, pool_mask=pool))
+  rows = np.arange(n)
+  w = weights / weights.sum()
+  return [(float((w * cost[rows, c]).sum()), float(1 - (w * truth[rows, c]).sum()))
+          for c in choice]
+
+
+@pytest.mark.parametrize("per_prompt_cost", [False, True])
+def test_curve_matches_brute_force_sweep(dtype, per_prompt_cost):
+  rng = np.random.default_rng(0)
+  n, m = 25, 6
+  gamma = rng.random((n, m))
+  truth = (rng.random((n, m)) < 0.4).astype(float)
+  cost = rng.uniform(0.1, 1.0, size=(n, m) if per_prompt_cost else m)
+  pool = np.array([1, 0, 1, 1, 1, 1], bool)
+  weights = rng.integers(0, 3, size=n).astype(float)
+  curve = deferral_curve(gamma.astype(dtype), truth.astype(dtype), cost.astype(dtype),
+                         pool_mask=pool, weights=weights.astype(dtype))
+  valid = np.asarray(curve.valid)
+  ours = np.stack([np.asarray(curve.cost)[valid], np.asarray(curve.quality)[valid]], 1)
+  brute = np.array(brute_force_curve(gamma, truth, cost, pool, weights))
+  tol = 1e-5 if dtype == np.float32 else 1e-12
+  # Same set of points (the sweep may visit a routing more than once).
+  for p in brute:
+    assert np.min(np.abs(ours - p).max(1)) < tol
+  for p in ours:
+    assert np.min(np.abs(brute - p).max(1)) < tol
+  m_ = deferral_metrics(curve)
+  max_cost = float(np.max((np.broadcast_to(cost, (n, m)) * weights[:, None]).sum(0)[pool]
+                          / weights.sum()))
+  rel = [(c / max_cost, q) for c, q in brute]
+  np.testing.assert_allclose(float(m_.area), numpy_area(rel, 1.0), atol=2e-5)
+  np.testing.assert_allclose(float(m_.area50), numpy_area(rel, 0.5), atol=2e-5)
+
+
+def test_metrics_invariances():
+  rng = np.random.default_rng(1)
+  gamma, truth = rng.random((30, 5)), (rng.random((30, 5)) < 0.5).astype(float)
+  cost = rng.uniform(0.1, 1, size=5)
+  base = deferral_metrics(deferral_curve(gamma, truth, cost))
+  perm = rng.permutation(30)
+  permuted = deferral_metrics(deferral_curve(gamma[perm], truth[perm], cost))
+  scaled = deferral_metrics(deferral_curve(gamma, truth, 7.0 * cost))
+  llm_perm = rng.permutation(5)
+  relabelled = deferral_metrics(deferral_curve(gamma[:, llm_perm], truth[:, llm_perm],
+                                               cost[llm_perm]))
+  for other in (permuted, scaled, relabelled):
+    for a, b in zip(base, other):
+      np.testing.assert_allclose(float(a), float(b), rtol=1e-12)
+
+
+def test_zero_weight_prompts_are_left_out():
+  rng = np.random.default_rng(2)
+  gamma, truth = rng.random((20, 4)), (rng.random((20, 4)) < 0.5).astype(float)
+  cost = rng.uniform(0.1, 1, size=4)
+  w = np.ones(20)
+  w[15:] = 0
+  truth_nan = truth.copy()
+  truth_nan[15:] = np.nan  # unknown labels of left-out prompts must not leak
+  a = deferral_metrics(deferral_curve(gamma, truth_nan, cost, weights=w))
+  b = deferral_metrics(deferral_curve(gamma[:15], truth[:15], cost))
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(float(x), float(y), rtol=1e-12)
+
+
+def test_jit_vmap_over_trials_equals_loop():
+  rng = np.random.default_rng(3)
+  gammas = rng.random((4, 12, 3))
+  truths = (rng.random((4, 12, 3)) < 0.5).astype(float)
+  cost = jnp.array([0.2, 0.5, 1.0])
+  pool = jnp.ones(3, bool)
+  w = jnp.ones(12)
+  batched = jax.vmap(lambda g, t: metrics._deferral_metrics(
+      metrics._deferral_curve(g, t, cost, pool, w), None))(gammas, truths)
+  for b in range(4):
+    single = deferral_metrics(deferral_curve(gammas[b], truths[b], cost))
+    for x, y in zip(batched, single):
+      np.testing.assert_allclose(float(x[b]), float(y), rtol=1e-12)
+
+
+def test_no_retrace_when_values_change():
+  rng = np.random.default_rng(4)
+  gamma, truth = rng.random((10, 3)), (rng.random((10, 3)) < 0.5).astype(float)
+  deferral_curve(gamma, truth, np.array([0.1, 0.2, 0.3]))
+  before = metrics._deferral_curve._cache_size()
+  deferral_curve(1 - gamma, 1 - truth, np.array([0.5, 0.2, 0.9]),
+                 pool_mask=np.array([1, 0, 1], bool), weights=np.arange(10.0))
+  assert metrics._deferral_curve._cache_size() == before
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(true_loss=np.full((4, 3), 2.0)), r"true_loss must lie in \[0.0, 1.0\]"),
+    (dict(true_loss=np.zeros((4, 2))), "true_loss must have shape"),
+    (dict(cost=np.zeros(3)), "cost must be positive"),
+    (dict(cost=-np.ones(3)), "cost must be non-negative"),
+    (dict(predicted_loss=np.full((4, 3), np.nan)), "predicted_loss must be finite"),
+    (dict(weights=np.zeros(4)), "weights must have at least one positive"),
+])
+def test_bad_input(bad, match):
+  args = dict(predicted_loss=np.full((4, 3), 0.5), true_loss=np.zeros((4, 3)),
+              cost=np.ones(3))
+  args.update(bad)
+  with pytest.raises(ValueError, match=match):
+    deferral_curve(args.pop("predicted_loss"), args.pop("true_loss"),
+                   args.pop("cost"), **args)
