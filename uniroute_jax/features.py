@@ -63,6 +63,13 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
   Returns:
     A :class:`ClusterErrors`. An LLM with no labelled prompt at all has
     ``overall`` (and so ``psi``) NaN; on concrete inputs that is an error.
+
+  Examples:
+    >>> import numpy as np
+    >>> loss = np.array([[0, 1], [1, 1], [0, 0]], np.float32)  # 3 prompts, 2 LLMs
+    >>> cluster_errors(np.array([0, 0, 1]), loss, num_clusters=2).psi
+    Array([[0.5, 1. ],
+           [0. , 0. ]], dtype=float32)
   """
   dtype = check.compute_dtype(loss, membership if _is_soft(membership) else None)
   loss = check.array("loss", loss, ndim=2, dtype=dtype, shape_doc="[n, m]")

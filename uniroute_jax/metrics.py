@@ -251,6 +251,16 @@ def deferral_metrics(curve: DeferralCurve, *, rtol=None) -> DeferralMetrics:
     rtol: relative slack when testing whether the curve reaches the best
       single LLM's quality; both are means accumulated in floating point, so
       an exact tie can land a few ulps short. Default: 64 ulps of the dtype.
+
+  Examples:
+    The per-prompt oracle on two prompts; the cheap LLM fails the first:
+
+    >>> import numpy as np
+    >>> loss = np.array([[1, 0], [0, 0]], np.float32)
+    >>> curve = deferral_curve(loss, loss, np.array([1, 2], np.float32))
+    >>> m = deferral_metrics(curve)
+    >>> [round(float(v), 4) for v in (m.area, m.area50, m.qnc, m.peak_quality)]
+    [0.6875, 0.25, 0.75, 1.0]
   """
   return _deferral_metrics(curve, rtol)
 
