@@ -65,6 +65,49 @@ def test_soft_route_and_per_prompt_costs_match_brute_force(dtype, mode):
         brute_choice(np.asarray(out.predicted_loss), cost, lam, np.ones(6, bool)))
 
 
+def float64_regret(gamma, cost, lambdas, choice):
+  """How much worse (in float64) each chosen score is than the best one."""
+  score = (gamma.astype(np.float64)[None] +
+           lambdas.astype(np.float64)[:, None, None] * cost.astype(np.float64))
+  got = np.take_along_axis(score, np.asarray(choice)[..., None], -1)[..., 0]
+  return got - score.min(-1)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_many_llms_against_numpy(dtype, soft):
+  """100 LLMs with costs over three decades: every choice is the best one.
+
+  Regression: comparing a score with a separately computed minimum broke on
+  CPUs where XLA contracts only one of them into a fused multiply-add.
+  """
+  rng = np.random.default_rng(7)
+  k, m, n = 100, 100, 3000
+  psi = rng.random((k, m)).astype(dtype)
+  cost = np.exp(rng.uniform(np.log(0.01), np.log(10.0), m)).astype(dtype)
+  lambdas = np.concatenate([[0.0], np.geomspace(1e-3, 10.0, 31)]).astype(dtype)
+  cluster = rng.integers(0, k, size=n)
+  membership = np.eye(k, dtype=dtype)[cluster] if soft else cluster
+  choice = route(membership, psi, cost, lambdas).choice
+  regret = float64_regret(psi[cluster], cost, lambdas, choice)
+  if dtype == np.float64:
+    np.testing.assert_array_equal(regret, 0.0)
+  else:
+    assert regret.max() < 1e-5
+  path = switch_path(psi[cluster[:300]], cost)
+  steps = np.asarray(path.lambdas, np.float64)
+  # Probe each prompt halfway between consecutive switches of its own path.
+  states = np.vstack([np.asarray(path.start)[None], np.asarray(path.choice)])
+  lower = np.vstack([np.zeros((1, 300)), steps])
+  upper = np.vstack([steps, np.full((1, 300), np.inf)])
+  ok = np.isfinite(lower)
+  lower = np.where(ok, lower, 0.0)
+  probe = np.where(np.isfinite(upper), (lower + upper) / 2, lower + 1.0)
+  gamma = psi[cluster[:300]].astype(np.float64)
+  score = gamma[None] + probe[..., None] * cost.astype(np.float64)
+  got = np.take_along_axis(score, states[..., None], -1)[..., 0]
+  assert (got - score.min(-1))[ok].max() <= (1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_pool_mask_is_honoured():
   psi, cost, cluster, rng = problem(m=8)
   for trial in range(10):

@@ -29,11 +29,19 @@ class RoutingResult(NamedTuple):
   Attributes:
     choice: int32 index of the chosen LLM, [n] for a scalar lambda or
       [L, n] for L lambdas.
-    predicted_loss: [n, m] gamma, the predicted loss of every LLM.
+    membership: the [n] clusters or [n, k] cluster probabilities routed.
+    psi: the [k, m] feature vectors routed with.
   """
 
   choice: Array
-  predicted_loss: Array
+  membership: Array
+  psi: Array
+
+  @property
+  def predicted_loss(self) -> Array:
+    """[n, m] gamma = Phi^T Psi, computed on access (the choice never needs
+    the [n, m] matrix when clusters are hard)."""
+    return _predicted_loss(self.membership, self.psi)
 
 
 class SwitchPath(NamedTuple):
@@ -52,11 +60,30 @@ class SwitchPath(NamedTuple):
   choice: Array
 
 
-def _argmin_cheapest(score, cost):
-  """argmin over the last axis; among ties, the cheapest, then lowest index."""
-  best = jnp.min(score, axis=-1, keepdims=True)
-  tied_cost = jnp.where(score <= best, cost, jnp.inf)
-  return jnp.argmin(tied_cost, axis=-1).astype(jnp.int32)
+def lexicographic_argmin(primary, secondary):
+  """Index of the smallest (primary, secondary, index) triple on the last axis.
+
+  One variadic reduction: each score is computed exactly once. Comparing a
+  score with a separately computed minimum is not safe, because XLA may
+  contract ``gamma + lam * cost`` into a fused multiply-add in one place and
+  not in the other, so the two can differ in the last bit.
+  Entries whose primary is +inf are never preferred to finite ones; when a
+  whole row is +inf the result is the last index.
+  """
+  axis = primary.ndim - 1
+  size = primary.shape[axis]
+  index = jax.lax.broadcasted_iota(jnp.int32, primary.shape, axis)
+
+  def smaller(a, b):
+    (pa, sa, ia), (pb, sb, ib) = a, b
+    take_a = (pa < pb) | ((pa == pb) & ((sa < sb) | ((sa == sb) & (ia < ib))))
+    return (jnp.where(take_a, pa, pb), jnp.where(take_a, sa, sb),
+            jnp.where(take_a, ia, ib))
+
+  init = (jnp.array(jnp.inf, primary.dtype), jnp.array(jnp.inf, secondary.dtype),
+          jnp.array(size, jnp.int32))
+  _, _, best = jax.lax.reduce((primary, secondary, index), init, smaller, (axis,))
+  return jnp.minimum(best, size - 1)
 
 
 def _check_cost_and_pool(cost, pool_mask, n: int, m: int, dtype):
@@ -107,7 +134,7 @@ def _choose(gamma, cost, lambdas, pool):
 
   def one(lam):
     score = jnp.where(available, gamma + lam * cost, jnp.inf)
-    return _argmin_cheapest(score, jnp.where(available, cost, jnp.inf))
+    return lexicographic_argmin(score, jnp.where(available, cost, jnp.inf))
 
   if lambdas.ndim == 0:
     return one(lambdas)
@@ -166,7 +193,8 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
     pool_mask: optional [m] bool; an LLM whose entry is False is never chosen.
 
   Returns:
-    A :class:`RoutingResult`; ``choice`` is [n] or [L, n].
+    A :class:`RoutingResult`; ``choice`` is [n] or [L, n], and
+    ``predicted_loss`` the [n, m] gamma.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -190,13 +218,14 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
 
 @jax.jit
 def _route(membership, psi, cost, lambdas, pool):
-  gamma = _predicted_loss(membership, psi)
   if membership.ndim == 1 and cost.ndim == 1:
     # Hard clusters and one cost per LLM: every prompt of a cluster gets the
     # same choice, so decide once per cluster and gather.
     per_cluster = _choose(psi, cost, lambdas, pool)
-    return RoutingResult(jnp.take(per_cluster, membership, axis=-1), gamma)
-  return RoutingResult(_choose(gamma, cost, lambdas, pool), gamma)
+    return RoutingResult(jnp.take(per_cluster, membership, axis=-1),
+                         membership, psi)
+  gamma = _predicted_loss(membership, psi)
+  return RoutingResult(_choose(gamma, cost, lambdas, pool), membership, psi)
 
 
 def switch_path(predicted_loss, cost, *, pool_mask=None) -> SwitchPath:
@@ -232,7 +261,7 @@ def _switch_path(gamma, cost, pool):
   cost = jnp.broadcast_to(cost, gamma.shape)
   available = pool[None, :]
   pool_cost = jnp.where(available, cost, jnp.inf)
-  start = _argmin_cheapest(jnp.where(available, gamma, jnp.inf), pool_cost)
+  start = lexicographic_argmin(jnp.where(available, gamma, jnp.inf), pool_cost)
   rows = jnp.arange(n)
 
   def step(carry, _):
@@ -244,9 +273,9 @@ def _switch_path(gamma, cost, pool):
     # Rounding can put a break-even a hair below the current lambda.
     breakeven = jnp.where(cheaper, jnp.maximum((gamma - g_cur) / gap,
                                                lam[:, None]), jnp.inf)
-    next_lam = jnp.min(breakeven, axis=1)
-    tied = breakeven <= next_lam[:, None]
-    candidate = jnp.argmin(jnp.where(tied, cost, jnp.inf), axis=1)
+    # Several cheaper LLMs can break even at once: the cheapest wins.
+    candidate = lexicographic_argmin(breakeven, cost)
+    next_lam = jnp.take_along_axis(breakeven, candidate[:, None], axis=1)[:, 0]
     moves = jnp.isfinite(next_lam)
     nxt = jnp.where(moves, candidate, current).astype(jnp.int32)
     return (nxt, jnp.where(moves, next_lam, lam)), (next_lam, nxt)
