@@ -250,6 +250,7 @@ def test_low_precision_input_accumulates_in_float32():
 def test_no_retrace_when_only_values_change():
   x = blobs(n=120)
   kmeans(None, x, init=x[:3], tol=1e-4)
+  kmeans(None, x, init=x[:3], weights=np.ones(len(x)))
   before = km._kmeans._cache_size()
   kmeans(None, x + 1.0, init=x[3:6], tol=1e-3,
          weights=np.linspace(0.5, 1.5, len(x)))
@@ -275,3 +276,25 @@ def test_bad_input(bad, match):
   x = args.pop("x")
   with pytest.raises(ValueError, match=match):
     kmeans(jax.random.key(0), x, **args)
+
+
+@pytest.mark.parametrize("impl", ["_nearest_block", "_nearest_tile"])
+def test_both_assignment_kernels_match_brute_force(dtype, impl):
+  """The CPU kernel runs on this machine; the generic one serves GPU and TPU."""
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(301, 9)).astype(dtype)
+  c = rng.normal(size=(13, 9)).astype(dtype)
+  x_sq = (x * x).sum(1)
+  cluster, sq = getattr(km, impl)(jnp.asarray(x), jnp.asarray(x_sq), jnp.asarray(c))
+  d2 = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(np.asarray(cluster), d2.argmin(1))
+  np.testing.assert_allclose(np.asarray(sq), d2.min(1), rtol=RTOL[dtype] * 10,
+                             atol=RTOL[dtype] * 10)
+
+
+def test_layout_blocks_are_whole_tiles():
+  for n, k, chunk in [(10, 3, None), (100_000, 100, None), (1_000_000, 100, None),
+                      (5000, 7, 128), (1, 1, None)]:
+    block, tile = km._layout(n, k, chunk)
+    assert block % tile == 0 and tile >= 1
+    assert block * k <= max(2 ** 24, tile * k) or chunk is not None

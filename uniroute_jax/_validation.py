@@ -56,8 +56,13 @@ def same_size(name_a: str, size_a: int, name_b: str, size_b: int,
         f"got {size_a} and {size_b}")
 
 
+@jax.jit
+def _all_finite(x):
+  return jnp.all(jnp.isfinite(x))
+
+
 def finite(name: str, x) -> None:
-  if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+  if is_concrete(x) and not bool(_all_finite(x)):
     raise ValueError(f"{name} must be finite, but contains NaN or infinity")
 
 

@@ -68,6 +68,22 @@ class Assignment(NamedTuple):
 # ----------------------------------------------------------------- internals
 
 
+# Entries of one CPU tile of the (transposed) distance matrix: small enough
+# to stay in cache between the matmul that writes it and the passes that read it.
+_CPU_TILE_ENTRIES = 1 << 18
+
+
+def _layout(n: int, k: int, chunk_size: int | None) -> tuple[int, int]:
+  """(block, tile) row counts for assignment; block is a multiple of tile.
+
+  ``block`` bounds memory on every platform; ``tile`` is the CPU's
+  cache-sized unit. Rows are padded to a multiple of ``block`` once, up front.
+  """
+  tile = max(1, min(n, max(64, _CPU_TILE_ENTRIES // max(k, 1))))
+  block = _blocks.block_size(n, k, chunk_size)
+  return math.ceil(block / tile) * tile, tile
+
+
 def _nearest_block(x, x_sq, centroids):
   """Nearest centroid for a block of (centred) rows: ([b] int32, [b])."""
   c_sq = jnp.sum(centroids * centroids, axis=1)
@@ -78,10 +94,42 @@ def _nearest_block(x, x_sq, centroids):
   return cluster, jnp.maximum(x_sq + best, 0.0)
 
 
-def _nearest(x, x_sq, centroids, block: int):
-  """Nearest centroid of each row, ``block`` rows at a time."""
-  return _blocks.map_rows(lambda xb, sb: _nearest_block(xb, sb, centroids),
-                          (x, x_sq), block)
+def _nearest_tile(x, x_sq, centroids):
+  """:func:`_nearest_block` for CPUs.
+
+  XLA:CPU runs an argmin reduction as scalar code, which costs more than the
+  matmul itself. With the scores transposed to [k, b], the argmin becomes k
+  vectorised compare-and-select passes over a cache-resident tile.
+  """
+  k = centroids.shape[0]
+  c_sq = jnp.sum(centroids * centroids, axis=1)
+  # Scaling by -2 is exact, so the scores equal those of _nearest_block.
+  scores = jnp.matmul(-2.0 * centroids, x.T, precision=_HIGHEST) + c_sq[:, None]
+
+  def closer(j, state):
+    best, cluster = state
+    row = scores[j]
+    better = row < best
+    return jnp.where(better, row, best), jnp.where(better, j, cluster)
+
+  best, cluster = jax.lax.fori_loop(
+      1, k, closer, (scores[0], jnp.zeros(x.shape[0], jnp.int32)), unroll=4)
+  return cluster, jnp.maximum(x_sq + best, 0.0)
+
+
+def _nearest(x, x_sq, centroids, block: int, tile: int):
+  """Nearest centroid of each row; rows are a multiple of ``block``."""
+
+  def generic(x, x_sq, centroids):
+    return _blocks.map_rows(lambda xb, sb: _nearest_block(xb, sb, centroids),
+                            (x, x_sq), block)
+
+  def cpu(x, x_sq, centroids):
+    return _blocks.map_rows(lambda xb, sb: _nearest_tile(xb, sb, centroids),
+                            (x, x_sq), tile)
+
+  return jax.lax.platform_dependent(x, x_sq, centroids, cpu=cpu,
+                                    default=generic)
 
 
 def _sq_distances_to(x, x_sq, points):
@@ -135,10 +183,17 @@ def _random_rows(key, x, w, num_clusters: int):
   return x[rows]
 
 
-def _update_centroids(x, w, cluster, sq_distance, centroids):
-  """Weighted means of the clusters; empty clusters take the farthest points."""
+def _update_centroids(x, w, cluster, sq_distance, centroids, weighted_x=None):
+  """Weighted means of the clusters; empty clusters take the farthest points.
+
+  ``weighted_x`` is ``x * w[:, None]`` when precomputed (or ``x`` itself when
+  all weights are 1): XLA:CPU runs a scatter-add whose operand is a fused
+  product several times slower than one over a plain array.
+  """
   k = centroids.shape[0]
-  sums = jax.ops.segment_sum(x * w[:, None], cluster, num_segments=k)
+  if weighted_x is None:
+    weighted_x = x * w[:, None]
+  sums = jax.ops.segment_sum(weighted_x, cluster, num_segments=k)
   mass = jax.ops.segment_sum(w, cluster, num_segments=k)
 
   def relocate(state):
@@ -170,15 +225,16 @@ class _LloydState(NamedTuple):
   converged: Array
 
 
-def _lloyd(x, x_sq, w, centroids, tol_abs, *, max_iter: int, block: int):
+def _lloyd(x, x_sq, w, weighted_x, centroids, tol_abs, *, max_iter: int,
+           block: int, tile: int):
   """Lloyd iterations from ``centroids`` until converged or ``max_iter``."""
 
   def not_done(state):
     return (state.num_iterations < max_iter) & ~state.converged
 
   def step(state):
-    cluster, sq = _nearest(x, x_sq, state.centroids, block)
-    new = _update_centroids(x, w, cluster, sq, state.centroids)
+    cluster, sq = _nearest(x, x_sq, state.centroids, block, tile)
+    new = _update_centroids(x, w, cluster, sq, state.centroids, weighted_x)
     shift = jnp.sum((new - state.centroids) ** 2)
     unchanged = jnp.all(cluster == state.cluster)
     return _LloydState(new, cluster, state.num_iterations + 1,
@@ -192,9 +248,10 @@ def _lloyd(x, x_sq, w, centroids, tol_abs, *, max_iter: int, block: int):
 @functools.partial(
     jax.jit,
     static_argnames=("num_clusters", "init", "n_init", "max_iter", "block",
-                     "num_trials"))
+                     "tile", "num_trials", "weighted"))
 def _kmeans(key, x, w, init_centroids, tol, *, num_clusters: int, init: str,
-            n_init: int, max_iter: int, block: int, num_trials: int):
+            n_init: int, max_iter: int, block: int, tile: int,
+            num_trials: int, weighted: bool):
   n = x.shape[0]
   # Unweighted per-feature variance, as scikit-learn scales its tolerance.
   tol_abs = tol * jnp.mean(jnp.var(x, axis=0))
@@ -203,6 +260,9 @@ def _kmeans(key, x, w, init_centroids, tol, *, num_clusters: int, init: str,
   xc = jnp.pad(x - shift, ((0, pad), (0, 0)))
   wp = jnp.pad(w, (0, pad))
   x_sq = jnp.sum(xc * xc, axis=1)
+  # Padding rows are zeros after centring, so they add nothing to the sums;
+  # their zero weight keeps them out of the masses.
+  weighted_x = xc * wp[:, None] if weighted else xc
 
   def run(run_key):
     if init == "k-means++":
@@ -211,9 +271,9 @@ def _kmeans(key, x, w, init_centroids, tol, *, num_clusters: int, init: str,
       start = _random_rows(run_key, xc, wp, num_clusters)
     else:
       start = init_centroids - shift
-    state = _lloyd(xc, x_sq, wp, start, tol_abs, max_iter=max_iter,
-                   block=block)
-    cluster, sq = _nearest(xc, x_sq, state.centroids, block)
+    state = _lloyd(xc, x_sq, wp, weighted_x, start, tol_abs,
+                   max_iter=max_iter, block=block, tile=tile)
+    cluster, sq = _nearest(xc, x_sq, state.centroids, block, tile)
     inertia = jnp.sum(wp * sq)
     return KMeansResult(state.centroids + shift, cluster[:n], inertia,
                         state.num_iterations, state.converged)
@@ -303,9 +363,11 @@ def kmeans(key, x, *, num_clusters: int | None = None, weights=None,
   n_local_trials = check.positive_int("n_local_trials", n_local_trials)
   if chunk_size is not None:
     check.positive_int("chunk_size", chunk_size)
+  block, tile = _layout(n, k, chunk_size)
   return _kmeans(key, x, w, init_centroids, jnp.asarray(tol, dtype),
                  num_clusters=k, init=init, n_init=n_init, max_iter=max_iter,
-                 block=_blocks.block_size(n, k, chunk_size), num_trials=n_local_trials)
+                 block=block, tile=tile, num_trials=n_local_trials,
+                 weighted=weights is not None)
 
 
 def kmeans_plusplus(key, x, *, num_clusters: int, weights=None,
@@ -361,17 +423,17 @@ def assign_clusters(x, centroids, *, chunk_size: int | None = None
   check.finite("centroids", centroids)
   if chunk_size is not None:
     check.positive_int("chunk_size", chunk_size)
-  block = _blocks.block_size(x.shape[0], centroids.shape[0], chunk_size)
-  return _assign_jit(x, centroids, block=block)
+  block, tile = _layout(x.shape[0], centroids.shape[0], chunk_size)
+  return _assign_jit(x, centroids, block=block, tile=tile)
 
 
-@functools.partial(jax.jit, static_argnames=("block",))
-def _assign_jit(x, centroids, *, block):
+@functools.partial(jax.jit, static_argnames=("block", "tile"))
+def _assign_jit(x, centroids, *, block, tile):
   n = x.shape[0]
   # Centring on the centroids' mean keeps float32 distances accurate when
   # the data sit far from the origin.
   shift = jnp.mean(centroids, axis=0, keepdims=True)
   xc = jnp.pad(x - shift, ((0, (-n) % block), (0, 0)))
   x_sq = jnp.sum(xc * xc, axis=1)
-  cluster, sq = _nearest(xc, x_sq, centroids - shift, block)
+  cluster, sq = _nearest(xc, x_sq, centroids - shift, block, tile)
   return Assignment(cluster[:n], sq[:n])
