@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from uniroute_jax import _blocks
 from uniroute_jax import _validation as check
 from uniroute_jax.types import Array
 
@@ -126,19 +127,66 @@ def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
   return _choose(gamma, cost, lambdas, pool)
 
 
-@jax.jit
-def _choose(gamma, cost, lambdas, pool):
+def _choose_by_reduction(gamma, cost, lambdas, pool):
+  """Choices [L, n] as one lexicographic reduction per lambda."""
   cost = jnp.broadcast_to(cost, gamma.shape)
-
   available = pool[None, :]
 
   def one(lam):
     score = jnp.where(available, gamma + lam * cost, jnp.inf)
     return lexicographic_argmin(score, jnp.where(available, cost, jnp.inf))
 
-  if lambdas.ndim == 0:
-    return one(lambdas)
   return jax.vmap(one)(lambdas)
+
+
+# Prompts per CPU tile times lambdas: the [L, tile] running minimum stays in
+# cache while every LLM's column streams past it.
+_CPU_TILE_ENTRIES = 1 << 16
+
+
+def _choose_by_columns(gamma, cost, lambdas, pool):
+  """:func:`_choose_by_reduction` for CPUs.
+
+  XLA:CPU runs a variadic reduction as scalar code. Visiting the LLMs one
+  after the other and keeping a running (score, cost, index) minimum turns
+  the same selection into m vectorised compare-and-select passes. Each score
+  is computed once, and ties resolve exactly as in the reduction.
+  """
+  n, m = gamma.shape
+  num_lambdas = lambdas.shape[0]
+  cost = jnp.broadcast_to(cost, gamma.shape)
+  tile = max(1, min(n, max(64, _CPU_TILE_ENTRIES // num_lambdas)))
+  lam = lambdas[:, None]
+
+  def tile_choice(gamma_tile, cost_tile):
+    g, c = gamma_tile.T, cost_tile.T
+    rows = g.shape[1]
+
+    def visit(j, state):
+      best, best_cost, choice = state
+      cj = jnp.where(pool[j], c[j], jnp.inf)[None, :]
+      score = jnp.where(pool[j], g[j][None, :] + lam * cj, jnp.inf)
+      better = (score < best) | ((score == best) & (cj < best_cost))
+      return (jnp.where(better, score, best),
+              jnp.where(better, cj, best_cost),
+              jnp.where(better, j, choice))
+
+    start = (jnp.full((num_lambdas, rows), jnp.inf, g.dtype),
+             jnp.full((num_lambdas, rows), jnp.inf, c.dtype),
+             jnp.full((num_lambdas, rows), m - 1, jnp.int32))
+    _, _, choice = jax.lax.fori_loop(0, m, visit, start)
+    return choice.T
+
+  return _blocks.map_rows(tile_choice, (gamma, cost), tile).T
+
+
+@jax.jit
+def _choose(gamma, cost, lambdas, pool):
+  grid = jnp.atleast_1d(lambdas)
+  choice = jax.lax.platform_dependent(
+      gamma, cost, grid, pool, cpu=_choose_by_columns,
+      default=_choose_by_reduction)
+  return choice[0] if lambdas.ndim == 0 else choice
 
 
 def predicted_loss(membership, psi) -> Array:
