@@ -149,3 +149,14 @@ def write(path: str | None, text: str) -> None:
   with open(path, "w") as f:
     f.write(text)
   print(f"wrote {path}")
+
+
+def finish(script: str, argv, lines: Sequence[str], out: str | None) -> str:
+  """Appends the machine and the command line to a report, prints and saves it."""
+  command = [script] + (sys.argv[1:] if argv is None else list(argv))
+  report = "\n".join([*lines, markdown_section(),
+                      "Command: `python " + " ".join(command) + "`", ""])
+  print()
+  print(report)
+  write(out, report)
+  return report

@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     notes.insert(0, "**WARNING: iteration counts differ "
                     f"({counts}); the timings are not comparable.**")
 
-  report = "\n".join([
+  _machine.finish("benchmarks/kmeans.py", argv, [
       "# k-means: uniroute_jax vs scikit-learn",
       "",
       f"n={args.n:,}, d={args.d}, k={args.k}, {args.iters} Lloyd iterations "
@@ -259,15 +259,7 @@ def main(argv=None) -> int:
                      rows),
       *[f"- {note}" for note in notes],
       "",
-      _machine.markdown_section(),
-      "Command: `python " + " ".join(
-          ["benchmarks/kmeans.py"] + (sys.argv[1:] if argv is None else argv))
-      + "`",
-      "",
-  ])
-  print()
-  print(report)
-  _machine.write(args.out, report)
+  ], args.out)
   return 0 if fair else 1
 
 

@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     rate = prompts / seconds
     rows.append([label, f"{prompts:,}", f"{seconds:.4g}", f"{rate:,.0f}",
                  f"{rate / base_rate:.2f}x"])
-  report = "\n".join([
+  _machine.finish("benchmarks/routing.py", argv, [
       "# Routing throughput: uniroute_jax.route vs NumPy",
       "",
       f"n={n:,} prompts, k={k} clusters, m={m} LLMs, {num_l} lambdas "
@@ -332,15 +332,7 @@ def main(argv=None) -> int:
       "",
       *[f"- {note}" for note in notes],
       "",
-      _machine.markdown_section(),
-      "Command: `python " + " ".join(
-          ["benchmarks/routing.py"] + (sys.argv[1:] if argv is None else argv))
-      + "`",
-      "",
-  ])
-  print()
-  print(report)
-  _machine.write(args.out, report)
+  ], args.out)
   return 0 if all_same else 1
 
 
