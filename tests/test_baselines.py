@@ -9,7 +9,8 @@ import pytest
 
 from conftest import RTOL
 from uniroute_jax import (choose_models, deferral_curve, deferral_metrics,
-                          knn_predicted_loss, zero_router_curve,
+                          knn_predicted_loss, knn_predicted_loss_grid,
+                          zero_router_curve,
                           zero_router_hull, zero_router_route)
 
 
@@ -152,3 +153,16 @@ def test_knn_bad_input(bad, match):
   with pytest.raises(ValueError, match=match):
     knn_predicted_loss(args.pop("query"), args.pop("reference"),
                        args.pop("reference_loss"), **args)
+
+
+def test_knn_grid_equals_one_k_at_a_time(mode):
+  rng = np.random.default_rng(5)
+  query, reference = rng.normal(size=(23, 4)), rng.normal(size=(30, 4))
+  loss, mask = rng.random((30, 3)), rng.random((30, 3)) < 0.6
+  ks = (1, 4, 9, 30)
+  grid = knn_predicted_loss_grid(query, reference, loss, num_neighbors=ks, mask=mask,
+                                 chunk_size=7)
+  assert grid.shape == (4, 23, 3)
+  for g, k in enumerate(ks):
+    expected = numpy_knn(query, reference, loss, mask, k, "cosine")
+    np.testing.assert_allclose(np.asarray(grid[g]), expected, rtol=1e-12)

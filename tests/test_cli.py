@@ -1,38 +1,80 @@
-"""The `uniroute` command: the demo runs; bad input is one line and exit 2."""
+"""The `uniroute` command: demo and evaluate run; bad input is one line and exit 2."""
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from conftest import shared_data_dir
 from uniroute_jax import cli
+
+SMALL = ["--prompts", "700", "--llms", "6", "--trials", "2"]
 
 
 def test_demo_prints_the_comparison(capsys):
-  assert cli.main(["demo", "--prompts", "800", "--llms", "6", "--seed", "3"]) == 0
+  assert cli.main(["demo", *SMALL, "--seed", "3"]) == 0
   out, err = capsys.readouterr()
   for title in ("ZeroRouter", "K-NN", "UniRoute (K-means)", "Oracle (per prompt)"):
     assert title in out
   assert "Area(50%)" in out and "QNC" in out
-  assert "[1]" in err  # progress goes to stderr
+  assert "[1/3]" in err and "trials 2/2" in err  # progress goes to stderr
+
+
+def test_evaluate_writes_json_and_plot(tmp_path, capsys):
+  out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+  argv = ["evaluate", "--format", "synthetic", *SMALL, "--methods", "zero,kmeans,oracle",
+          "--json", str(out_json), "--plot", str(out_png)]
+  assert cli.main(argv) == 0
+  doc = json.loads(out_json.read_text())
+  assert set(doc["methods"]) == {"zero", "kmeans", "oracle"}
+  for entry in doc["methods"].values():
+    assert {"area", "area50", "qnc"} <= set(entry)
+    assert len(entry["trial_area"]) == 2
+  assert len(doc["methods"]["kmeans"]["chosen"]) == 2
+  assert doc["dataset"]["prompts"] == 700 and doc["trials"] == 2
+  assert doc["wall_time_s"] > 0
+  assert out_png.stat().st_size > 1000
+  # Never overwritten: a second run refuses before doing any work.
+  before = out_json.read_text()
+  assert cli.main(argv) == 2
+  assert "already exists" in capsys.readouterr().err
+  assert out_json.read_text() == before
 
 
 @pytest.mark.parametrize("argv, match", [
     (["demo", "--clusters", "0"], "--clusters: expected a positive integer, got 0"),
     (["demo", "--prompts", "abc"], "--prompts: expected a positive integer"),
     (["demo", "--llms", "2"], "num_models=2 is too few"),
-    (["demo", "--prompts", "50", "--clusters", "40"], "--clusters must be at most the number of training prompts (30)"),
-    (["demo", "--prompts", "100", "--neighbors", "11"], "--neighbors must be at most"),
+    (["demo", "--prompts", "50", "--clusters", "40"], "cluster_grid must be at most"),
+    (["demo", "--val-frac", "1.5"], "--val-frac: expected a number in (0, 1)"),
+    (["demo", "--methods", "zero,magic"], "--methods: expected a comma-separated list"),
     (["demo", "--bogus"], "unrecognized arguments: --bogus"),
     (["frobnicate"], "invalid choice"),
+    (["evaluate", "--format", "embedllm"], "--data is required with --format embedllm"),
+    (["evaluate", "--format", "embedllm", "--data", "/no/such/dir"], "/no/such/dir"),
+    (["evaluate", "--format", "routerbench", "--data", "/no/such.csv"], "/no/such.csv"),
+    (["evaluate", "--format", "long", "--data", "x.csv"], "--embeddings is required"),
+    (["evaluate", "--format", "csv", "--data", "x"], "invalid choice: 'csv'"),
+    (["evaluate", "--format", "synthetic", "--json", "/no/such/dir/out.json"],
+     "folder /no/such/dir does not exist"),
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, match):
   assert cli.main(argv) == 2
   out, err = capsys.readouterr()
-  lines = err.strip().splitlines()
+  lines = [line for line in err.strip().splitlines() if not line.startswith("[")]
   assert len(lines) == 1, err
   assert match in lines[0]
   assert "Traceback" not in err
+
+
+def test_malformed_files_exit_2(tmp_path, capsys):
+  bad = tmp_path / "bad.csv"
+  bad.write_text("sample_id,prompt,eval_name,gpt|total_cost\n1,hi,x,0.1\n")
+  assert cli.main(["evaluate", "--format", "routerbench", "--data", str(bad)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 2 and "uniroute: error:" in err  # progress + one line
 
 
 def test_module_entry_point_runs():
@@ -40,6 +82,24 @@ def test_module_entry_point_runs():
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert result.stderr.strip().count("\n") == 0
-  help_ = subprocess.run([sys.executable, "-m", "uniroute_jax", "demo", "--help"],
+  help_ = subprocess.run([sys.executable, "-m", "uniroute_jax", "evaluate", "--help"],
                          capture_output=True, text=True, timeout=120)
-  assert help_.returncode == 0 and "--clusters" in help_.stdout
+  assert help_.returncode == 0 and "--test-llm-frac" in help_.stdout
+
+
+@pytest.mark.parametrize("fmt, folder", [("embedllm", "mmlu_pro"),
+                                         ("routerbench", "routerbench")])
+def test_evaluate_on_the_shared_data(tmp_path, capsys, fmt, folder):
+  root = shared_data_dir()
+  if root is None:
+    pytest.skip("shared data not found at ../shared/data (set UNIROUTE_DATA)")
+  out_json = tmp_path / "out.json"
+  argv = ["evaluate", "--format", fmt, "--data", os.path.join(root, folder),
+          "--trials", "2", "--json", str(out_json)]
+  if fmt == "routerbench":
+    argv += ["--test-llm-frac", "0.5"]
+  assert cli.main(argv) == 0
+  doc = json.loads(out_json.read_text())
+  assert doc["dataset"]["llms"] == (27 if fmt == "embedllm" else 11)
+  for name in ("zero", "knn", "kmeans", "oracle"):
+    assert 0.0 < doc["methods"][name]["area"] < 1.0

@@ -211,3 +211,22 @@ def test_bad_input(bad, match):
   with pytest.raises(ValueError, match=match):
     deferral_curve(args.pop("predicted_loss"), args.pop("true_loss"),
                    args.pop("cost"), **args)
+
+
+def test_routing_cost_ranks_while_cost_is_accounted():
+  rng = np.random.default_rng(5)
+  gamma, truth = rng.random((30, 4)), (rng.random((30, 4)) < 0.5).astype(float)
+  paid = rng.uniform(0.1, 1.0, size=(30, 4))
+  ranked = paid.mean(0)
+  curve = deferral_curve(gamma, truth, paid, routing_cost=ranked)
+  # Brute force: route by the mean cost, account the per-prompt cost.
+  probes = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 400)])
+  choice = np.asarray(choose_models(gamma, ranked, probes))
+  rows = np.arange(30)
+  points = np.array([(paid[rows, c].mean(), 1 - truth[rows, c].mean()) for c in choice])
+  valid = np.asarray(curve.valid)
+  ours = np.stack([np.asarray(curve.cost)[valid], np.asarray(curve.quality)[valid]], 1)
+  for p in points:
+    assert np.min(np.abs(ours - p).max(1)) < 1e-12
+  with pytest.raises(ValueError, match="routing_cost must have shape"):
+    deferral_curve(gamma, truth, paid, routing_cost=np.ones(3))

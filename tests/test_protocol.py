@@ -1,10 +1,17 @@
-"""Synthetic data, splits and one evaluation trial."""
+"""Synthetic data, trial splits and the batched evaluation protocol."""
+
+import math
 
 import jax
 import numpy as np
 import pytest
 
 from uniroute_jax import RoutingData, make_synthetic, protocol
+
+
+@pytest.fixture(scope="module")
+def small():
+  return make_synthetic(jax.random.key(3), num_prompts=700, num_models=7, dim=12)
 
 
 def test_synthetic_is_seeded_and_valid():
@@ -26,38 +33,130 @@ def test_synthetic_cost_rises_with_skill():
   assert np.corrcoef(np.log(data.cost), accuracy)[0, 1] > 0.5
 
 
-def test_split_is_a_partition():
-  split = protocol.make_split(jax.random.key(0), 1000, 9, val_frac=0.1,
-                              test_frac=0.3, test_model_frac=1 / 3)
-  prompts = np.concatenate([split.train, split.val, split.test])
-  assert sorted(prompts.tolist()) == list(range(1000))
-  assert (len(split.train), len(split.val), len(split.test)) == (600, 100, 300)
-  models = np.concatenate([split.train_models, split.test_models])
-  assert sorted(models.tolist()) == list(range(9))
-  assert len(split.test_models) == 3
+def test_trials_are_partitions_and_prefix_stable():
+  splits = protocol.make_trials(jax.random.key(0), 5, 1000, 9)
+  assert splits.train.shape == (5, 600) and splits.val.shape == (5, 100)
+  assert splits.test.shape == (5, 300) and splits.test_models.shape == (5, 3)
+  for t in range(5):
+    prompts = np.concatenate([splits.train[t], splits.val[t], splits.test[t]])
+    assert sorted(prompts.tolist()) == list(range(1000))
+    models = np.concatenate([splits.train_models[t], splits.test_models[t]])
+    assert sorted(models.tolist()) == list(range(9))
+  assert not np.array_equal(splits.test_models[0], splits.test_models[1]) or \
+      not np.array_equal(splits.test[0], splits.test[1])
+  fewer = protocol.make_trials(jax.random.key(0), 2, 1000, 9)
+  for a, b in zip(fewer, splits):
+    np.testing.assert_array_equal(a, b[:2])
+  one = protocol.make_split(jax.random.key(0), 1000, 9)
+  np.testing.assert_array_equal(one.test, splits.test[0])
 
 
-def test_evaluate_split_ordering_on_structured_data():
+def settings_for(splits, **kw):
+  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
+  return protocol.Settings(
+      cluster_grid=kw.get("clusters", protocol.default_cluster_grid(n_train, n_val)),
+      neighbor_grid=kw.get("neighbors", protocol.default_neighbor_grid(n_train, n_val)),
+      kmeans_max_iter=30, curve_points=101)
+
+
+def test_batched_trials_equal_one_at_a_time(small):
+  splits = protocol.make_trials(jax.random.key(1), 3, small.num_prompts,
+                                small.num_models)
+  settings = settings_for(splits, clusters=(3, 5), neighbors=(5, 9))
+  batched, _ = protocol.run_trials(jax.random.key(2), small, splits,
+                                   settings=settings, batch_size=3)
+  single, _ = protocol.run_trials(jax.random.key(2), small, splits,
+                                  settings=settings, batch_size=1)
+  padded, _ = protocol.run_trials(jax.random.key(2), small, splits,
+                                  settings=settings, batch_size=2)
+  for name in protocol.DEFAULT_METHODS:
+    for a, b, c in zip(batched[name], single[name], padded[name]):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+      np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-7)
+
+
+def test_test_llms_never_inform_selection_or_clustering(small):
+  """K and k are chosen from training LLMs only, and k-means sees training
+  prompts only: flipping every label of the test LLMs, and shuffling the
+  test prompts' embeddings, leaves the chosen K and k alone (while the test
+  scores do change)."""
+  splits = protocol.make_trials(jax.random.key(4), 2, small.num_prompts,
+                                small.num_models)
+  settings = settings_for(splits, clusters=(3, 4, 6), neighbors=(5, 8, 13))
+  for t in range(2):
+    one = protocol.Split(*(part[t:t + 1] for part in splits))
+    base, _ = protocol.run_trials(jax.random.key(5), small, one,
+                                  settings=settings, methods=("knn", "kmeans"))
+    loss = small.loss.copy()
+    loss[:, one.test_models[0]] = 1 - loss[:, one.test_models[0]]
+    emb = small.embeddings.copy()
+    emb[one.test[0]] = emb[one.test[0]][::-1]
+    changed = small._replace(loss=loss, embeddings=emb)
+    out, _ = protocol.run_trials(jax.random.key(5), changed, one,
+                                 settings=settings, methods=("knn", "kmeans"))
+    for name in ("knn", "kmeans"):
+      assert out[name].chosen[0] == base[name].chosen[0]
+      assert out[name].area[0] != base[name].area[0]
+
+
+def test_evaluate_is_seeded_and_orders_the_routers():
   data = make_synthetic(jax.random.key(0), num_prompts=3000, num_models=10)
-  split = protocol.make_split(jax.random.key(1), data.num_prompts, data.num_models)
-  out = protocol.evaluate_split(jax.random.key(2), data, split)
-  area = {name: float(r.metrics.area) for name, r in out.items()}
+  a = protocol.evaluate(jax.random.key(1), data, num_trials=4, curve_points=201)
+  b = protocol.evaluate(jax.random.key(1), data, num_trials=4, curve_points=201)
+  for name in protocol.DEFAULT_METHODS:
+    np.testing.assert_array_equal(a.methods[name].trials.area,
+                                  b.methods[name].trials.area)
+  area = {name: s.area for name, s in a.methods.items()}
   assert area["zero"] < area["kmeans"] < area["oracle"]
   assert area["knn"] < area["oracle"]
+  assert a.best in ("knn", "kmeans")
+  # The mean curve's area is the mean of the per-trial areas (linearity);
+  # the gridded curve agrees to within the grid's resolution.
+  s = a.methods["kmeans"]
+  np.testing.assert_allclose(s.area, np.trapezoid(s.quality, s.relative_cost), atol=2e-3)
+  assert s.area_ci[0] < s.area < s.area_ci[1]
 
 
-def test_test_llms_are_never_seen_in_clustering():
-  """k-means sees training embeddings only; changing anything else (labels of
-  the training LLMs, test-prompt embeddings) leaves the clustering alone."""
-  data = make_synthetic(jax.random.key(3), num_prompts=600, num_models=6)
-  split = protocol.make_split(jax.random.key(4), data.num_prompts, data.num_models)
-  base = protocol.evaluate_split(jax.random.key(5), data, split, methods=("kmeans",))
-  loss = data.loss.copy()
-  loss[:, split.train_models] = 1 - loss[:, split.train_models]
-  changed = protocol.evaluate_split(jax.random.key(5), data._replace(loss=loss),
-                                    split, methods=("kmeans",))
-  for a, b in zip(base["kmeans"].metrics, changed["kmeans"].metrics):
-    assert float(a) == float(b)
+def test_oracle_dominates_every_router_in_every_trial(small):
+  ev = protocol.evaluate(jax.random.key(7), small, num_trials=3, curve_points=101,
+                         cluster_grid=(3,), neighbor_grid=(5,))
+  oracle = ev.methods["oracle"].trials.area
+  for name in ("zero", "knn", "kmeans"):
+    assert np.all(ev.methods[name].trials.area <= oracle + 1e-6)
+
+
+@pytest.mark.parametrize("wins, losses, expected", [
+    (0, 10, 2 / 1024),                       # 2 * P[X <= 0], n = 10
+    (1, 9, 2 * 11 / 1024),                   # 2 * (1 + 10) / 2**10
+    (5, 5, 1.0),
+    (3, 17, 2 * sum(math.comb(20, i) for i in range(4)) / 2 ** 20),
+])
+def test_sign_test_against_the_binomial(wins, losses, expected):
+  a = np.array([1.0] * wins + [0.0] * losses + [0.5, 0.5])
+  b = np.array([0.0] * wins + [1.0] * losses + [0.5, 0.5])
+  out = protocol.sign_test(a, b)
+  assert (out.wins, out.losses, out.ties) == (wins, losses, 2)
+  np.testing.assert_allclose(out.p_value, expected, rtol=1e-12)
+
+
+def test_sign_test_brute_force_enumeration():
+  """p equals the probability, under fair coins, of a split at least as
+  uneven as the observed one: counted over all 2**12 sign patterns."""
+  import itertools
+  n, wins = 12, 3
+  extreme = sum(1 for signs in itertools.product((0, 1), repeat=n)
+                if min(sum(signs), n - sum(signs)) <= wins)
+  a = np.array([1.0] * wins + [0.0] * (n - wins))
+  np.testing.assert_allclose(protocol.sign_test(a, 1 - a).p_value, extreme / 2 ** n)
+
+
+def test_default_grids_follow_the_paper():
+  assert protocol.default_cluster_grid(7219, 1203)[0] == 3
+  assert protocol.default_cluster_grid(7219, 1203)[-1] == 1203 // 50
+  assert protocol.default_neighbor_grid(7219, 1203)[0] == 5
+  assert protocol.default_neighbor_grid(7219, 1203)[-1] == 1203 // 3
+  assert max(protocol.default_neighbor_grid(1000, 40)) <= 40
+  assert len(protocol.default_cluster_grid(10 ** 6, 10 ** 5)) <= 8
 
 
 def test_routing_data_validation():
@@ -81,7 +180,19 @@ def test_routing_data_validation():
     (dict(val_frac=0.0), "val_frac must lie in"),
     (dict(val_frac=0.5, test_frac=0.5), "val_frac \\+ test_frac must be below 1"),
     (dict(test_model_frac=1.0), "test_model_frac must lie in"),
+    (dict(num_trials=0), "num_trials must be a positive integer"),
 ])
 def test_bad_split_arguments(kwargs, match):
+  args = dict(num_trials=2)
+  args.update(kwargs)
   with pytest.raises(ValueError, match=match):
-    protocol.make_split(jax.random.key(0), 100, 6, **kwargs)
+    protocol.make_trials(jax.random.key(0), args.pop("num_trials"), 100, 6, **args)
+
+
+def test_bad_evaluate_arguments(small):
+  with pytest.raises(ValueError, match="methods must be among"):
+    protocol.evaluate(jax.random.key(0), small, num_trials=1, methods=("nope",))
+  with pytest.raises(ValueError, match="cluster_grid must be at most"):
+    protocol.evaluate(jax.random.key(0), small, num_trials=1, cluster_grid=(10 ** 6,))
+  with pytest.raises(ValueError, match="neighbor_grid must be at most"):
+    protocol.evaluate(jax.random.key(0), small, num_trials=1, neighbor_grid=(10 ** 6,))

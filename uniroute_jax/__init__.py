@@ -9,7 +9,8 @@ paper's comparison routers and ``protocol`` its evaluation.
 
 from uniroute_jax import baselines, metrics, protocol
 from uniroute_jax.baselines import (
-    ParetoHull, knn_predicted_loss, zero_router_curve, zero_router_hull,
+    ParetoHull, knn_predicted_loss, knn_predicted_loss_grid, zero_router_curve,
+    zero_router_hull,
     zero_router_route)
 from uniroute_jax.data import make_synthetic
 from uniroute_jax.features import ClusterErrors, cluster_errors
@@ -29,7 +30,8 @@ __all__ = [
     "Envelope", "KMeansResult", "ParetoHull", "RoutingData", "RoutingResult",
     "SwitchPath", "assign_clusters", "baselines", "choose_models",
     "cluster_errors", "curve_from_points", "deferral_curve", "deferral_metrics",
-    "kmeans", "kmeans_plusplus", "knn_predicted_loss", "make_synthetic",
+    "kmeans", "kmeans_plusplus", "knn_predicted_loss", "knn_predicted_loss_grid",
+    "make_synthetic",
     "metrics", "predicted_loss", "protocol", "route", "switch_path",
     "upper_envelope", "zero_router_curve", "zero_router_hull",
     "zero_router_route",

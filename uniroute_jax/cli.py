@@ -1,27 +1,30 @@
 """The ``uniroute`` command line. Parses arguments, prints, sets exit codes.
 
-Errors a user can fix (bad flags, bad input) print one line and exit 2.
+Errors a user can fix (bad flags, missing files, malformed data) print one
+line and exit 2. Output files are never overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import os
 import sys
 import time
 
 _EXIT_USAGE = 2
+FORMATS = ("routerbench", "embedllm", "long", "synthetic")
+
+
+class _UsageError(Exception):
+  pass
 
 
 class _Parser(argparse.ArgumentParser):
   """An ArgumentParser whose errors are one line and exit 2."""
 
-  def error(self, message):  # noqa: D102 - argparse's hook
+  def error(self, message):  # argparse's hook
     raise _UsageError(f"{self.prog}: error: {message}")
-
-
-class _UsageError(Exception):
-  pass
 
 
 def _positive_int(text: str) -> int:
@@ -34,10 +37,55 @@ def _positive_int(text: str) -> int:
   return value
 
 
+def _fraction(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+  if not 0.0 < value < 1.0:
+    raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+  return value
+
+
+def _method_list(text: str) -> tuple[str, ...]:
+  from uniroute_jax import protocol
+  names = tuple(n.strip() for n in text.split(",") if n.strip())
+  unknown = [n for n in names if n not in protocol.METHODS]
+  if not names or unknown:
+    raise argparse.ArgumentTypeError(
+        f"expected a comma-separated list of {','.join(protocol.METHODS)}, "
+        f"got {text!r}")
+  return names
+
+
+def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
+  p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  p.add_argument("--trials", type=_positive_int, default=trials,
+                 help=f"independent random trials (default {trials})")
+  p.add_argument("--val-frac", type=_fraction, default=0.1,
+                 help="validation share of the prompts (default 0.1)")
+  p.add_argument("--test-frac", type=_fraction, default=0.3,
+                 help="test share of the prompts (default 0.3)")
+  p.add_argument("--test-llm-frac", type=_fraction, default=1 / 3,
+                 help="share of LLMs held out, unseen, for testing (default 1/3)")
+  p.add_argument("--methods", type=_method_list,
+                 default=("zero", "knn", "kmeans", "oracle"),
+                 help="comma-separated routers (default zero,knn,kmeans,oracle)")
+  p.add_argument("--clusters", type=_positive_int, default=None,
+                 help="fix K for UniRoute (default: chosen per trial from 3 .. "
+                      "validation prompts / 50 on the training LLMs)")
+  p.add_argument("--neighbors", type=_positive_int, default=None,
+                 help="fix k for K-NN (default: chosen per trial from 5 .. "
+                      "validation prompts / 3)")
+  p.add_argument("--json", metavar="OUT", default=None,
+                 help="write every number to this JSON file (must not exist)")
+  p.add_argument("--plot", metavar="OUT.png", default=None,
+                 help="plot the mean deferral curves (needs matplotlib)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(
-      prog="uniroute",
-      description="Universal LLM routing (UniRoute) in JAX.")
+  parser = _Parser(prog="uniroute",
+                   description="Universal LLM routing (UniRoute) in JAX.")
   commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                    parser_class=_Parser)
   demo = commands.add_parser(
@@ -47,75 +95,143 @@ def _build_parser() -> argparse.ArgumentParser:
           "prompts, represent UNSEEN test LLMs by their validation errors, "
           "route the test prompts and compare ZeroRouter, K-NN, UniRoute "
           "(K-means) and the per-prompt oracle."))
-  demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
   demo.add_argument("--prompts", type=_positive_int, default=5000,
                     help="number of prompts (default 5000)")
   demo.add_argument("--llms", type=_positive_int, default=12,
                     help="number of LLMs; a third are held out (default 12)")
-  demo.add_argument("--clusters", type=_positive_int, default=None,
-                    help="K for UniRoute (default: validation prompts / 50)")
-  demo.add_argument("--neighbors", type=_positive_int, default=None,
-                    help="k for K-NN (default: sqrt(validation prompts))")
+  _add_protocol_arguments(demo, trials=5)
+
+  evaluate = commands.add_parser(
+      "evaluate", help="the paper's evaluation protocol on a dataset",
+      description=(
+          "Run the paper's protocol: random prompt splits, an unseen pool of "
+          "test LLMs, hyper-parameters chosen on the training LLMs only, "
+          "mean deferral curves over many trials and sign tests."))
+  evaluate.add_argument("--format", choices=FORMATS, required=True,
+                        help="layout of --data")
+  evaluate.add_argument("--data", metavar="PATH",
+                        help="RouterBench CSV file or folder; EmbedLLM folder; "
+                             "long-format CSV/Parquet (not for synthetic)")
+  evaluate.add_argument("--embeddings", metavar="FILE",
+                        help="prompt embeddings (.npy in prompt order, or .npz "
+                             "with ids); default: the one beside the data")
+  evaluate.add_argument("--costs", metavar="FILE",
+                        help="per-LLM costs CSV (model_name and a number)")
+  evaluate.add_argument("--prompts", type=_positive_int, default=5000,
+                        help="synthetic only: number of prompts")
+  evaluate.add_argument("--llms", type=_positive_int, default=12,
+                        help="synthetic only: number of LLMs")
+  _add_protocol_arguments(evaluate, trials=10)
   return parser
 
 
-def _format_table(results, titles) -> str:
-  header = f"{'method':<22} {'Area':>7} {'Area(50%)':>10} {'QNC':>8} {'peak':>7}"
-  lines = [header, "-" * len(header)]
-  for name, result in results.items():
-    m = result.metrics
-    qnc = float(m.qnc)
-    qnc_text = "never" if math.isinf(qnc) else f"{100 * qnc:.1f}%"
-    lines.append(f"{titles[name]:<22} {float(m.area):7.3f} {float(m.area50):10.3f} "
-                 f"{qnc_text:>8} {float(m.peak_quality):7.3f}")
-  return "\n".join(lines)
+def _check_outputs(args) -> None:
+  """Fails before any work when an output cannot be written."""
+  for flag, path in (("--json", args.json), ("--plot", args.plot)):
+    if path is None:
+      continue
+    if os.path.exists(path):
+      raise ValueError(f"{flag}: {path} already exists; it is never overwritten")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+      raise ValueError(f"{flag}: folder {folder} does not exist")
+  if args.plot is not None:
+    try:
+      import matplotlib  # noqa: F401
+    except ImportError:
+      raise ValueError("--plot needs matplotlib: pip install "
+                       "'uniroute_jax[plot]'") from None
 
 
-def _run_demo(args) -> int:
-  import jax  # Deferred: `uniroute --help` should not pay for JAX start-up.
-  from uniroute_jax import protocol
-  from uniroute_jax.data import make_synthetic
+def _write_new(path: str, text: str) -> None:
+  """Writes a file that must not exist yet (exclusive create)."""
+  with open(path, "x", encoding="utf-8") as f:
+    f.write(text)
 
+
+def _load(args):
+  import jax
+  from uniroute_jax import data as loaders
+  if args.format == "synthetic":
+    return loaders.make_synthetic(jax.random.key(args.seed),
+                                  num_prompts=args.prompts, num_models=args.llms)
+  if not args.data:
+    raise ValueError(f"--data is required with --format {args.format}")
+  if args.format == "routerbench":
+    return loaders.load_routerbench(args.data, embeddings=args.embeddings)
+  if args.format == "embedllm":
+    return loaders.load_embedllm(args.data, embeddings=args.embeddings,
+                                 costs=args.costs)
+  if args.embeddings is None:
+    raise ValueError("--embeddings is required with --format long")
+  return loaders.load_long(args.data, embeddings=args.embeddings,
+                           costs=args.costs)
+
+
+def _progress_printer():
+  shown = [-1]
+
+  def show(done: int, total: int) -> None:
+    tenth = (10 * done) // total
+    if tenth != shown[0]:
+      shown[0] = tenth
+      print(f"  trials {done}/{total}", file=sys.stderr, flush=True)
+
+  return show
+
+
+def _run(args, source: str) -> int:
+  import jax
+  from uniroute_jax import protocol, report
+  from uniroute_jax.data import missing_labels
+
+  _check_outputs(args)
   start = time.perf_counter()
-  steps = iter(range(1, 10))
-
-  def progress(message: str) -> None:
-    print(f"[{next(steps)}] {message} ...", file=sys.stderr, flush=True)
-
-  key = jax.random.key(args.seed)
-  data_key, split_key, fit_key = jax.random.split(key, 3)
-  # Everything a user can get wrong is checked before any work starts.
-  split = protocol.make_split(split_key, args.prompts, args.llms)
-  n_train, n_val = len(split.train), len(split.val)
-  clusters = args.clusters or protocol.default_num_clusters(n_val)
-  neighbors = args.neighbors or protocol.default_num_neighbors(n_val)
-  if clusters > n_train:
-    raise ValueError(f"--clusters must be at most the number of training "
-                     f"prompts ({n_train}), got {clusters}")
-  if neighbors > n_val:
-    raise ValueError(f"--neighbors must be at most the number of validation "
-                     f"prompts ({n_val}), got {neighbors}")
-  progress(f"generating {args.prompts} prompts x {args.llms} LLMs")
-  data = make_synthetic(data_key, num_prompts=args.prompts, num_models=args.llms)
-  results = protocol.evaluate_split(
-      fit_key, data, split, num_clusters=clusters, num_neighbors=neighbors,
-      on_step=progress)
+  print(f"[1/3] loading {source} ...", file=sys.stderr, flush=True)
+  data = _load(args)
+  missing = {k: v for k, v in missing_labels(data).items() if v}
+  n_train, n_val, n_test = protocol.split_sizes(data.num_prompts, args.val_frac,
+                                                args.test_frac)
+  m_train, m_test = protocol.model_split_sizes(data.num_models, args.test_llm_frac)
+  print(f"[2/3] {args.trials} trial(s): {n_train}/{n_val}/{n_test} "
+        f"train/validation/test prompts, {m_train} training and {m_test} "
+        f"unseen test LLMs per trial ...", file=sys.stderr, flush=True)
+  evaluation = protocol.evaluate(
+      jax.random.key(args.seed), data, num_trials=args.trials,
+      methods=args.methods, val_frac=args.val_frac, test_frac=args.test_frac,
+      test_model_frac=args.test_llm_frac,
+      cluster_grid=(args.clusters,) if args.clusters else None,
+      neighbor_grid=(args.neighbors,) if args.neighbors else None,
+      on_progress=_progress_printer())
   elapsed = time.perf_counter() - start
-  test_names = ", ".join(data.model_names[j] for j in split.test_models)
-  print(f"Synthetic data: {data.num_prompts} prompts x {data.num_models} LLMs, "
-        f"seed {args.seed}")
-  print(f"Prompts: {len(split.train)} train / {n_val} validation / "
-        f"{len(split.test)} test")
-  print(f"LLMs: {len(split.train_models)} training, {len(split.test_models)} "
-        f"unseen at test time ({test_names})")
-  print(f"UniRoute K = {clusters} clusters; K-NN k = {neighbors} neighbours")
+  print(f"[3/3] done in {elapsed:.1f}s", file=sys.stderr, flush=True)
+
+  print(f"{source}: {data.num_prompts} prompts x {data.num_models} LLMs; "
+        f"{args.trials} trial(s), seed {args.seed}")
+  if missing:
+    listed = ", ".join(f"{name} {count}" for name, count in missing.items())
+    print(f"Missing labels (masked, never guessed): {listed}")
+  print(f"Per trial: {n_train} train / {n_val} validation / {n_test} test "
+        f"prompts; {m_train} training LLMs, {m_test} unseen test LLMs")
   print()
-  print(_format_table(results, protocol.METHOD_TITLES))
+  print(report.format_table(evaluation))
   print()
-  print("Area, Area(50%): quality integrated over relative cost in [0, 1] and "
-        "[0, 0.5];")
-  print("QNC: relative cost to match the best single unseen LLM; "
-        f"done in {elapsed:.1f}s.")
+  print("Area, Area(50%): mean-curve quality integrated over relative cost "
+        "[0, 1] and [0, 0.5]; QNC: relative cost")
+  print("to match the best single unseen LLM; vs best: per-trial wins-losses, "
+        f"exact sign test (* p < {evaluation.alpha}).")
+  if args.json:
+    document = report.to_dict(
+        evaluation, dataset={"source": source, "prompts": data.num_prompts,
+                             "llms": data.num_models,
+                             "model_names": list(data.model_names),
+                             "missing_labels": missing_labels(data)},
+        seed=args.seed, wall_time_s=elapsed)
+    _write_new(args.json, json.dumps(document, indent=1) + "\n")
+    print(f"Wrote {args.json}")
+  if args.plot:
+    report.plot(evaluation, args.plot, title=f"{source}: mean deferral curves")
+    print(f"Wrote {args.plot}")
   return 0
 
 
@@ -127,14 +243,18 @@ def main(argv=None) -> int:
       parser.print_help()
       return _EXIT_USAGE
     if args.command == "demo":
-      return _run_demo(args)
+      args.format, args.data, args.embeddings, args.costs = ("synthetic", None,
+                                                             None, None)
+      return _run(args, "synthetic data")
+    source = args.data if args.format != "synthetic" else "synthetic data"
+    return _run(args, source)
   except _UsageError as err:
     print(str(err), file=sys.stderr)
     return _EXIT_USAGE
-  except ValueError as err:
-    print(f"uniroute: error: {err}", file=sys.stderr)
+  except (ValueError, OSError, ImportError) as err:
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    print(f"uniroute: error: {message}", file=sys.stderr)
     return _EXIT_USAGE
-  return 0
 
 
 if __name__ == "__main__":

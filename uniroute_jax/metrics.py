@@ -88,18 +88,23 @@ def _pool_summaries(true_loss, cost, pool, w):
 
 
 def deferral_curve(predicted_loss, true_loss, cost, *, pool_mask=None,
-                   weights=None) -> DeferralCurve:
+                   weights=None, routing_cost=None) -> DeferralCurve:
   """The exact deferral curve of the rule argmin_m gamma_m(x) + lambda c_m.
 
   Args:
     predicted_loss: [n, m] gamma the router ranks LLMs by (for the
       per-prompt oracle, the true loss itself).
     true_loss: [n, m] the loss actually incurred, in [0, 1].
-    cost: [m] or [n, m] non-negative costs.
+    cost: [m] or [n, m] non-negative costs actually paid.
     pool_mask: optional [m] bool; only available LLMs are routed to and
       count for ``max_cost`` and ``best_quality``.
     weights: optional [n] non-negative prompt weights (0 leaves a prompt
       out, e.g. one without labels for the whole pool).
+    routing_cost: optional [m] or [n, m] costs the rule ranks LLMs by;
+      default ``cost``. A prompt's own cost (which depends on the answer's
+      length) is unknown before routing, so a real router ranks by an
+      estimate such as each LLM's mean cost, while the curve accounts the
+      cost paid.
 
   Returns:
     A :class:`DeferralCurve` with 1 + n (m - 1) points (the point at
@@ -119,19 +124,30 @@ def deferral_curve(predicted_loss, true_loss, cost, *, pool_mask=None,
   check.in_range("true_loss", truth, 0.0, 1.0,
                  where=None if weights is None else (w > 0)[:, None])
   cost, pool = routing._check_cost_and_pool(cost, pool_mask, n, m, dtype)
+  if routing_cost is None:
+    routing_cost = cost
+  else:
+    routing_cost = check.array("routing_cost", routing_cost, ndim=(1, 2),
+                               dtype=dtype, shape_doc="[m] or [n, m]")
+    if routing_cost.shape not in ((m,), (n, m)):
+      raise ValueError(f"routing_cost must have shape [{m}] or [{n}, {m}], "
+                       f"got {routing_cost.shape}")
+    check.nonnegative("routing_cost", routing_cost)
   if check.is_concrete(cost) and check.is_concrete(pool):
     max_cost, _ = _pool_summaries(jnp.zeros_like(truth), cost, pool, w)
     if not float(max_cost) > 0:
       raise ValueError("cost must be positive for at least one available LLM")
-  return _deferral_curve(gamma, truth, cost, pool, w)
+  return _deferral_curve(gamma, truth, cost, pool, w, routing_cost)
 
 
 @jax.jit
-def _deferral_curve(gamma, truth, cost, pool, w):
+def _deferral_curve(gamma, truth, cost, pool, w, routing_cost=None):
   n, m = gamma.shape
   truth = jnp.where(w[:, None] > 0, truth, 0.0)
   cost = jnp.broadcast_to(cost, gamma.shape)
-  path = routing._switch_path(gamma, cost, pool)
+  if routing_cost is None:
+    routing_cost = cost
+  path = routing._switch_path(gamma, routing_cost, pool)
   rows = jnp.arange(n)
   total = jnp.sum(w)
 

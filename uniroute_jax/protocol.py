@@ -1,16 +1,37 @@
-"""The evaluation protocol: split prompts and LLMs, fit on one side, score on the other.
+"""The evaluation protocol of the paper (section 7, App. F), batched over trials.
 
-One trial (section 7 of the paper): prompts are split into train / validation
-/ test; LLMs into a training pool and an unseen test pool. k-means sees only
-the training prompts' embeddings; the test LLMs are represented only through
-their validation labels; the test prompts with the test LLMs are used only to
-score the routers.
+One trial: prompts are split into train / validation / test and the LLMs
+into a training pool and an unseen test pool. Training prompts carry labels
+of the training LLMs only; validation prompts carry labels of both pools;
+test prompts with the test LLMs are used only to score the routers. Every
+hyper-parameter (K clusters, k neighbours) is chosen per trial from the
+training LLMs alone (App. F.1): represent them with training-prompt labels,
+route them on the validation prompts, keep the value with the largest area.
+
+Trials are data: index arrays with a leading trial axis. A trial is a pure
+function of the dataset's arrays, its indices and a key, so batches of
+trials run as one vmapped, compiled call; only the batches are a Python loop
+(for progress and memory).
+
+Conventions:
+- A test prompt missing a label for any test LLM is left out of that
+  trial's scores (weight 0), since its routed loss would be unknown.
+- With per-prompt costs (RouterBench), a router cannot know a prompt's cost
+  before the LLM answers: every router ranks LLMs by their mean cost on the
+  validation prompts, and curves account the cost actually paid. The
+  per-prompt oracle ranks by the cost paid.
+- The mean deferral curve is the pointwise mean of the trials' monotone
+  envelopes over relative cost. Its Area and Area(50%) equal the mean
+  per-trial areas (integration is linear); its QNC is the relative cost at
+  which it reaches the mean quality of the trials' best single test LLM.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,19 +40,14 @@ import numpy as np
 from uniroute_jax import _validation as check
 from uniroute_jax import clustering, features, metrics
 from uniroute_jax.baselines import knn, zero_router
-from uniroute_jax.types import RoutingData
+from uniroute_jax.types import Array, RoutingData
 
-METHODS = ("zero", "knn", "kmeans", "oracle")
-METHOD_TITLES = {
-    "zero": "ZeroRouter",
-    "knn": "K-NN",
-    "kmeans": "UniRoute (K-means)",
-    "oracle": "Oracle (per prompt)",
-}
+
+# ------------------------------------------------------------------- splits
 
 
 class Split(NamedTuple):
-  """Index arrays of one trial.
+  """Index arrays of one trial, or of many with a leading trial axis.
 
   Attributes:
     train: training prompts (embeddings; labels of training LLMs only).
@@ -64,133 +80,523 @@ def split_sizes(n: int, val_frac: float, test_frac: float) -> tuple[int, int, in
   return n_train, n_val, n_test
 
 
-def make_split(key, num_prompts: int, num_models: int, *, val_frac=0.1,
-               test_frac=0.3, test_model_frac=1 / 3) -> Split:
-  """A random prompt split and a random split of LLMs into training/test pools.
-
-  Args:
-    key: a ``jax.random.key``.
-    num_prompts, num_models: n and m.
-    val_frac, test_frac: fractions of prompts (the rest is training).
-    test_model_frac: fraction of LLMs held out as the unseen test pool (at
-      least 2 so there is something to route between, and at least 1 left
-      for training).
-  """
-  n_train, n_val, _ = split_sizes(num_prompts, val_frac, test_frac)
+def model_split_sizes(m: int, test_model_frac: float) -> tuple[int, int]:
+  """(training, test) pool sizes: at least 2 test LLMs and 1 training LLM."""
   if not 0.0 < test_model_frac < 1.0:
     raise ValueError(f"test_model_frac must lie in (0, 1), got {test_model_frac}")
-  m_test = max(2, round(num_models * test_model_frac))
-  if num_models - m_test < 1:
+  m_test = max(2, round(m * test_model_frac))
+  if m - m_test < 1:
     raise ValueError(
-        f"num_models={num_models} is too few for a training pool and a test "
-        "pool of at least 2 LLMs")
-  prompt_key, model_key = jax.random.split(key)
-  prompts = np.asarray(jax.random.permutation(prompt_key, num_prompts))
-  models = np.asarray(jax.random.permutation(model_key, num_models))
-  return Split(
-      train=np.sort(prompts[:n_train]),
-      val=np.sort(prompts[n_train:n_train + n_val]),
-      test=np.sort(prompts[n_train + n_val:]),
-      train_models=np.sort(models[m_test:]),
-      test_models=np.sort(models[:m_test]))
+        f"num_models={m} is too few for a training pool and a test pool of "
+        "at least 2 LLMs")
+  return m - m_test, m_test
 
 
-class MethodResult(NamedTuple):
+def make_trials(key, num_trials: int, num_prompts: int, num_models: int, *,
+                val_frac=0.1, test_frac=0.3, test_model_frac=1 / 3) -> Split:
+  """Random prompt and LLM splits for ``num_trials`` trials: a batched Split.
+
+  Each field has shape [num_trials, size]; indices are sorted within a trial.
+  Trial t uses ``jax.random.fold_in(key, t)``, so the first trials are the
+  same whatever ``num_trials`` is.
+  """
+  num_trials = check.positive_int("num_trials", num_trials)
+  n_train, n_val, _ = split_sizes(num_prompts, val_frac, test_frac)
+  m_train, _ = model_split_sizes(num_models, test_model_frac)
+
+  def one(t):
+    prompt_key, model_key = jax.random.split(jax.random.fold_in(key, t))
+    prompts = jax.random.permutation(prompt_key, num_prompts)
+    models = jax.random.permutation(model_key, num_models)
+    return (jnp.sort(prompts[:n_train]),
+            jnp.sort(prompts[n_train:n_train + n_val]),
+            jnp.sort(prompts[n_train + n_val:]),
+            jnp.sort(models[:m_train]), jnp.sort(models[m_train:]))
+
+  parts = jax.vmap(one)(jnp.arange(num_trials))
+  return Split(*(np.asarray(p, np.int32) for p in parts))
+
+
+def make_split(key, num_prompts: int, num_models: int, *, val_frac=0.1,
+               test_frac=0.3, test_model_frac=1 / 3) -> Split:
+  """One trial's split: trial 0 of :func:`make_trials`."""
+  trials = make_trials(key, 1, num_prompts, num_models, val_frac=val_frac,
+                       test_frac=test_frac, test_model_frac=test_model_frac)
+  return Split(*(part[0] for part in trials))
+
+
+# --------------------------------------------------------- one trial's data
+
+
+class TrialData(NamedTuple):
+  """The arrays one trial's routers may see, gathered by its split.
+
+  ``*_cost`` entries are [m] or [rows, m] like the dataset's cost;
+  ``*_route_cost`` are [m] mean validation costs, what a router ranks by.
+  """
+
+  train_emb: Array          # [n_train, d]
+  val_emb: Array            # [n_val, d]
+  test_emb: Array           # [n_test, d]
+  train_loss: Array         # [n_train, m_train] training LLMs on training prompts
+  train_mask: Array         # [n_train, m_train]
+  val_train_loss: Array     # [n_val, m_train]
+  val_train_mask: Array     # [n_val, m_train]
+  val_train_weights: Array  # [n_val] 1 where every training LLM is labelled
+  val_train_cost: Array     # costs paid on validation prompts, training LLMs
+  train_route_cost: Array   # [m_train]
+  val_test_loss: Array      # [n_val, m_test]
+  val_test_mask: Array      # [n_val, m_test]
+  test_loss: Array          # [n_test, m_test] scoring only
+  test_weights: Array       # [n_test] 1 where every test LLM is labelled
+  test_cost: Array          # costs paid on test prompts, test LLMs
+  test_route_cost: Array    # [m_test]
+
+
+def gather_trial(arrays, split: Split) -> TrialData:
+  """Slices the dataset's (embeddings, loss, mask, cost) by one trial's split."""
+  emb, loss, mask, cost = arrays
+  dtype = loss.dtype
+
+  def cells(prompts, models):
+    return loss[prompts][:, models], mask[prompts][:, models]
+
+  def costs(prompts, models):
+    return cost[prompts][:, models] if cost.ndim == 2 else cost[models]
+
+  def route_cost(models):
+    per_model = jnp.mean(cost[split.val], axis=0) if cost.ndim == 2 else cost
+    return per_model[models]
+
+  train_loss, train_mask = cells(split.train, split.train_models)
+  val_train_loss, val_train_mask = cells(split.val, split.train_models)
+  val_test_loss, val_test_mask = cells(split.val, split.test_models)
+  test_loss, test_mask = cells(split.test, split.test_models)
+  return TrialData(
+      train_emb=emb[split.train], val_emb=emb[split.val], test_emb=emb[split.test],
+      train_loss=train_loss, train_mask=train_mask,
+      val_train_loss=val_train_loss, val_train_mask=val_train_mask,
+      val_train_weights=jnp.all(val_train_mask, axis=1).astype(dtype),
+      val_train_cost=costs(split.val, split.train_models),
+      train_route_cost=route_cost(split.train_models),
+      val_test_loss=val_test_loss, val_test_mask=val_test_mask,
+      test_loss=jnp.where(test_mask, test_loss, 0.0),
+      test_weights=jnp.all(test_mask, axis=1).astype(dtype),
+      test_cost=costs(split.test, split.test_models),
+      test_route_cost=route_cost(split.test_models))
+
+
+def _validation_area(gamma, trial: TrialData):
+  """Area of the training LLMs' curve on the validation prompts (App. F.1)."""
+  curve = metrics._deferral_curve(
+      gamma, jnp.where(trial.val_train_mask, trial.val_train_loss, 0.0),
+      trial.val_train_cost,
+      jnp.ones(gamma.shape[1], bool), trial.val_train_weights,
+      trial.train_route_cost)
+  return metrics._deferral_metrics(curve, None).area
+
+
+def _test_curve(gamma, trial: TrialData):
+  return metrics._deferral_curve(
+      gamma, trial.test_loss, trial.test_cost,
+      jnp.ones(gamma.shape[1], bool), trial.test_weights, trial.test_route_cost)
+
+
+# ------------------------------------------------------------------ methods
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Static settings of an evaluation (they fix shapes and programs).
+
+  Attributes:
+    cluster_grid: candidate K for UniRoute (App. F.1).
+    neighbor_grid: candidate k for K-NN.
+    kmeans_max_iter: Lloyd iterations per k-means fit.
+    curve_points: relative-cost grid size of the mean deferral curve.
+  """
+
+  cluster_grid: tuple[int, ...]
+  neighbor_grid: tuple[int, ...]
+  kmeans_max_iter: int = 100
+  curve_points: int = 1001
+
+
+class MethodOutput(NamedTuple):
+  """What a method returns for one trial: its test curve and its chosen
+  hyper-parameter (0 when it has none)."""
+
   curve: metrics.DeferralCurve
-  metrics: metrics.DeferralMetrics
+  chosen: Array
+
+
+MethodFn = Callable[[TrialData, Array, Settings], MethodOutput]
+
+
+def _zero_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
+  del key, settings
+  observed = jnp.where(trial.val_test_mask, trial.val_test_loss, 0.0)
+  mean_loss = jnp.sum(observed, 0) / jnp.maximum(jnp.sum(trial.val_test_mask, 0), 1)
+  hull = zero_router.zero_router_hull(mean_loss, trial.test_route_cost)
+  curve = zero_router.zero_router_curve(hull, trial.test_loss, trial.test_cost,
+                                        weights=trial.test_weights)
+  return MethodOutput(curve, jnp.zeros((), jnp.int32))
+
+
+def _knn_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
+  del key
+  grid = settings.neighbor_grid
+  # Selection: training LLMs, represented on the training prompts.
+  val_gamma = knn.knn_predicted_loss_grid(
+      trial.val_emb, trial.train_emb, trial.train_loss, num_neighbors=grid,
+      mask=trial.train_mask)
+  areas = jax.vmap(lambda g: _validation_area(g, trial))(val_gamma)
+  best = jnp.argmax(areas)
+  test_gamma = knn.knn_predicted_loss_grid(
+      trial.test_emb, trial.val_emb, trial.val_test_loss, num_neighbors=grid,
+      mask=trial.val_test_mask)[best]
+  return MethodOutput(_test_curve(test_gamma, trial),
+                      jnp.asarray(grid, jnp.int32)[best])
+
+
+def _kmeans_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
+  best_area = jnp.array(-jnp.inf, trial.test_loss.dtype)
+  best_gamma = jnp.zeros(trial.test_loss.shape, trial.test_loss.dtype)
+  best_k = jnp.zeros((), jnp.int32)
+  for i, k in enumerate(settings.cluster_grid):
+    fit = clustering.kmeans(jax.random.fold_in(key, i), trial.train_emb,
+                            num_clusters=k, max_iter=settings.kmeans_max_iter)
+    val_clusters = clustering.assign_clusters(trial.val_emb, fit.centroids).cluster
+    test_clusters = clustering.assign_clusters(trial.test_emb, fit.centroids).cluster
+    train_psi = features.cluster_errors(
+        fit.assignment, trial.train_loss, mask=trial.train_mask,
+        num_clusters=k).psi
+    area = _validation_area(train_psi[val_clusters], trial)
+    test_psi = features.cluster_errors(
+        val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
+        num_clusters=k).psi
+    better = area > best_area
+    best_area = jnp.where(better, area, best_area)
+    best_gamma = jnp.where(better, test_psi[test_clusters], best_gamma)
+    best_k = jnp.where(better, k, best_k)
+  return MethodOutput(_test_curve(best_gamma, trial), best_k)
+
+
+def _oracle(trial: TrialData, key, settings: Settings) -> MethodOutput:
+  del key, settings
+  curve = metrics._deferral_curve(
+      trial.test_loss, trial.test_loss, trial.test_cost,
+      jnp.ones(trial.test_loss.shape[1], bool), trial.test_weights,
+      trial.test_cost)
+  return MethodOutput(curve, jnp.zeros((), jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A router the protocol can evaluate.
+
+  Attributes:
+    title: how tables name it.
+    run: (trial data, key, settings) -> MethodOutput; pure and vmappable.
+    reference: True for upper bounds (the oracle, clairvoyant routers):
+      reported, but never the "best method" others are tested against.
+    hyperparameter: what ``MethodOutput.chosen`` is, e.g. "K"; "" for none.
+  """
+
+  title: str
+  run: MethodFn
+  reference: bool = False
+  hyperparameter: str = ""
+
+
+METHODS: dict[str, Method] = {
+    "zero": Method("ZeroRouter", _zero_router),
+    "knn": Method("K-NN", _knn_router, hyperparameter="k"),
+    "kmeans": Method("UniRoute (K-means)", _kmeans_router, hyperparameter="K"),
+    "oracle": Method("Oracle (per prompt)", _oracle, reference=True),
+}
+DEFAULT_METHODS = ("zero", "knn", "kmeans", "oracle")
+
+
+def register_method(name: str, method: Method) -> None:
+  """Adds a router to :data:`METHODS` (e.g. a learned cluster map)."""
+  if not name.isidentifier():
+    raise ValueError(f"method name must be an identifier, got {name!r}")
+  METHODS[name] = method
+
+
+# ------------------------------------------------------- hyper-parameters
+
+
+def _integer_grid(low: int, high: int, size: int = 8) -> tuple[int, ...]:
+  """Up to ``size`` distinct integers from low to high, geometrically spaced."""
+  if high <= low:
+    return (low,)
+  values = np.unique(np.round(np.geomspace(low, high, size)).astype(int))
+  return tuple(int(v) for v in values)
+
+
+def default_cluster_grid(n_train: int, n_val: int) -> tuple[int, ...]:
+  """K from 3 to N_val / 50 (App. F.1), at most the training prompts."""
+  high = max(3, n_val // 50)
+  return tuple(k for k in _integer_grid(3, high) if k <= n_train) or (n_train,)
+
+
+def default_neighbor_grid(n_train: int, n_val: int) -> tuple[int, ...]:
+  """k from 5 to N_val / 3 (App. F.1); k neighbours must exist both among
+  the training prompts (selection) and the validation prompts (test)."""
+  cap = min(n_train, n_val)
+  return tuple(k for k in _integer_grid(5, max(5, n_val // 3)) if k <= cap) or (cap,)
 
 
 def default_num_clusters(num_val: int) -> int:
-  """K = N_val / 50 (App. F.1, without training LLMs to select it), >= 2."""
+  """K = N_val / 50, at least 2: the rule without training LLMs (App. F.1)."""
   return max(2, num_val // 50)
 
 
 def default_num_neighbors(num_val: int) -> int:
-  """k = sqrt(N_val) (App. F.1, without training LLMs to select it)."""
+  """k = sqrt(N_val): the rule without training LLMs (App. F.1)."""
   return max(1, min(num_val, round(math.sqrt(num_val))))
 
 
-def evaluate_split(key, data: RoutingData, split: Split, *,
-                   num_clusters: int | None = None,
-                   num_neighbors: int | None = None,
-                   methods=METHODS,
-                   on_step: Callable[[str], None] | None = None
-                   ) -> dict[str, MethodResult]:
-  """Scores each router on the unseen test LLMs and test prompts of one split.
+# --------------------------------------------------------------- evaluation
 
-  Test prompts missing a label for any test LLM are left out of the scores
-  (weight 0), since their routed loss would be unknown.
 
-  Args:
-    key: a ``jax.random.key`` (k-means seeding).
-    data: the dataset.
-    split: from :func:`make_split`.
-    num_clusters: K for UniRoute; default :func:`default_num_clusters`.
-    num_neighbors: k for K-NN; default :func:`default_num_neighbors`.
-    methods: any of ``METHODS``.
-    on_step: called with a short description before each step (progress).
+class TrialMetrics(NamedTuple):
+  """Per-trial results of one method, each [T]; ``curve_quality`` [T, G]."""
+
+  area: Array
+  area50: Array
+  qnc: Array
+  peak_quality: Array
+  best_quality: Array
+  chosen: Array
+  curve_quality: Array
+
+
+class PoolPoints(NamedTuple):
+  """Each test LLM alone on the test prompts, [T, m_test] each."""
+
+  relative_cost: Array
+  quality: Array
+
+
+def _pool_points(trial: TrialData) -> PoolPoints:
+  w = trial.test_weights[:, None] / jnp.sum(trial.test_weights)
+  cost = jnp.sum(w * jnp.broadcast_to(trial.test_cost, trial.test_loss.shape), 0)
+  quality = 1.0 - jnp.sum(w * trial.test_loss, 0)
+  return PoolPoints(cost / jnp.max(cost), quality)
+
+
+@functools.partial(jax.jit, static_argnames=("methods", "settings"))
+def _run_batch(arrays, splits: Split, keys, *, methods: tuple[str, ...],
+               settings: Settings):
+  grid = jnp.linspace(0.0, 1.0, settings.curve_points, dtype=arrays[1].dtype)
+
+  def one(split, key):
+    trial = gather_trial(arrays, split)
+    out = {"pool": _pool_points(trial)}
+    for i, name in enumerate(methods):
+      result = METHODS[name].run(trial, jax.random.fold_in(key, i), settings)
+      m = metrics._deferral_metrics(result.curve, None)
+      env = metrics._upper_envelope(result.curve)
+      out[name] = TrialMetrics(m.area, m.area50, m.qnc, m.peak_quality,
+                               result.curve.best_quality, result.chosen,
+                               metrics.interpolate(env, grid))
+    return out
+
+  return jax.vmap(one)(splits, keys)
+
+
+def run_trials(key, data: RoutingData, splits: Split, *,
+               methods: Sequence[str] = DEFAULT_METHODS,
+               settings: Settings, batch_size: int = 8,
+               on_progress: Callable[[int, int], None] | None = None
+               ) -> tuple[dict[str, TrialMetrics], PoolPoints]:
+  """Runs every method on every trial.
 
   Returns:
-    {method: MethodResult} in the order of ``methods``.
+    ({method: per-trial metrics}, the test LLMs' own points per trial).
+
+  Trials run ``batch_size`` at a time as one vmapped call (the last batch is
+  padded by repeating a trial, then trimmed), so the results do not depend
+  on the batch size.
   """
+  methods = tuple(methods)
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
-    raise ValueError(f"methods must be among {METHODS}, got {unknown}")
-  report = on_step or (lambda _: None)
-  test_llms = data.select_models(split.test_models)
-  val = test_llms.select_prompts(split.val)
-  test = test_llms.select_prompts(split.test)
-  num_clusters = num_clusters or default_num_clusters(len(split.val))
-  num_neighbors = num_neighbors or default_num_neighbors(len(split.val))
-  check.positive_int("num_clusters", num_clusters, upper=len(split.train),
-                     upper_doc=f"the number of training prompts ({len(split.train)})")
-  check.positive_int("num_neighbors", num_neighbors, upper=len(split.val),
-                     upper_doc=f"the number of validation prompts ({len(split.val)})")
-  weights = np.all(test.mask, axis=1).astype(np.float32)
-  if not weights.any():
-    raise ValueError("no test prompt has labels for every test LLM")
-  truth = np.where(test.mask, test.loss, 0.0)
-  results: dict[str, MethodResult] = {}
+    raise ValueError(f"methods must be among {tuple(METHODS)}, got {unknown}")
+  batch_size = check.positive_int("batch_size", batch_size)
+  num_trials = splits.train.shape[0]
+  dtype = check.compute_dtype(data.embeddings, data.loss)
+  arrays = (jnp.asarray(data.embeddings, dtype), jnp.asarray(data.loss, dtype),
+            jnp.asarray(data.mask, bool), jnp.asarray(data.cost, dtype))
+  trial_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(
+      jnp.arange(num_trials))
+  batch_size = min(batch_size, num_trials)
+  pieces = []
+  for start in range(0, num_trials, batch_size):
+    index = np.minimum(np.arange(start, start + batch_size), num_trials - 1)
+    batch = Split(*(np.asarray(part)[index] for part in splits))
+    out = _run_batch(arrays, batch, trial_keys[index], methods=methods,
+                     settings=settings)
+    keep = min(batch_size, num_trials - start)
+    pieces.append(jax.tree.map(lambda a: np.asarray(a)[:keep], out))
+    if on_progress is not None:
+      on_progress(start + keep, num_trials)
+  def joined(name, kind):
+    return kind(*(np.concatenate([p[name][f] for p in pieces])
+                  for f in range(len(kind._fields))))
 
-  def score(name, curve):
-    results[name] = MethodResult(curve, metrics.deferral_metrics(curve))
-
-  for name in methods:
-    if name == "zero":
-      report("ZeroRouter: hull of the validation (cost, loss) points")
-      overall = features.cluster_errors(
-          np.zeros(len(split.val), np.int32), val.loss, num_clusters=1,
-          mask=val.mask).overall
-      hull = zero_router.zero_router_hull(overall, _model_cost(val))
-      score(name, zero_router.zero_router_curve(hull, truth, test.cost,
-                                                weights=weights))
-    elif name == "knn":
-      report(f"K-NN: {num_neighbors} nearest validation prompts")
-      gamma = knn.knn_predicted_loss(
-          test.embeddings, val.embeddings, val.loss, mask=val.mask,
-          num_neighbors=num_neighbors)
-      score(name, metrics.deferral_curve(gamma, truth, test.cost,
-                                         weights=weights))
-    elif name == "kmeans":
-      report(f"UniRoute: k-means with K={num_clusters} on "
-             f"{len(split.train)} training prompts")
-      fit = clustering.kmeans(key, data.embeddings[split.train],
-                          num_clusters=num_clusters)
-      val_clusters = clustering.assign_clusters(val.embeddings, fit.centroids).cluster
-      test_clusters = clustering.assign_clusters(test.embeddings, fit.centroids).cluster
-      psi = features.cluster_errors(val_clusters, val.loss, mask=val.mask,
-                                    num_clusters=num_clusters).psi
-      gamma = psi[test_clusters]
-      score(name, metrics.deferral_curve(gamma, truth, test.cost,
-                                         weights=weights))
-    elif name == "oracle":
-      report("Oracle: every test label known")
-      score(name, metrics.deferral_curve(truth, truth, test.cost,
-                                         weights=weights))
-  return results
+  return ({name: joined(name, TrialMetrics) for name in methods},
+          joined("pool", PoolPoints))
 
 
-def _model_cost(data: RoutingData) -> np.ndarray:
-  """[m] cost per LLM: per-prompt costs averaged over the prompts."""
-  cost = np.asarray(data.cost)
-  return cost.mean(axis=0) if cost.ndim == 2 else cost
+class SignTest(NamedTuple):
+  """Two-sided exact sign test of per-trial areas against another method."""
+
+  wins: int
+  losses: int
+  ties: int
+  p_value: float
+
+
+def sign_test(a, b) -> SignTest:
+  """Exact two-sided sign test that ``a`` and ``b`` (paired) differ.
+
+  Ties are dropped; p = min(1, 2 P[Binomial(wins + losses, 1/2) <= min]).
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape or a.ndim != 1:
+    raise ValueError(f"sign_test needs two 1-d arrays of equal length, got "
+                     f"{a.shape} and {b.shape}")
+  wins, losses = int(np.sum(a > b)), int(np.sum(a < b))
+  n = wins + losses
+  tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+  p = min(1.0, 2.0 * tail / 2.0 ** n) if n else 1.0
+  return SignTest(wins, losses, int(a.size - n), p)
+
+
+class MethodSummary(NamedTuple):
+  """One method's results over all trials.
+
+  Attributes:
+    name, title: the method's key and display name.
+    area, area50, qnc, peak_quality: metrics of the mean deferral curve.
+    area_ci: 95% normal-approximation interval of the mean per-trial area.
+    relative_cost, quality: the mean curve, [G] each.
+    trials: the per-trial :class:`TrialMetrics`.
+    versus_best: sign test of the per-trial areas against the best method
+      (None for the best method itself and for reference methods).
+    significantly_worse: p < alpha and fewer wins than losses.
+  """
+
+  name: str
+  title: str
+  area: float
+  area50: float
+  qnc: float
+  peak_quality: float
+  area_ci: tuple[float, float]
+  relative_cost: np.ndarray
+  quality: np.ndarray
+  trials: TrialMetrics
+  versus_best: SignTest | None
+  significantly_worse: bool
+
+
+def summarise(results: dict[str, TrialMetrics], *, alpha: float = 0.01
+              ) -> tuple[dict[str, MethodSummary], str | None]:
+  """Mean-curve metrics, intervals and sign tests; also the best method.
+
+  The best method is the non-reference method with the largest mean area.
+  """
+  summaries, best = {}, None
+  candidates = [n for n in results if not METHODS[n].reference]
+  if candidates:
+    best = max(candidates, key=lambda n: float(np.mean(results[n].area)))
+  for name, r in results.items():
+    t = r.area.shape[0]
+    quality = np.mean(r.curve_quality, axis=0)
+    grid = np.linspace(0.0, 1.0, quality.shape[0])
+    curve = metrics.curve_from_points(grid, quality, max_cost=1.0,
+                                      best_quality=float(np.mean(r.best_quality)))
+    mean_metrics = metrics.deferral_metrics(curve)
+    mean = float(np.mean(r.area))
+    half = 1.96 * float(np.std(r.area, ddof=1)) / math.sqrt(t) if t > 1 else math.nan
+    test = None
+    if best is not None and name != best and not METHODS[name].reference:
+      test = sign_test(r.area, results[best].area)
+    summaries[name] = MethodSummary(
+        name=name, title=METHODS[name].title, area=mean,
+        area50=float(np.mean(r.area50)), qnc=float(mean_metrics.qnc),
+        peak_quality=float(np.max(quality)), area_ci=(mean - half, mean + half),
+        relative_cost=grid, quality=quality, trials=r, versus_best=test,
+        significantly_worse=bool(test is not None and test.p_value < alpha
+                                 and test.wins < test.losses))
+  return summaries, best
+
+
+class Evaluation(NamedTuple):
+  """Everything :func:`evaluate` measured."""
+
+  methods: dict[str, MethodSummary]
+  best: str | None
+  splits: Split
+  settings: Settings
+  alpha: float
+  pool: PoolPoints
+
+
+def evaluate(key, data: RoutingData, *, num_trials: int = 10,
+             methods: Sequence[str] = DEFAULT_METHODS, val_frac=0.1,
+             test_frac=0.3, test_model_frac=1 / 3,
+             cluster_grid: Sequence[int] | None = None,
+             neighbor_grid: Sequence[int] | None = None,
+             kmeans_max_iter: int = 100, curve_points: int = 1001,
+             alpha: float = 0.01, batch_size: int = 8,
+             on_progress: Callable[[int, int], None] | None = None
+             ) -> Evaluation:
+  """The paper's evaluation: many random trials, unseen test LLMs, mean curves.
+
+  Args:
+    key: a ``jax.random.key``: splits and k-means seeds derive from it.
+    data: the dataset (validated here).
+    num_trials: independent trials (the paper uses 400).
+    methods: keys of :data:`METHODS`.
+    val_frac, test_frac: prompt fractions (the rest trains); the paper uses
+      0.1 / 0.3, and 0.01 validation for RouterBench.
+    test_model_frac: fraction of LLMs held out as the unseen test pool.
+    cluster_grid, neighbor_grid: candidate K and k, selected per trial on
+      the training LLMs; default :func:`default_cluster_grid` and
+      :func:`default_neighbor_grid`. One value fixes it.
+    kmeans_max_iter: Lloyd iterations per fit.
+    curve_points: size of the relative-cost grid of the mean curves.
+    alpha: level of the sign tests.
+    batch_size: trials per vmapped call (memory grows with it).
+    on_progress: called with (trials done, trials in all) after each batch.
+  """
+  data.validate()
+  splits = make_trials(key, num_trials, data.num_prompts, data.num_models,
+                       val_frac=val_frac, test_frac=test_frac,
+                       test_model_frac=test_model_frac)
+  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
+  clusters = tuple(cluster_grid) if cluster_grid else default_cluster_grid(n_train, n_val)
+  neighbors = tuple(neighbor_grid) if neighbor_grid else default_neighbor_grid(n_train, n_val)
+  for k in clusters:
+    check.positive_int("cluster_grid", k, upper=n_train,
+                       upper_doc=f"the number of training prompts ({n_train})")
+  for k in neighbors:
+    check.positive_int("neighbor_grid", k, upper=min(n_train, n_val),
+                       upper_doc=f"the number of training and of validation "
+                                 f"prompts ({min(n_train, n_val)})")
+  if not 0.0 < alpha < 1.0:
+    raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+  settings = Settings(cluster_grid=clusters, neighbor_grid=neighbors,
+                      kmeans_max_iter=check.positive_int("kmeans_max_iter", kmeans_max_iter),
+                      curve_points=check.positive_int("curve_points", curve_points))
+  results, pool = run_trials(jax.random.fold_in(key, 1), data, splits,
+                             methods=methods, settings=settings,
+                             batch_size=batch_size, on_progress=on_progress)
+  summaries, best = summarise(results, alpha=alpha)
+  return Evaluation(summaries, best, splits, settings, alpha, pool)

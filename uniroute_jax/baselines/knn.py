@@ -42,6 +42,28 @@ def knn_predicted_loss(query, reference, reference_loss, *, num_neighbors: int,
     [n, m] predicted loss. Where none of the k neighbours is labelled for an
     LLM, its mean loss over all labelled reference prompts.
   """
+  return _knn_checked(query, reference, reference_loss, ks=(num_neighbors,),
+                      mask=mask, metric=metric, chunk_size=chunk_size)[0]
+
+
+def knn_predicted_loss_grid(query, reference, reference_loss, *,
+                            num_neighbors, mask=None, metric: str = "cosine",
+                            chunk_size: int | None = None) -> Array:
+  """:func:`knn_predicted_loss` for several k at once: [len(k), n, m].
+
+  One nearest-neighbour search with the largest k; every smaller k is a
+  prefix of the same sorted neighbour list, so all k cost one search.
+  ``num_neighbors`` is a sequence of k (static).
+  """
+  ks = tuple(num_neighbors)
+  if not ks:
+    raise ValueError("num_neighbors must name at least one k")
+  return _knn_checked(query, reference, reference_loss, ks=ks, mask=mask,
+                      metric=metric, chunk_size=chunk_size)
+
+
+def _knn_checked(query, reference, reference_loss, *, ks, mask, metric,
+                 chunk_size):
   if metric not in _METRICS:
     raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
   dtype = check.compute_dtype(query, reference, reference_loss)
@@ -57,19 +79,19 @@ def knn_predicted_loss(query, reference, reference_loss, *, num_neighbors: int,
     raise ValueError(
         f"query and reference must have the same embedding size: "
         f"got {query.shape[1]} and {reference.shape[1]}")
-  k = check.positive_int("num_neighbors", num_neighbors, upper=v,
-                         upper_doc=f"the number of reference prompts ({v})")
+  ks = tuple(check.positive_int("num_neighbors", k, upper=v,
+                                upper_doc=f"the number of reference prompts ({v})")
+             for k in ks)
   mask = check.bool_mask("mask", mask, (v, m))
   check.finite("query", query)
   check.finite("reference", reference)
   check.in_range("reference_loss", loss, 0.0, 1.0, where=mask)
   block = _blocks.block_size(query.shape[0], v, chunk_size)
-  return _knn(query, reference, loss, mask, num_neighbors=k, metric=metric,
-              block=block)
+  return _knn(query, reference, loss, mask, ks=ks, metric=metric, block=block)
 
 
-@functools.partial(jax.jit, static_argnames=("num_neighbors", "metric", "block"))
-def _knn(query, reference, loss, mask, *, num_neighbors, metric, block):
+@functools.partial(jax.jit, static_argnames=("ks", "metric", "block"))
+def _knn(query, reference, loss, mask, *, ks, metric, block):
   if metric == "cosine":
     def unit(a):
       norm = jnp.linalg.norm(a, axis=1, keepdims=True)
@@ -85,13 +107,16 @@ def _knn(query, reference, loss, mask, *, num_neighbors, metric, block):
   observed = jnp.where(mask, loss, 0.0)
   overall = (jnp.sum(observed, axis=0, keepdims=True) /
              jnp.maximum(jnp.sum(labelled, axis=0, keepdims=True), 1))
+  positions = jnp.asarray(ks, jnp.int32) - 1
 
   def block_fn(q):
     scale = 1.0 if metric == "cosine" else 2.0
     score = scale * jnp.matmul(q, reference.T, precision=_HIGHEST) + ref_term
-    _, neighbours = jax.lax.top_k(score, num_neighbors)
-    sums = jnp.sum(observed[neighbours], axis=1)
-    counts = jnp.sum(labelled[neighbours], axis=1)
-    return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), overall)
+    # top_k lists neighbours nearest first, so the k nearest are a prefix.
+    _, neighbours = jax.lax.top_k(score, max(ks))
+    sums = jnp.cumsum(observed[neighbours], axis=1)[:, positions]
+    counts = jnp.cumsum(labelled[neighbours], axis=1)[:, positions]
+    # [b, len(ks), m]
+    return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), overall[:, None])
 
-  return _blocks.map_rows(block_fn, (query,), block)
+  return jnp.moveaxis(_blocks.map_rows(block_fn, (query,), block), 1, 0)

@@ -1,0 +1,172 @@
+"""Prompt embeddings from .npy / .npz files, aligned to a loader's prompts.
+
+Files are always read with ``allow_pickle=False``: an embeddings file is data a
+user downloads, and unpickling it could run arbitrary code. String ids must
+therefore be stored as NumPy unicode arrays (``np.array(ids, dtype=str)``),
+never as object arrays.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# Keys an .npz may use for the prompt ids and for the [n, d] matrix.
+ID_KEYS = ("prompt_ids", "ids", "prompt_id")
+EMBEDDING_KEYS = ("embeddings", "embedding")
+
+
+def load_embeddings(path, prompt_ids) -> np.ndarray:
+  """Reads an embeddings file and returns one row per prompt of ``prompt_ids``.
+
+  Accepted layouts:
+
+  * ``.npy`` holding an [n, d] array whose row i belongs to ``prompt_ids[i]``
+    (the row count must equal n).
+  * ``.npz`` holding a single array: treated like ``.npy``.
+  * ``.npz`` holding an id array (key ``prompt_ids``, ``ids`` or
+    ``prompt_id``) and an [N, d] array (key ``embeddings`` or ``embedding``):
+    rows are matched to ``prompt_ids`` by id. Every prompt id must be present;
+    ids the file has beyond them are ignored.
+  * ``.npz`` with ``file`` and ``row`` arrays plus ``embedding`` (the layout
+    of the shared RouterBench embeddings): the id of a row is
+    ``"<file>:<row>"``, the prompt id format of
+    :func:`uniroute_jax.data.load_routerbench`.
+
+  Ids are compared as strings, so integer ids in the file match the string
+  form of the prompt ids (and the other way round).
+
+  Args:
+    path: the ``.npy`` or ``.npz`` file.
+    prompt_ids: [n] the ids of the prompts, in the order wanted.
+
+  Returns:
+    float32 [n, d] embeddings, row i for ``prompt_ids[i]``.
+
+  Raises:
+    FileNotFoundError: when ``path`` does not exist.
+    ValueError: on an unknown file type, a missing or ambiguous array, a row
+      count that does not match, prompt ids absent from the file, duplicate
+      ids, or NaN / infinite values.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"embeddings file not found: {path!r}")
+  n = len(prompt_ids)
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix == ".npy":
+    matrix = _in_prompt_order(path, _load(path), n)
+  elif suffix == ".npz":
+    matrix = _from_npz(path, prompt_ids)
+  else:
+    raise ValueError(
+        f"embeddings file {path!r} must be a .npy or .npz file, got {suffix!r}")
+  matrix = matrix.astype(np.float32)
+  if not np.all(np.isfinite(matrix)):
+    row = int(np.nonzero(~np.all(np.isfinite(matrix), axis=1))[0][0])
+    raise ValueError(
+        f"embeddings from {path!r} contain NaN or infinity (first in the row "
+        f"for prompt id {_to_str(prompt_ids[row])!r}; float16/float64 values "
+        "beyond float32's range also become infinite)")
+  return matrix
+
+
+def _load(path: str, npz=None, key: str | None = None) -> np.ndarray:
+  """One array from a .npy file, or from an open .npz under ``key``."""
+  where = f"{path!r}" if key is None else f"array {key!r} of {path!r}"
+  try:
+    return np.load(path, allow_pickle=False) if npz is None else npz[key]
+  except ValueError as err:
+    if "allow_pickle" in str(err):
+      raise ValueError(
+          f"{where} holds Python objects, which would need pickle to read; "
+          "store ids as a unicode (str) or integer array and embeddings as a "
+          "float array") from None
+    raise ValueError(f"{where} could not be read: {err}") from None
+
+
+def _matrix(path: str, array: np.ndarray) -> np.ndarray:
+  if array.ndim != 2:
+    raise ValueError(
+        f"embeddings in {path!r} must be a 2-d array [n, d], got shape "
+        f"{array.shape}")
+  if not (np.issubdtype(array.dtype, np.floating)
+          or np.issubdtype(array.dtype, np.integer)):
+    raise ValueError(
+        f"embeddings in {path!r} must be numeric, got dtype {array.dtype}")
+  return array
+
+
+def _in_prompt_order(path: str, array: np.ndarray, n: int) -> np.ndarray:
+  array = _matrix(path, array)
+  if array.shape[0] != n:
+    raise ValueError(
+        f"embeddings in {path!r} have {array.shape[0]} rows but there are {n} "
+        "prompts; a .npy must hold exactly one row per prompt, in prompt order "
+        "(use an .npz with prompt ids to align by id)")
+  return array
+
+
+def _from_npz(path: str, prompt_ids) -> np.ndarray:
+  with np.load(path, allow_pickle=False) as npz:
+    keys = list(npz.keys())
+    id_key = next((k for k in ID_KEYS if k in keys), None)
+    emb_key = next((k for k in EMBEDDING_KEYS if k in keys), None)
+    if id_key is None and {"file", "row"} <= set(keys) and emb_key is not None:
+      files = _load(path, npz, "file")
+      rows = _load(path, npz, "row")
+      if files.shape != rows.shape or files.ndim != 1:
+        raise ValueError(
+            f"arrays 'file' and 'row' of {path!r} must be 1-d and of equal "
+            f"length, got shapes {files.shape} and {rows.shape}")
+      ids = np.char.add(np.char.add(files.astype(str), ":"), rows.astype(str))
+      return _aligned(path, ids, _matrix(path, _load(path, npz, emb_key)),
+                      prompt_ids, "file:row")
+    if id_key is not None:
+      if emb_key is None:
+        raise ValueError(
+            f"{path!r} has ids under {id_key!r} but no embeddings array; "
+            f"expected one of {list(EMBEDDING_KEYS)}, found {keys}")
+      return _aligned(path, _load(path, npz, id_key),
+                      _matrix(path, _load(path, npz, emb_key)), prompt_ids,
+                      id_key)
+    if len(keys) == 1:
+      return _in_prompt_order(path, _load(path, npz, keys[0]), len(prompt_ids))
+    raise ValueError(
+        f"{path!r} holds arrays {keys}; expected a single [n, d] array, or "
+        f"ids (one of {list(ID_KEYS)}) plus embeddings (one of "
+        f"{list(EMBEDDING_KEYS)})")
+
+
+def _aligned(path: str, ids: np.ndarray, matrix: np.ndarray, prompt_ids,
+             id_key: str) -> np.ndarray:
+  """Rows of ``matrix`` (keyed by ``ids``) for each of ``prompt_ids``."""
+  if ids.ndim != 1 or ids.shape[0] != matrix.shape[0]:
+    raise ValueError(
+        f"ids {id_key!r} in {path!r} must be 1-d with one id per embedding "
+        f"row ({matrix.shape[0]}), got shape {ids.shape}")
+  ids = ids.astype(str)
+  order = np.argsort(ids, kind="stable")
+  sorted_ids = ids[order]
+  repeated = np.nonzero(sorted_ids[1:] == sorted_ids[:-1])[0]
+  if repeated.size:
+    raise ValueError(
+        f"ids {id_key!r} in {path!r} must be unique, but "
+        f"{str(sorted_ids[repeated[0]])!r} appears more than once")
+  wanted = np.asarray([_to_str(i) for i in prompt_ids], dtype=str)
+  if wanted.size == 0:
+    return matrix[:0]
+  at = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
+  found = sorted_ids[at] == wanted if len(sorted_ids) else np.zeros(
+      wanted.shape, bool)
+  if not np.all(found):
+    missing = wanted[~found]
+    raise ValueError(
+        f"{missing.size} of {wanted.size} prompt ids are missing from the ids "
+        f"{id_key!r} of {path!r}, e.g. {str(missing[0])!r}")
+  return matrix[order[at]]
+
+
+def _to_str(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,387 @@
+"""Generic long-format results: one row per (prompt, model) pair.
+
+Also holds the CSV and cost helpers the other loaders share. CSVs are read
+with Python's ``csv`` module (no pandas): prompt fields in routing data can be
+megabytes long, so the field size limit is raised while a file is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import sys
+from collections.abc import Mapping
+
+import numpy as np
+
+from uniroute_jax.data.embeddings import load_embeddings
+from uniroute_jax.types import RoutingData
+
+# Score columns tried, in order, when ``score_column`` is not given.
+SCORE_COLUMNS = ("score", "correct", "label")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
+              model_column: str = "model", score_column: str | None = None,
+              cost_column: str | None = None, costs=None) -> RoutingData:
+  """Loads a long table: one row per (prompt, model) with a score in [0, 1].
+
+  Args:
+    path: a ``.csv`` file, or a ``.parquet`` / ``.pq`` file (needs pyarrow).
+    embeddings: a ``.npy`` / ``.npz`` file of prompt embeddings, read by
+      :func:`uniroute_jax.data.load_embeddings`; a ``.npy`` must follow the
+      prompt order below (first appearance in the table).
+    prompt_column: the column of prompt ids (read as strings).
+    model_column: the column of model names.
+    score_column: the column of scores / correctness in [0, 1] (``True`` /
+      ``False`` also read as 1 / 0); by default the first of ``score``,
+      ``correct``, ``label`` that exists. An empty score is a missing label.
+    cost_column: a column of per-row costs, giving per-prompt costs [n, m].
+      Every row with a label needs a cost. A (prompt, model) cell without any
+      row gets that model's mean cost, so that a router never sees a missing
+      cell as free.
+    costs: per-model costs instead of ``cost_column``: a mapping from model
+      name to cost, or a CSV path with a ``model_name`` column and a numeric
+      cost column (``cost`` if present, otherwise the first numeric column).
+
+  Returns:
+    A validated :class:`RoutingData`. Prompts and models are in order of
+    first appearance; ``prompt_ids`` are strings. (prompt, model) pairs
+    without a row, or with an empty score, have mask False and loss 0.
+
+  Raises:
+    FileNotFoundError: when a file does not exist.
+    ValueError: on missing columns, non-numeric or out-of-range values,
+      duplicate rows that disagree, a missing cost, or neither / both of
+      ``cost_column`` and ``costs``.
+  """
+  path = os.fspath(path)
+  if (cost_column is None) == (costs is None):
+    raise ValueError(
+        "load_long needs exactly one of cost_column (per-row costs) and costs "
+        f"(per-model costs), got cost_column={cost_column!r} and "
+        f"costs={'None' if costs is None else type(costs).__name__}")
+  header, columns = _read_table(path)
+  if score_column is None:
+    score_column = next((c for c in SCORE_COLUMNS if c in header), None)
+    if score_column is None:
+      raise ValueError(
+          f"{path!r} has no score column: expected one of "
+          f"{list(SCORE_COLUMNS)} (or pass score_column=), found {header}")
+  wanted = [prompt_column, model_column, score_column]
+  wanted += [cost_column] if cost_column is not None else []
+  for name in wanted:
+    column_index(header, name, path)
+  prompt_pos, prompt_ids = _first_appearance(columns(prompt_column), path,
+                                             prompt_column)
+  model_pos, model_names = _first_appearance(columns(model_column), path,
+                                             model_column)
+  score = parse_floats(columns(score_column), path, score_column)
+  check_unit_interval(score, path, score_column)
+  n, m = len(prompt_ids), len(model_names)
+  cell = prompt_pos * m + model_pos
+  values = [score]
+  if cost_column is not None:
+    row_cost = parse_floats(columns(cost_column), path, cost_column)
+    values.append(row_cost)
+  reject_conflicts(cell, values, lambda a, b: (
+      f"{path!r} has rows {a} and {b} for prompt "
+      f"{str(prompt_ids[prompt_pos[a]])!r} and model "
+      f"{str(model_names[model_pos[a]])!r} with different values"))
+  observed = ~np.isnan(score)
+  loss = np.zeros((n, m), np.float32)
+  mask = np.zeros((n, m), bool)
+  loss[prompt_pos[observed], model_pos[observed]] = 1.0 - score[observed]
+  mask[prompt_pos[observed], model_pos[observed]] = True
+  if cost_column is not None:
+    cost = _per_prompt_costs(row_cost, observed, prompt_pos, model_pos, n,
+                             model_names, path, cost_column)
+  else:
+    cost = model_costs(costs, model_names, preferred=("cost",))
+  return RoutingData(
+      embeddings=load_embeddings(embeddings, prompt_ids), loss=loss, mask=mask,
+      cost=cost, model_names=tuple(model_names),
+      prompt_ids=np.asarray(prompt_ids)).validate()
+
+
+def _per_prompt_costs(row_cost, observed, prompt_pos, model_pos, n,
+                      model_names, path, column) -> np.ndarray:
+  unpriced = observed & np.isnan(row_cost)
+  if np.any(unpriced):
+    row = int(np.nonzero(unpriced)[0][0])
+    raise ValueError(
+        f"{path!r} column {column!r} is empty in data row {row}, which has a "
+        "label; every labelled row needs a cost")
+  check_nonnegative(row_cost, path, column)
+  m = len(model_names)
+  cost = np.full((n, m), np.nan)
+  priced = ~np.isnan(row_cost)
+  cost[prompt_pos[priced], model_pos[priced]] = row_cost[priced]
+  for j in range(m):
+    known = ~np.isnan(cost[:, j])
+    if not np.any(known):
+      raise ValueError(
+          f"{path!r} column {column!r} has no cost for model "
+          f"{model_names[j]!r}")
+    cost[~known, j] = cost[known, j].mean()
+  return cost.astype(np.float32)
+
+
+def _first_appearance(values, path: str, column: str):
+  """Position of each value among the distinct values, in first-seen order."""
+  keys = [_key(v, path, column, k) for k, v in enumerate(values)]
+  if not keys:
+    raise ValueError(f"{path!r} has no data rows")
+  keys = np.asarray(keys, dtype=str)
+  distinct, first, inverse = np.unique(keys, return_index=True,
+                                       return_inverse=True)
+  order = np.argsort(first)
+  rank = np.empty_like(order)
+  rank[order] = np.arange(order.size)
+  return rank[inverse.reshape(-1)], [str(v) for v in distinct[order]]
+
+
+def _key(value, path: str, column: str, row: int) -> str:
+  text = "" if value is None else str(value).strip()
+  if not text:
+    raise ValueError(f"{path!r} column {column!r} is empty in data row {row}")
+  return text
+
+
+def _read_table(path: str):
+  """(header, column getter) of a CSV or Parquet file."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"long-format file not found: {path!r}")
+  if path.lower().endswith(PARQUET_SUFFIXES):
+    try:
+      import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise ImportError(
+          f"reading the Parquet file {path!r} needs pyarrow "
+          "(pip install pyarrow), or convert it to CSV") from None
+    table = pq.read_table(path)
+    return list(table.column_names), lambda name: table.column(name).to_pylist()
+  header, rows = read_csv(path)
+  return header, lambda name: [r[column_index(header, name, path)] for r in rows]
+
+
+@contextlib.contextmanager
+def _large_fields():
+  """Raises csv's field size limit (128 KiB by default) for one read."""
+  limit = sys.maxsize
+  while True:
+    try:
+      old = csv.field_size_limit(limit)
+      break
+    except OverflowError:  # C long is 32 bits on some platforms
+      limit //= 2
+  try:
+    yield
+  finally:
+    csv.field_size_limit(old)
+
+
+def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
+  """Header and data rows of a CSV; blank lines are skipped, as pandas does.
+
+  Raises:
+    FileNotFoundError: when the file does not exist.
+    ValueError: when it is empty, or a row has a different number of fields
+      from the header.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"CSV file not found: {path!r}")
+  with _large_fields(), open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f)
+    try:
+      header = next(reader)
+    except StopIteration:
+      raise ValueError(f"CSV file {path!r} is empty (no header row)") from None
+    except csv.Error as err:
+      raise ValueError(f"CSV file {path!r} could not be parsed: {err}") from None
+    try:
+      rows = [r for r in reader if r]
+    except csv.Error as err:
+      raise ValueError(
+          f"CSV file {path!r} could not be parsed near line {reader.line_num}: "
+          f"{err}") from None
+  width = len(header)
+  for k, row in enumerate(rows):
+    if len(row) != width:
+      raise ValueError(
+          f"CSV file {path!r} data row {k} has {len(row)} fields, but the "
+          f"header has {width}")
+  return header, rows
+
+
+def column_index(header, name: str, path: str) -> int:
+  """Index of column ``name``; a clear error when it is absent or repeated."""
+  count = header.count(name)
+  if count == 0:
+    raise ValueError(f"{path!r} has no column {name!r}; its columns are {header}")
+  if count > 1:
+    raise ValueError(f"{path!r} has the column {name!r} {count} times")
+  return header.index(name)
+
+
+def parse_floats(values, path: str, column: str) -> np.ndarray:
+  """float64 values of one column; empty cells and NaN become NaN (missing)."""
+  try:
+    # Fast path: NumPy parses a column of plain numbers in one call.
+    out = np.asarray(values).astype(np.float64)
+  except (ValueError, TypeError):
+    out = np.array([_cell_float(v, path, column, k)
+                    for k, v in enumerate(values)], np.float64)
+  if np.any(np.isinf(out)):
+    row = int(np.nonzero(np.isinf(out))[0][0])
+    raise ValueError(
+        f"{path!r} column {column!r} is infinite in data row {row}")
+  return out.reshape(-1)
+
+
+def _cell_float(value, path: str, column: str, row: int) -> float:
+  if value is None:
+    return np.nan
+  if isinstance(value, (bool, np.bool_, int, float, np.integer, np.floating)):
+    return float(value)
+  text = str(value).strip()
+  if not text:
+    return np.nan
+  if text.lower() in ("true", "false"):
+    return float(text.lower() == "true")
+  try:
+    return float(text)
+  except ValueError:
+    raise ValueError(
+        f"{path!r} column {column!r} must hold numbers, got {text[:40]!r} in "
+        f"data row {row}") from None
+
+
+def parse_ints(values, path: str, column: str) -> np.ndarray:
+  """int64 values of one column of integer ids; empty cells are an error."""
+  try:
+    return np.asarray(values).astype(np.int64).reshape(-1)
+  except (ValueError, TypeError, OverflowError):
+    pass
+  floats = parse_floats(values, path, column)
+  bad = np.isnan(floats) | (floats != np.round(floats))
+  if np.any(bad):
+    row = int(np.nonzero(bad)[0][0])
+    raise ValueError(
+        f"{path!r} column {column!r} must hold integer ids, got "
+        f"{str(values[row])[:40]!r} in data row {row}")
+  return floats.astype(np.int64)
+
+
+def check_unit_interval(score: np.ndarray, path: str, column: str) -> None:
+  bad = ~np.isnan(score) & ((score < 0) | (score > 1))
+  if np.any(bad):
+    row = int(np.nonzero(bad)[0][0])
+    raise ValueError(
+        f"{path!r} column {column!r} must lie in [0, 1], got {float(score[row])} "
+        f"in data row {row}")
+
+
+def check_nonnegative(cost: np.ndarray, path: str, column: str) -> None:
+  bad = cost < 0
+  if np.any(bad):
+    row = int(np.nonzero(bad)[0][0])
+    raise ValueError(
+        f"{path!r} column {column!r} must be non-negative, got "
+        f"{float(cost[row])} in data row {row}")
+
+
+def reject_conflicts(cell: np.ndarray, values, describe) -> None:
+  """Raises if two rows of the same ``cell`` differ in any of ``values``.
+
+  ``describe(a, b)`` gives the message for the first conflicting rows a, b.
+  Rows that repeat a cell with identical values are harmless.
+  """
+  order = np.argsort(cell, kind="stable")
+  ordered = cell[order]
+  same = np.nonzero(ordered[1:] == ordered[:-1])[0]
+  if not same.size:
+    return
+  a, b = order[same], order[same + 1]
+  differ = np.zeros(a.shape, bool)
+  for v in values:
+    differ |= ~((v[a] == v[b]) | (np.isnan(v[a]) & np.isnan(v[b])))
+  if np.any(differ):
+    k = int(np.nonzero(differ)[0][0])
+    first, second = sorted((int(a[k]), int(b[k])))
+    raise ValueError(describe(first, second))
+
+
+def model_costs(costs, model_names, *, preferred=()) -> np.ndarray:
+  """float32 [m] per-model costs from a mapping or a CSV, in model order.
+
+  Args:
+    costs: a mapping from model name to a non-negative cost, or a CSV path
+      with a ``model_name`` column and a numeric column (the first of
+      ``preferred`` present, otherwise the first column whose every value is
+      a number).
+    model_names: the m models that need a cost; extra entries are ignored.
+    preferred: column names to use first.
+  """
+  if isinstance(costs, Mapping):
+    table, source = dict(costs), "the costs mapping"
+  elif isinstance(costs, (str, os.PathLike)):
+    source = repr(os.fspath(costs))
+    table = _costs_from_csv(os.fspath(costs), preferred)
+  else:
+    raise ValueError(
+        "costs must be a mapping from model name to cost or a CSV path, got "
+        f"{type(costs).__name__}")
+  out = []
+  for name in model_names:
+    if name not in table:
+      raise ValueError(f"{source} has no cost for model {name!r}")
+    try:
+      value = float(table[name])
+    except (TypeError, ValueError):
+      raise ValueError(
+          f"{source} cost of model {name!r} must be a number, got "
+          f"{table[name]!r}") from None
+    if not np.isfinite(value) or value < 0:
+      raise ValueError(
+          f"{source} cost of model {name!r} must be finite and non-negative, "
+          f"got {value!r}")
+    out.append(value)
+  return np.asarray(out, np.float32)
+
+
+def _costs_from_csv(path: str, preferred) -> dict:
+  header, rows = read_csv(path)
+  names = [r[column_index(header, "model_name", path)] for r in rows]
+  column = next((c for c in preferred if c in header), None)
+  if column is None:
+    for c in header:
+      if c == "model_name":
+        continue
+      try:
+        numbers = np.asarray([r[header.index(c)] for r in rows]).astype(float)
+      except ValueError:
+        continue
+      if rows and np.all(np.isfinite(numbers)):
+        column = c
+        break
+    if column is None:
+      raise ValueError(
+          f"cost file {path!r} needs a numeric cost column next to "
+          f"'model_name'; its columns are {header}")
+  values = parse_floats([r[column_index(header, column, path)] for r in rows],
+                        path, column)
+  table = {}
+  for k, (name, value) in enumerate(zip(names, values)):
+    if np.isnan(value):
+      raise ValueError(
+          f"cost file {path!r} column {column!r} is empty in data row {k} "
+          f"(model {name!r})")
+    if name in table and table[name] != value:
+      raise ValueError(
+          f"cost file {path!r} gives model {name!r} two different costs")
+    table[name] = value
+  return table

@@ -1,0 +1,132 @@
+"""Turning an evaluation into a table, a JSON document and a plot.
+
+Nothing here computes a metric; it only presents :class:`protocol.Evaluation`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from uniroute_jax import protocol
+
+
+def _number(x) -> float | None:
+  """A JSON-safe float: infinity and NaN become null."""
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def _numbers(a) -> list:
+  return [_number(v) for v in np.asarray(a, np.float64).ravel()]
+
+
+def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
+  """Every number of an evaluation as plain JSON types (QNC infinity -> null).
+
+  ``extra`` (e.g. dataset shape, seed, wall time) is added at the top level.
+  """
+  methods = {}
+  for name, s in evaluation.methods.items():
+    method = protocol.METHODS[name]
+    entry = {
+        "title": s.title,
+        "reference": method.reference,
+        "area": _number(s.area),
+        "area50": _number(s.area50),
+        "qnc": _number(s.qnc),
+        "peak_quality": _number(s.peak_quality),
+        "area_ci95": [_number(v) for v in s.area_ci],
+        "trial_area": _numbers(s.trials.area),
+        "trial_area50": _numbers(s.trials.area50),
+        "trial_qnc": _numbers(s.trials.qnc),
+        "trial_best_single_quality": _numbers(s.trials.best_quality),
+        "mean_curve": {"relative_cost": _numbers(s.relative_cost),
+                       "quality": _numbers(s.quality)},
+    }
+    if method.hyperparameter:
+      entry["hyperparameter"] = method.hyperparameter
+      entry["chosen"] = [int(v) for v in np.asarray(s.trials.chosen)]
+    if s.versus_best is not None:
+      entry["sign_test_vs_best"] = {
+          "wins": s.versus_best.wins, "losses": s.versus_best.losses,
+          "ties": s.versus_best.ties, "p_value": s.versus_best.p_value,
+          "significantly_worse": s.significantly_worse}
+    methods[name] = entry
+  settings = evaluation.settings
+  return {
+      "methods": methods,
+      "best_method": evaluation.best,
+      "trials": int(evaluation.splits.train.shape[0]),
+      "alpha": evaluation.alpha,
+      "split_sizes": {
+          "train_prompts": int(evaluation.splits.train.shape[1]),
+          "val_prompts": int(evaluation.splits.val.shape[1]),
+          "test_prompts": int(evaluation.splits.test.shape[1]),
+          "train_llms": int(evaluation.splits.train_models.shape[1]),
+          "test_llms": int(evaluation.splits.test_models.shape[1])},
+      "candidates": {"K": list(settings.cluster_grid),
+                     "k": list(settings.neighbor_grid)},
+      **extra,
+  }
+
+
+def format_table(evaluation: protocol.Evaluation) -> str:
+  """The results as a fixed-width text table, one row per method."""
+  header = (f"{'method':<22} {'Area':>7} {'95% CI':>15} {'Area(50%)':>10} "
+            f"{'QNC':>7} {'peak':>6} {'chosen':>9}  vs best")
+  lines = [header, "-" * len(header)]
+  for name, s in evaluation.methods.items():
+    method = protocol.METHODS[name]
+    qnc = "never" if math.isinf(s.qnc) else f"{100 * s.qnc:.1f}%"
+    chosen = ""
+    if method.hyperparameter:
+      chosen = f"{method.hyperparameter}={int(np.median(s.trials.chosen))}"
+    if name == evaluation.best:
+      versus = "best"
+    elif s.versus_best is None:
+      versus = "(upper bound)" if method.reference else ""
+    else:
+      t = s.versus_best
+      mark = " *" if s.significantly_worse else ""
+      versus = f"{t.wins}-{t.losses}, p={t.p_value:.2g}{mark}"
+    single = s.trials.area.shape[0] < 2
+    ci = "n/a" if single else f"[{s.area_ci[0]:.3f}, {s.area_ci[1]:.3f}]"
+    lines.append(f"{s.title:<22} {s.area:7.3f} {ci:>15} {s.area50:10.3f} "
+                 f"{qnc:>7} {s.peak_quality:6.3f} {chosen:>9}  {versus}")
+  return "\n".join(lines)
+
+
+def plot(evaluation: protocol.Evaluation, path: str, *, title: str = "") -> None:
+  """Saves the mean deferral curves, with each test LLM as a point.
+
+  Needs matplotlib (``pip install 'uniroute_jax[plot]'``).
+  """
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    raise ValueError("plotting needs matplotlib: pip install "
+                     "'uniroute_jax[plot]'") from None
+  fig, ax = plt.subplots(figsize=(6.4, 4.8))
+  pool = evaluation.pool
+  ax.scatter(np.ravel(pool.relative_cost), np.ravel(pool.quality), s=12,
+             color="0.6", alpha=min(1.0, 8.0 / pool.quality.shape[0]),
+             label="single test LLMs", zorder=1)
+  for name, s in evaluation.methods.items():
+    style = "--" if protocol.METHODS[name].reference else "-"
+    ax.plot(s.relative_cost, s.quality, style, label=f"{s.title} ({s.area:.3f})",
+            zorder=2)
+  ax.set_xlabel("relative cost (1 = the dearest test LLM)")
+  ax.set_ylabel("quality (1 - mean loss)")
+  ax.set_xlim(0.0, 1.0)
+  trials = evaluation.splits.train.shape[0]
+  ax.set_title(title or f"Mean deferral curves over {trials} trial(s)")
+  ax.legend(loc="lower right", fontsize="small")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
