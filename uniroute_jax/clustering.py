@@ -68,6 +68,14 @@ class Assignment(NamedTuple):
 # ----------------------------------------------------------------- internals
 
 
+# Up to this many clusters the centroid update is a one-hot matmul, above it
+# a scatter-add (the matmul's cost grows with k, the scatter's does not).
+_MATMUL_UPDATE_MAX_K = 32
+
+# The CPU tile kernel pays off above this many centroids (measured on
+# n = 7k and 100k rows of 384 dims).
+_CPU_TILES_ABOVE_K = 32
+
 # Entries of one CPU tile of the (transposed) distance matrix: small enough
 # to stay in cache between the matmul that writes it and the passes that read it.
 _CPU_TILE_ENTRIES = 1 << 18
@@ -128,6 +136,10 @@ def _nearest(x, x_sq, centroids, block: int, tile: int):
     return _blocks.map_rows(lambda xb, sb: _nearest_tile(xb, sb, centroids),
                             (x, x_sq), tile)
 
+  if centroids.shape[0] <= _CPU_TILES_ABOVE_K:
+    # Few centroids: the argmin is short and the tiles' transposed rows
+    # would cost more than they save.
+    return generic(x, x_sq, centroids)
   return jax.lax.platform_dependent(x, x_sq, centroids, cpu=cpu,
                                     default=generic)
 
@@ -135,7 +147,9 @@ def _nearest(x, x_sq, centroids, block: int, tile: int):
 def _sq_distances_to(x, x_sq, points):
   """[p, n] squared distances from each of ``points`` [p, d] to every row."""
   p_sq = jnp.sum(points * points, axis=1)
-  cross = jnp.matmul(points, x.T, precision=_HIGHEST)
+  # x @ points.T reads the rows in their stored layout; only the small
+  # [n, p] product is transposed.
+  cross = jnp.matmul(x, points.T, precision=_HIGHEST).T
   return jnp.maximum(p_sq[:, None] - 2.0 * cross + x_sq[None, :], 0.0)
 
 
@@ -193,8 +207,15 @@ def _update_centroids(x, w, cluster, sq_distance, centroids, weighted_x=None):
   k = centroids.shape[0]
   if weighted_x is None:
     weighted_x = x * w[:, None]
-  sums = jax.ops.segment_sum(weighted_x, cluster, num_segments=k)
-  mass = jax.ops.segment_sum(w, cluster, num_segments=k)
+  if k <= _MATMUL_UPDATE_MAX_K:
+    # Few clusters: a one-hot matmul reads the rows once at matmul speed,
+    # where a scatter-add is bound by its per-row bookkeeping.
+    one_hot = jax.nn.one_hot(cluster, k, dtype=x.dtype)
+    sums = jnp.matmul(one_hot.T, weighted_x, precision=_HIGHEST)
+    mass = jnp.matmul(one_hot.T, w, precision=_HIGHEST)
+  else:
+    sums = jax.ops.segment_sum(weighted_x, cluster, num_segments=k)
+    mass = jax.ops.segment_sum(w, cluster, num_segments=k)
 
   def relocate(state):
     sums, mass = state
