@@ -7,18 +7,20 @@ vector Psi, ``routing`` sends each prompt to argmin gamma + lambda * cost,
 paper's comparison routers and ``protocol`` its evaluation.
 """
 
-from uniroute_jax import baselines, metrics, protocol
+from uniroute_jax import baselines, metrics, protocol, report
 from uniroute_jax.baselines import (
     ParetoHull, knn_predicted_loss, knn_predicted_loss_grid, zero_router_curve,
-    zero_router_hull,
-    zero_router_route)
-from uniroute_jax.data import make_synthetic
+    zero_router_hull, zero_router_route)
+from uniroute_jax.data import (
+    load_embedllm, load_embeddings, load_long, load_routerbench, make_synthetic,
+    missing_labels)
 from uniroute_jax.features import ClusterErrors, cluster_errors
 from uniroute_jax.clustering import (
     Assignment, KMeansResult, assign_clusters, kmeans, kmeans_plusplus)
 from uniroute_jax.metrics import (
     DeferralCurve, DeferralMetrics, Envelope, curve_from_points, deferral_curve,
     deferral_metrics, upper_envelope)
+from uniroute_jax.protocol import evaluate
 from uniroute_jax.routing import (
     RoutingResult, SwitchPath, choose_models, predicted_loss, route, switch_path)
 from uniroute_jax.types import RoutingData
@@ -30,6 +32,8 @@ __all__ = [
     "Envelope", "KMeansResult", "ParetoHull", "RoutingData", "RoutingResult",
     "SwitchPath", "assign_clusters", "baselines", "choose_models",
     "cluster_errors", "curve_from_points", "deferral_curve", "deferral_metrics",
+    "evaluate", "load_embedllm", "load_embeddings", "load_long",
+    "load_routerbench", "missing_labels", "report",
     "kmeans", "kmeans_plusplus", "knn_predicted_loss", "knn_predicted_loss_grid",
     "make_synthetic",
     "metrics", "predicted_loss", "protocol", "route", "switch_path",

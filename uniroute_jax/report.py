@@ -99,19 +99,34 @@ def format_table(evaluation: protocol.Evaluation) -> str:
   return "\n".join(lines)
 
 
-def plot(evaluation: protocol.Evaluation, path: str, *, title: str = "") -> None:
-  """Saves the mean deferral curves, with each test LLM as a point.
+def plot(evaluation: protocol.Evaluation, path: str | None = None, *,
+         title: str = "", ax=None):
+  """Draws the mean deferral curves, with each test LLM as a point.
 
-  Needs matplotlib (``pip install 'uniroute_jax[plot]'``).
+  Args:
+    evaluation: from :func:`protocol.evaluate`.
+    path: where to save the figure (PNG, SVG, PDF by extension); None to
+      only draw it.
+    title: the axes' title; default names the number of trials.
+    ax: matplotlib axes to draw into (e.g. in a notebook); default a new
+      figure.
+
+  Returns:
+    The matplotlib figure. Needs matplotlib (``pip install
+    'uniroute_jax[plot]'``).
   """
   try:
     import matplotlib
-    matplotlib.use("Agg")
+    if ax is None and path is not None:
+      matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
     raise ValueError("plotting needs matplotlib: pip install "
                      "'uniroute_jax[plot]'") from None
-  fig, ax = plt.subplots(figsize=(6.4, 4.8))
+  if ax is None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+  else:
+    fig = ax.figure
   pool = evaluation.pool
   ax.scatter(np.ravel(pool.relative_cost), np.ravel(pool.quality), s=12,
              color="0.6", alpha=min(1.0, 8.0 / pool.quality.shape[0]),
@@ -128,5 +143,7 @@ def plot(evaluation: protocol.Evaluation, path: str, *, title: str = "") -> None
   ax.legend(loc="lower right", fontsize="small")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  if path is not None:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+  return fig
