@@ -577,7 +577,8 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
     on_progress: called with (trials done, trials in all) after each batch.
   """
   data.validate()
-  splits = make_trials(key, num_trials, data.num_prompts, data.num_models,
+  split_key, run_key = jax.random.split(key)
+  splits = make_trials(split_key, num_trials, data.num_prompts, data.num_models,
                        val_frac=val_frac, test_frac=test_frac,
                        test_model_frac=test_model_frac)
   n_train, n_val = splits.train.shape[1], splits.val.shape[1]
@@ -595,7 +596,7 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
   settings = Settings(cluster_grid=clusters, neighbor_grid=neighbors,
                       kmeans_max_iter=check.positive_int("kmeans_max_iter", kmeans_max_iter),
                       curve_points=check.positive_int("curve_points", curve_points))
-  results, pool = run_trials(jax.random.fold_in(key, 1), data, splits,
+  results, pool = run_trials(run_key, data, splits,
                              methods=methods, settings=settings,
                              batch_size=batch_size, on_progress=on_progress)
   summaries, best = summarise(results, alpha=alpha)
