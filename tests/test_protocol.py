@@ -196,3 +196,33 @@ def test_bad_evaluate_arguments(small):
     protocol.evaluate(jax.random.key(0), small, num_trials=1, cluster_grid=(10 ** 6,))
   with pytest.raises(ValueError, match="neighbor_grid must be at most"):
     protocol.evaluate(jax.random.key(0), small, num_trials=1, neighbor_grid=(10 ** 6,))
+
+
+def test_matched_k_choice(small):
+  """With as many validation as training prompts the matched choice is the
+  paper's choice; otherwise it is a valid K from the grid."""
+  splits = protocol.make_trials(jax.random.key(8), 2, small.num_prompts,
+                                small.num_models, val_frac=0.4, test_frac=0.2)
+  assert splits.val.shape[1] >= splits.train.shape[1]
+  settings = settings_for(splits, clusters=(3, 5, 8), neighbors=(5,))
+  arrays = tuple(jax.numpy.asarray(a) for a in
+                 (small.embeddings, small.loss, small.mask, small.cost))
+  trial = protocol.gather_trial(arrays, protocol.Split(*(p[0] for p in splits)))
+  key = jax.random.key(9)
+  paper = protocol.METHODS["kmeans"].run(trial, key, settings)
+  matched = protocol.METHODS["kmeans_matched"].run(trial, key, settings)
+  assert int(paper.chosen) == int(matched.chosen)
+  np.testing.assert_array_equal(np.asarray(paper.curve.quality),
+                                np.asarray(matched.curve.quality))
+  # A method's results do not depend on the methods run beside it.
+  both, _ = protocol.run_trials(key, small, splits, settings=settings,
+                                methods=("kmeans", "kmeans_matched"))
+  alone, _ = protocol.run_trials(key, small, splits, settings=settings,
+                                 methods=("kmeans",))
+  for a, b in zip(both["kmeans"], alone["kmeans"]):
+    np.testing.assert_array_equal(a, b)
+  splits = protocol.make_trials(jax.random.key(8), 2, small.num_prompts,
+                                small.num_models)
+  out, _ = protocol.run_trials(jax.random.key(9), small, splits, settings=settings,
+                               methods=("kmeans_matched",))
+  assert set(out["kmeans_matched"].chosen.tolist()) <= {3, 5, 8}

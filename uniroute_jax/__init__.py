@@ -15,6 +15,9 @@ from uniroute_jax.data import (
     load_embedllm, load_embeddings, load_long, load_routerbench, make_synthetic,
     missing_labels)
 from uniroute_jax.features import ClusterErrors, cluster_errors
+from uniroute_jax.cluster_map import (
+    ClusterMap, FittedClusterMap, apply_cluster_map, cluster_map_loss,
+    fit_cluster_map, learned_map_predicted_loss)
 from uniroute_jax.clustering import (
     Assignment, KMeansResult, assign_clusters, kmeans, kmeans_plusplus)
 from uniroute_jax.metrics import (
@@ -28,7 +31,9 @@ from uniroute_jax.types import RoutingData
 __version__ = "0.1.0"
 
 __all__ = [
-    "Assignment", "ClusterErrors", "DeferralCurve", "DeferralMetrics",
+    "Assignment", "ClusterErrors", "ClusterMap", "FittedClusterMap",
+    "apply_cluster_map", "cluster_map_loss", "fit_cluster_map",
+    "learned_map_predicted_loss", "DeferralCurve", "DeferralMetrics",
     "Envelope", "KMeansResult", "ParetoHull", "RoutingData", "RoutingResult",
     "SwitchPath", "assign_clusters", "baselines", "choose_models",
     "cluster_errors", "curve_from_points", "deferral_curve", "deferral_metrics",

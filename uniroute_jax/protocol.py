@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import zlib
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -214,12 +215,15 @@ class Settings:
     neighbor_grid: candidate k for K-NN.
     kmeans_max_iter: Lloyd iterations per k-means fit.
     curve_points: relative-cost grid size of the mean deferral curve.
+    psi_prior_strength: shrinkage of every Psi towards each LLM's overall
+      error, in pseudo-prompts (``features.cluster_errors``); 0 is eq. 13.
   """
 
   cluster_grid: tuple[int, ...]
   neighbor_grid: tuple[int, ...]
   kmeans_max_iter: int = 100
   curve_points: int = 1001
+  psi_prior_strength: float = 0.0
 
 
 class MethodOutput(NamedTuple):
@@ -259,10 +263,25 @@ def _knn_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
                       jnp.asarray(grid, jnp.int32)[best])
 
 
-def _kmeans_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
+def _kmeans_router(trial: TrialData, key, settings: Settings, *,
+                   matched: bool = False) -> MethodOutput:
+  """UniRoute (K-means) with K chosen on the training LLMs (App. F.1).
+
+  With ``matched``, the training LLMs are represented for the choice by as
+  many (random) training prompts as there are validation prompts, so their
+  Psi is as noisy as the test LLMs' will be. The paper's rule uses every
+  training prompt, which favours a K too large for the validation set when
+  that set is much smaller (MMLU-Pro: see benchmarks/results/).
+  """
   best_area = jnp.array(-jnp.inf, trial.test_loss.dtype)
   best_gamma = jnp.zeros(trial.test_loss.shape, trial.test_loss.dtype)
   best_k = jnp.zeros((), jnp.int32)
+  n_train, n_val = trial.train_emb.shape[0], trial.val_emb.shape[0]
+  selection_weights = None
+  if matched and n_val < n_train:
+    subset_key = jax.random.fold_in(key, len(settings.cluster_grid))
+    chosen = jax.random.permutation(subset_key, n_train)[:n_val]
+    selection_weights = jnp.zeros(n_train, trial.train_loss.dtype).at[chosen].set(1.0)
   for i, k in enumerate(settings.cluster_grid):
     fit = clustering.kmeans(jax.random.fold_in(key, i), trial.train_emb,
                             num_clusters=k, max_iter=settings.kmeans_max_iter)
@@ -270,11 +289,12 @@ def _kmeans_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
     test_clusters = clustering.assign_clusters(trial.test_emb, fit.centroids).cluster
     train_psi = features.cluster_errors(
         fit.assignment, trial.train_loss, mask=trial.train_mask,
-        num_clusters=k).psi
+        weights=selection_weights, num_clusters=k,
+        prior_strength=settings.psi_prior_strength).psi
     area = _validation_area(train_psi[val_clusters], trial)
     test_psi = features.cluster_errors(
         val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
-        num_clusters=k).psi
+        num_clusters=k, prior_strength=settings.psi_prior_strength).psi
     better = area > best_area
     best_area = jnp.where(better, area, best_area)
     best_gamma = jnp.where(better, test_psi[test_clusters], best_gamma)
@@ -313,6 +333,9 @@ METHODS: dict[str, Method] = {
     "zero": Method("ZeroRouter", _zero_router),
     "knn": Method("K-NN", _knn_router, hyperparameter="k"),
     "kmeans": Method("UniRoute (K-means)", _kmeans_router, hyperparameter="K"),
+    "kmeans_matched": Method("UniRoute (K-means, matched K choice)",
+                             functools.partial(_kmeans_router, matched=True),
+                             hyperparameter="K"),
     "oracle": Method("Oracle (per prompt)", _oracle, reference=True),
 }
 DEFAULT_METHODS = ("zero", "knn", "kmeans", "oracle")
@@ -374,6 +397,12 @@ class TrialMetrics(NamedTuple):
   curve_quality: Array
 
 
+def _name_seed(name: str) -> int:
+  """A method's own key offset: its results do not depend on which other
+  methods run beside it."""
+  return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
 class PoolPoints(NamedTuple):
   """Each test LLM alone on the test prompts, [T, m_test] each."""
 
@@ -396,8 +425,9 @@ def _run_batch(arrays, splits: Split, keys, *, methods: tuple[str, ...],
   def one(split, key):
     trial = gather_trial(arrays, split)
     out = {"pool": _pool_points(trial)}
-    for i, name in enumerate(methods):
-      result = METHODS[name].run(trial, jax.random.fold_in(key, i), settings)
+    for name in methods:
+      result = METHODS[name].run(trial, jax.random.fold_in(key, _name_seed(name)),
+                                 settings)
       m = metrics._deferral_metrics(result.curve, None)
       env = metrics._upper_envelope(result.curve)
       out[name] = TrialMetrics(m.area, m.area50, m.qnc, m.peak_quality,

@@ -75,7 +75,8 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
 
 def format_table(evaluation: protocol.Evaluation) -> str:
   """The results as a fixed-width text table, one row per method."""
-  header = (f"{'method':<22} {'Area':>7} {'95% CI':>15} {'Area(50%)':>10} "
+  width = max([22] + [len(s.title) for s in evaluation.methods.values()])
+  header = (f"{'method':<{width}} {'Area':>7} {'95% CI':>15} {'Area(50%)':>10} "
             f"{'QNC':>7} {'peak':>6} {'chosen':>9}  vs best")
   lines = [header, "-" * len(header)]
   for name, s in evaluation.methods.items():
@@ -94,7 +95,7 @@ def format_table(evaluation: protocol.Evaluation) -> str:
       versus = f"{t.wins}-{t.losses}, p={t.p_value:.2g}{mark}"
     single = s.trials.area.shape[0] < 2
     ci = "n/a" if single else f"[{s.area_ci[0]:.3f}, {s.area_ci[1]:.3f}]"
-    lines.append(f"{s.title:<22} {s.area:7.3f} {ci:>15} {s.area50:10.3f} "
+    lines.append(f"{s.title:<{width}} {s.area:7.3f} {ci:>15} {s.area50:10.3f} "
                  f"{qnc:>7} {s.peak_quality:6.3f} {chosen:>9}  {versus}")
   return "\n".join(lines)
 
