@@ -1,6 +1,7 @@
 """Reproduces the paper's Figure-2 table with this library's protocol.
 
-Runs ZeroRouter, K-NN, UniRoute (K-means) and the per-prompt oracle over many
+Runs ZeroRouter, K-NN, UniRoute (K-means; also with the matched K choice)
+and the per-prompt oracle over many
 random trials on the shared data (MMLU-Pro in the EmbedLLM layout; the
 RouterBench subset) and on synthetic data, and writes a Markdown table of
 Area(50%) / Area / QNC of the mean deferral curves beside the paper's numbers,
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     evaluation = protocol.evaluate(
         jax.random.key(args.seed), data, num_trials=args.trials,
+        methods=("zero", "knn", "kmeans", "kmeans_matched", "oracle"),
         batch_size=args.batch_size, curve_points=1001,
         on_progress=lambda done, total: print(f"  {done}/{total}", flush=True),
         **kwargs)

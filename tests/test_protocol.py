@@ -226,3 +226,14 @@ def test_matched_k_choice(small):
   out, _ = protocol.run_trials(jax.random.key(9), small, splits, settings=settings,
                                methods=("kmeans_matched",))
   assert set(out["kmeans_matched"].chosen.tolist()) <= {3, 5, 8}
+
+
+def test_learned_map_plugs_into_the_protocol(small):
+  splits = protocol.make_trials(jax.random.key(10), 2, small.num_prompts,
+                                small.num_models)
+  settings = settings_for(splits, clusters=(3, 5), neighbors=(5,))
+  out, _ = protocol.run_trials(jax.random.key(11), small, splits, settings=settings,
+                               methods=("zero", "learned_map", "oracle"))
+  lm = out["learned_map"]
+  assert set(lm.chosen.tolist()) <= {3, 5}
+  assert np.all((lm.area > 0) & (lm.area <= out["oracle"].area + 1e-6))

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uniroute_jax import _validation as check
-from uniroute_jax import clustering, features, metrics
+from uniroute_jax import cluster_map, clustering, features, metrics
 from uniroute_jax.baselines import knn, zero_router
 from uniroute_jax.types import Array, RoutingData
 
@@ -302,6 +302,45 @@ def _kmeans_router(trial: TrialData, key, settings: Settings, *,
   return MethodOutput(_test_curve(best_gamma, trial), best_k)
 
 
+def _learned_map_router(trial: TrialData, key, settings: Settings
+                        ) -> MethodOutput:
+  """UniRoute (LearnedMap, section 5.2): a trained soft cluster map.
+
+  Per candidate K: k-means on the training prompts; Psi of the training LLMs
+  from their training-prompt labels, held fixed while the map is fitted to
+  those labels (binary cross-entropy, Adam, the paper's defaults); K is
+  chosen by the training LLMs' area on the validation prompts. The test LLMs
+  get Psi from the validation prompts with the hard nearest-centroid
+  assignment, and gamma(x) = Phi(x)^T Psi.
+  """
+  best_area = jnp.array(-jnp.inf, trial.test_loss.dtype)
+  best_gamma = jnp.zeros(trial.test_loss.shape, trial.test_loss.dtype)
+  best_k = jnp.zeros((), jnp.int32)
+  for i, k in enumerate(settings.cluster_grid):
+    fit_key, map_key = jax.random.split(jax.random.fold_in(key, i))
+    fit = clustering.kmeans(fit_key, trial.train_emb, num_clusters=k,
+                            max_iter=settings.kmeans_max_iter)
+    train_psi = features.cluster_errors(
+        fit.assignment, trial.train_loss, mask=trial.train_mask, num_clusters=k,
+        prior_strength=settings.psi_prior_strength).psi
+    learned = cluster_map.fit_cluster_map(
+        map_key, trial.train_emb, trial.train_loss, train_psi,
+        mask=trial.train_mask)
+    area = _validation_area(
+        cluster_map.learned_map_predicted_loss(learned, trial.val_emb, train_psi),
+        trial)
+    val_clusters = clustering.assign_clusters(trial.val_emb, fit.centroids).cluster
+    test_psi = features.cluster_errors(
+        val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
+        num_clusters=k, prior_strength=settings.psi_prior_strength).psi
+    gamma = cluster_map.learned_map_predicted_loss(learned, trial.test_emb, test_psi)
+    better = area > best_area
+    best_area = jnp.where(better, area, best_area)
+    best_gamma = jnp.where(better, gamma, best_gamma)
+    best_k = jnp.where(better, k, best_k)
+  return MethodOutput(_test_curve(best_gamma, trial), best_k)
+
+
 def _oracle(trial: TrialData, key, settings: Settings) -> MethodOutput:
   del key, settings
   curve = metrics._deferral_curve(
@@ -336,6 +375,8 @@ METHODS: dict[str, Method] = {
     "kmeans_matched": Method("UniRoute (K-means, matched K choice)",
                              functools.partial(_kmeans_router, matched=True),
                              hyperparameter="K"),
+    "learned_map": Method("UniRoute (LearnedMap)", _learned_map_router,
+                          hyperparameter="K"),
     "oracle": Method("Oracle (per prompt)", _oracle, reference=True),
 }
 DEFAULT_METHODS = ("zero", "knn", "kmeans", "oracle")
