@@ -263,6 +263,27 @@ def _knn_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
                       jnp.asarray(grid, jnp.int32)[best])
 
 
+class _Best(NamedTuple):
+  """The candidate with the largest validation area so far."""
+
+  area: Array   # []
+  gamma: Array  # [n_test, m_test] its predicted loss on the test prompts
+  k: Array      # [] its hyper-parameter
+
+
+def _no_best(trial: TrialData) -> _Best:
+  dtype = trial.test_loss.dtype
+  return _Best(jnp.array(-jnp.inf, dtype), jnp.zeros(trial.test_loss.shape, dtype),
+               jnp.zeros((), jnp.int32))
+
+
+def _keep_better(best: _Best, area, gamma, k: int) -> _Best:
+  better = area > best.area
+  return _Best(jnp.where(better, area, best.area),
+               jnp.where(better, gamma, best.gamma),
+               jnp.where(better, k, best.k))
+
+
 def _kmeans_router(trial: TrialData, key, settings: Settings, *,
                    matched: bool = False) -> MethodOutput:
   """UniRoute (K-means) with K chosen on the training LLMs (App. F.1).
@@ -273,9 +294,7 @@ def _kmeans_router(trial: TrialData, key, settings: Settings, *,
   training prompt, which favours a K too large for the validation set when
   that set is much smaller (MMLU-Pro: see benchmarks/results/).
   """
-  best_area = jnp.array(-jnp.inf, trial.test_loss.dtype)
-  best_gamma = jnp.zeros(trial.test_loss.shape, trial.test_loss.dtype)
-  best_k = jnp.zeros((), jnp.int32)
+  best = _no_best(trial)
   n_train, n_val = trial.train_emb.shape[0], trial.val_emb.shape[0]
   selection_weights = None
   if matched and n_val < n_train:
@@ -295,11 +314,8 @@ def _kmeans_router(trial: TrialData, key, settings: Settings, *,
     test_psi = features.cluster_errors(
         val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
         num_clusters=k, prior_strength=settings.psi_prior_strength).psi
-    better = area > best_area
-    best_area = jnp.where(better, area, best_area)
-    best_gamma = jnp.where(better, test_psi[test_clusters], best_gamma)
-    best_k = jnp.where(better, k, best_k)
-  return MethodOutput(_test_curve(best_gamma, trial), best_k)
+    best = _keep_better(best, area, test_psi[test_clusters], k)
+  return MethodOutput(_test_curve(best.gamma, trial), best.k)
 
 
 def _learned_map_router(trial: TrialData, key, settings: Settings
@@ -313,9 +329,7 @@ def _learned_map_router(trial: TrialData, key, settings: Settings
   get Psi from the validation prompts with the hard nearest-centroid
   assignment, and gamma(x) = Phi(x)^T Psi.
   """
-  best_area = jnp.array(-jnp.inf, trial.test_loss.dtype)
-  best_gamma = jnp.zeros(trial.test_loss.shape, trial.test_loss.dtype)
-  best_k = jnp.zeros((), jnp.int32)
+  best = _no_best(trial)
   for i, k in enumerate(settings.cluster_grid):
     fit_key, map_key = jax.random.split(jax.random.fold_in(key, i))
     fit = clustering.kmeans(fit_key, trial.train_emb, num_clusters=k,
@@ -334,11 +348,8 @@ def _learned_map_router(trial: TrialData, key, settings: Settings
         val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
         num_clusters=k, prior_strength=settings.psi_prior_strength).psi
     gamma = cluster_map.learned_map_predicted_loss(learned, trial.test_emb, test_psi)
-    better = area > best_area
-    best_area = jnp.where(better, area, best_area)
-    best_gamma = jnp.where(better, gamma, best_gamma)
-    best_k = jnp.where(better, k, best_k)
-  return MethodOutput(_test_curve(best_gamma, trial), best_k)
+    best = _keep_better(best, area, gamma, k)
+  return MethodOutput(_test_curve(best.gamma, trial), best.k)
 
 
 def _oracle(trial: TrialData, key, settings: Settings) -> MethodOutput:
@@ -411,16 +422,6 @@ def default_neighbor_grid(n_train: int, n_val: int) -> tuple[int, ...]:
   the training prompts (selection) and the validation prompts (test)."""
   cap = min(n_train, n_val)
   return tuple(k for k in _integer_grid(5, max(5, n_val // 3)) if k <= cap) or (cap,)
-
-
-def default_num_clusters(num_val: int) -> int:
-  """K = N_val / 50, at least 2: the rule without training LLMs (App. F.1)."""
-  return max(2, num_val // 50)
-
-
-def default_num_neighbors(num_val: int) -> int:
-  """k = sqrt(N_val): the rule without training LLMs (App. F.1)."""
-  return max(1, min(num_val, round(math.sqrt(num_val))))
 
 
 # --------------------------------------------------------------- evaluation
