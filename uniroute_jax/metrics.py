@@ -78,10 +78,17 @@ class Envelope(NamedTuple):
   quality: Array
 
 
+def _single_llm_points(true_loss, cost, w):
+  """([m] mean cost, [m] quality) of each LLM answering every prompt alone."""
+  share = w[:, None] / jnp.sum(w)
+  per_model_cost = jnp.sum(share * jnp.broadcast_to(cost, true_loss.shape), axis=0)
+  per_model_quality = 1.0 - jnp.sum(share * true_loss, axis=0)
+  return per_model_cost, per_model_quality
+
+
 def _pool_summaries(true_loss, cost, pool, w):
-  per_model_cost = jnp.sum(w[:, None] * jnp.broadcast_to(cost, true_loss.shape),
-                           axis=0) / jnp.sum(w)
-  per_model_quality = 1.0 - jnp.sum(w[:, None] * true_loss, axis=0) / jnp.sum(w)
+  """(max mean cost, best quality) over the available LLMs."""
+  per_model_cost, per_model_quality = _single_llm_points(true_loss, cost, w)
   max_cost = jnp.max(jnp.where(pool, per_model_cost, -jnp.inf))
   best_quality = jnp.max(jnp.where(pool, per_model_quality, -jnp.inf))
   return max_cost, best_quality

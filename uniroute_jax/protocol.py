@@ -453,9 +453,8 @@ class PoolPoints(NamedTuple):
 
 
 def _pool_points(trial: TrialData) -> PoolPoints:
-  w = trial.test_weights[:, None] / jnp.sum(trial.test_weights)
-  cost = jnp.sum(w * jnp.broadcast_to(trial.test_cost, trial.test_loss.shape), 0)
-  quality = 1.0 - jnp.sum(w * trial.test_loss, 0)
+  cost, quality = metrics._single_llm_points(trial.test_loss, trial.test_cost,
+                                             trial.test_weights)
   return PoolPoints(cost / jnp.max(cost), quality)
 
 

@@ -122,8 +122,7 @@ def zero_router_curve(hull: ParetoHull, true_loss, cost, *, pool_mask=None,
   cost, pool = routing._check_cost_and_pool(cost, pool_mask, n, m, dtype)
   w = check.weights("weights", weights, n, dtype)
   truth = jnp.where(w[:, None] > 0, truth, 0.0)
-  model_cost = jnp.sum(w[:, None] * jnp.broadcast_to(cost, truth.shape), 0) / jnp.sum(w)
-  model_quality = 1.0 - jnp.sum(w[:, None] * truth, 0) / jnp.sum(w)
+  model_cost, model_quality = metrics._single_llm_points(truth, cost, w)
   max_cost, best_quality = metrics._pool_summaries(truth, cost, pool, w)
   valid = jnp.arange(m) < hull.size
   return metrics.curve_from_points(
