@@ -284,6 +284,30 @@ def _keep_better(best: _Best, area, gamma, k: int) -> _Best:
                jnp.where(better, k, best.k))
 
 
+class _Clusters(NamedTuple):
+  """One candidate K's k-means fit and the feature vectors both pools get."""
+
+  centroids: Array    # [k, d]
+  val_clusters: Array  # [n_val]
+  train_psi: Array    # [k, m_train] training LLMs, from training prompts
+  test_psi: Array     # [k, m_test] test LLMs, from validation prompts
+
+
+def _fit_clusters(trial: TrialData, key, k: int, settings: Settings,
+                  selection_weights=None) -> _Clusters:
+  fit = clustering.kmeans(key, trial.train_emb, num_clusters=k,
+                          max_iter=settings.kmeans_max_iter)
+  val_clusters = clustering.assign_clusters(trial.val_emb, fit.centroids).cluster
+  train_psi = features.cluster_errors(
+      fit.assignment, trial.train_loss, mask=trial.train_mask,
+      weights=selection_weights, num_clusters=k,
+      prior_strength=settings.psi_prior_strength).psi
+  test_psi = features.cluster_errors(
+      val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
+      num_clusters=k, prior_strength=settings.psi_prior_strength).psi
+  return _Clusters(fit.centroids, val_clusters, train_psi, test_psi)
+
+
 def _kmeans_router(trial: TrialData, key, settings: Settings, *,
                    matched: bool = False) -> MethodOutput:
   """UniRoute (K-means) with K chosen on the training LLMs (App. F.1).
@@ -302,19 +326,11 @@ def _kmeans_router(trial: TrialData, key, settings: Settings, *,
     chosen = jax.random.permutation(subset_key, n_train)[:n_val]
     selection_weights = jnp.zeros(n_train, trial.train_loss.dtype).at[chosen].set(1.0)
   for i, k in enumerate(settings.cluster_grid):
-    fit = clustering.kmeans(jax.random.fold_in(key, i), trial.train_emb,
-                            num_clusters=k, max_iter=settings.kmeans_max_iter)
-    val_clusters = clustering.assign_clusters(trial.val_emb, fit.centroids).cluster
-    test_clusters = clustering.assign_clusters(trial.test_emb, fit.centroids).cluster
-    train_psi = features.cluster_errors(
-        fit.assignment, trial.train_loss, mask=trial.train_mask,
-        weights=selection_weights, num_clusters=k,
-        prior_strength=settings.psi_prior_strength).psi
-    area = _validation_area(train_psi[val_clusters], trial)
-    test_psi = features.cluster_errors(
-        val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
-        num_clusters=k, prior_strength=settings.psi_prior_strength).psi
-    best = _keep_better(best, area, test_psi[test_clusters], k)
+    c = _fit_clusters(trial, jax.random.fold_in(key, i), k, settings,
+                      selection_weights)
+    test_clusters = clustering.assign_clusters(trial.test_emb, c.centroids).cluster
+    area = _validation_area(c.train_psi[c.val_clusters], trial)
+    best = _keep_better(best, area, c.test_psi[test_clusters], k)
   return MethodOutput(_test_curve(best.gamma, trial), best.k)
 
 
@@ -332,22 +348,15 @@ def _learned_map_router(trial: TrialData, key, settings: Settings
   best = _no_best(trial)
   for i, k in enumerate(settings.cluster_grid):
     fit_key, map_key = jax.random.split(jax.random.fold_in(key, i))
-    fit = clustering.kmeans(fit_key, trial.train_emb, num_clusters=k,
-                            max_iter=settings.kmeans_max_iter)
-    train_psi = features.cluster_errors(
-        fit.assignment, trial.train_loss, mask=trial.train_mask, num_clusters=k,
-        prior_strength=settings.psi_prior_strength).psi
+    c = _fit_clusters(trial, fit_key, k, settings)
     learned = cluster_map.fit_cluster_map(
-        map_key, trial.train_emb, trial.train_loss, train_psi,
+        map_key, trial.train_emb, trial.train_loss, c.train_psi,
         mask=trial.train_mask)
     area = _validation_area(
-        cluster_map.learned_map_predicted_loss(learned, trial.val_emb, train_psi),
+        cluster_map.learned_map_predicted_loss(learned, trial.val_emb, c.train_psi),
         trial)
-    val_clusters = clustering.assign_clusters(trial.val_emb, fit.centroids).cluster
-    test_psi = features.cluster_errors(
-        val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
-        num_clusters=k, prior_strength=settings.psi_prior_strength).psi
-    gamma = cluster_map.learned_map_predicted_loss(learned, trial.test_emb, test_psi)
+    gamma = cluster_map.learned_map_predicted_loss(learned, trial.test_emb,
+                                                   c.test_psi)
     best = _keep_better(best, area, gamma, k)
   return MethodOutput(_test_curve(best.gamma, trial), best.k)
 
