@@ -121,3 +121,43 @@ def weights(name: str, w, n: int, dtype) -> jax.Array:
   if is_concrete(w) and n and not bool(jnp.any(w > 0)):
     raise ValueError(f"{name} must have at least one positive entry")
   return w
+
+
+def prng_key(name: str, key) -> None:
+  """A single typed ``jax.random.key`` or a raw uint32 [2] key."""
+  dtype = getattr(key, "dtype", None)
+  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+  raw = dtype == jnp.uint32 and jnp.shape(key) == (2,)
+  if not (typed and jnp.ndim(key) == 0 or raw):
+    raise ValueError(
+        f"{name} must be a single jax.random.key (or a raw uint32 [2] key), "
+        f"got {type(key).__name__} of dtype {dtype} and shape {jnp.shape(key)}")
+
+
+def widths(name: str, values) -> tuple[int, ...]:
+  """A sequence of positive layer widths, as a tuple of ints."""
+  try:
+    values = tuple(values)
+  except TypeError:
+    raise ValueError(
+        f"{name} must be a sequence of positive widths, got {values!r}") from None
+  return tuple(positive_int(name, w) for w in values)
+
+
+def positive_scalar(name: str, value, dtype) -> jax.Array:
+  """A finite positive scalar (checked when concrete), as a ``dtype`` array."""
+  value = jnp.asarray(value, dtype)
+  if value.ndim != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
+  finite(name, value)
+  if is_concrete(value) and not bool(value > 0):
+    raise ValueError(f"{name} must be positive, got {float(value)!r}")
+  return value
+
+
+def float_dtype(dtype, *arrays) -> jnp.dtype:
+  """``dtype`` if given (it must be floating), else the arrays' compute dtype."""
+  dtype = jnp.dtype(compute_dtype(*arrays) if dtype is None else dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+  return dtype

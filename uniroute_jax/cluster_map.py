@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from uniroute_jax import _training
 from uniroute_jax import _validation as check
 from uniroute_jax.types import Array
 
@@ -68,7 +69,7 @@ class ClusterMap(nnx.Module):
                param_dtype=jnp.float32):
     self.dim = check.positive_int("dim", dim)
     self.num_clusters = check.positive_int("num_clusters", num_clusters)
-    self.hidden = _check_hidden(hidden)
+    self.hidden = check.widths("hidden", hidden)
     self.batch_norm = bool(batch_norm)
     momentum = _check_momentum(momentum)
 
@@ -241,10 +242,8 @@ def _build(config: _Config, key) -> ClusterMap:
                     rngs=nnx.Rngs(params=key))
 
 
-@functools.lru_cache(maxsize=64)
 def _graphdef(config: _Config):
-  abstract = nnx.eval_shape(lambda: _build(config, jax.random.key(0)))
-  return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
+  return _training.graphdef(_build, config, nnx.Param, nnx.BatchStat)
 
 
 def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
@@ -300,12 +299,8 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
     >>> fit.loss_history.shape, apply_cluster_map(fit, x).shape
     ((2,), (32, 2))
   """
-  _check_key(key)
-  if dtype is None:
-    dtype = check.compute_dtype(embeddings, errors, psi)
-  dtype = jnp.dtype(dtype)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+  check.prng_key("key", key)
+  dtype = check.float_dtype(dtype, embeddings, errors, psi)
   x = check.array("embeddings", embeddings, ndim=2, dtype=dtype,
                   shape_doc="[n, d]")
   errors = check.array("errors", errors, ndim=2, dtype=dtype, shape_doc="[n, m]")
@@ -327,11 +322,8 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
         f"batch_size must be at least 2 with batch_norm (a batch of one has "
         f"no variance to normalise by), got {batch} for {n} prompts")
   num_epochs = check.positive_int("epochs", epochs)
-  learning_rate = jnp.asarray(learning_rate, dtype)
-  check.finite("learning_rate", learning_rate)
-  if check.is_concrete(learning_rate) and not bool(learning_rate > 0):
-    raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-  config = _Config(d, psi.shape[0], _check_hidden(hidden), bool(batch_norm),
+  learning_rate = check.positive_scalar("learning_rate", learning_rate, dtype)
+  config = _Config(d, psi.shape[0], check.widths("hidden", hidden), bool(batch_norm),
                    _check_momentum(momentum), dtype)
   params, stats, history = _fit(
       key, x, errors, mask, psi, learning_rate, _check_eps(eps, dtype),
@@ -346,8 +338,6 @@ def _fit(key, x, errors, mask, psi, learning_rate, eps, *, config: _Config,
   graphdef, params, stats = nnx.split(_build(config, init_key), nnx.Param,
                                       nnx.BatchStat)
   optimizer = optax.adam(learning_rate)
-  n = x.shape[0]
-  steps = n // batch_size
 
   def step(carry, rows):
     params, stats, opt_state = carry
@@ -356,14 +346,9 @@ def _fit(key, x, errors, mask, psi, learning_rate, eps, *, config: _Config,
         mask[rows], psi, eps)
     return (params, stats, opt_state), loss
 
-  def epoch(carry, epoch_key):
-    order = jax.random.permutation(epoch_key, n)[:steps * batch_size]
-    carry, losses = jax.lax.scan(step, carry, order.reshape(steps, batch_size))
-    return carry, jnp.mean(losses)
-
-  carry = (params, stats, optimizer.init(params))
-  (params, stats, _), history = jax.lax.scan(
-      epoch, carry, jax.random.split(order_key, epochs))
+  (params, stats, _), history = _training.shuffled_epochs(
+      order_key, (params, stats, optimizer.init(params)), step,
+      num_rows=x.shape[0], batch_size=batch_size, epochs=epochs)
   return params, stats, history
 
 
@@ -444,27 +429,6 @@ def learned_map_predicted_loss(fitted: FittedClusterMap, x, psi) -> Array:
 
 
 # --------------------------------------------------------------- validation
-
-
-def _check_key(key) -> None:
-  dtype = getattr(key, "dtype", None)
-  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
-  raw = dtype == jnp.uint32 and jnp.shape(key) == (2,)
-  if not (typed and jnp.ndim(key) == 0 or raw):
-    raise ValueError(
-        f"key must be a single jax.random.key (or a raw uint32 [2] key), got "
-        f"{type(key).__name__} of dtype {dtype} and shape {jnp.shape(key)}")
-
-
-def _check_hidden(hidden) -> tuple[int, ...]:
-  try:
-    widths = tuple(hidden)
-  except TypeError:
-    raise ValueError(
-        f"hidden must be a sequence of positive widths, got {hidden!r}") from None
-  for w in widths:
-    check.positive_int("hidden", w)
-  return tuple(int(w) for w in widths)
 
 
 def _check_momentum(momentum) -> float:

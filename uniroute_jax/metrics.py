@@ -187,6 +187,21 @@ def _deferral_curve(gamma, truth, cost, pool, w, routing_cost=None):
       max_cost=max_cost, best_quality=best_quality)
 
 
+def _labelled_area(gamma, loss, mask, cost):
+  """Area of routing a pool by ``gamma`` on prompts with partial labels.
+
+  Only prompts labelled for every LLM are scored (an unlabelled choice has
+  no known loss); LLMs are ranked by their mean cost over the prompts, the
+  cost a router knows before an answer, while the curve accounts the cost
+  paid. ``cost`` is [m] or [n, m].
+  """
+  route_cost = jnp.mean(cost, axis=0) if cost.ndim == 2 else cost
+  curve = _deferral_curve(
+      gamma, jnp.where(mask, loss, 0.0), cost, jnp.ones(gamma.shape[1], bool),
+      jnp.all(mask, axis=1).astype(gamma.dtype), route_cost)
+  return _deferral_metrics(curve, None).area
+
+
 def curve_from_points(cost, quality, *, max_cost, best_quality, valid=None
                       ) -> DeferralCurve:
   """A :class:`DeferralCurve` from explicit (cost, quality) points [p]."""

@@ -40,7 +40,7 @@ import numpy as np
 
 from uniroute_jax import _validation as check
 from uniroute_jax import cluster_map, clustering, features, metrics
-from uniroute_jax.baselines import knn, zero_router
+from uniroute_jax.baselines import clairvoyant, knn, zero_router
 from uniroute_jax.types import Array, RoutingData
 
 
@@ -143,15 +143,18 @@ class TrialData(NamedTuple):
   train_mask: Array         # [n_train, m_train]
   val_train_loss: Array     # [n_val, m_train]
   val_train_mask: Array     # [n_val, m_train]
-  val_train_weights: Array  # [n_val] 1 where every training LLM is labelled
   val_train_cost: Array     # costs paid on validation prompts, training LLMs
-  train_route_cost: Array   # [m_train]
   val_test_loss: Array      # [n_val, m_test]
   val_test_mask: Array      # [n_val, m_test]
+  val_test_cost: Array      # costs paid on validation prompts, test LLMs
   test_loss: Array          # [n_test, m_test] scoring only
   test_weights: Array       # [n_test] 1 where every test LLM is labelled
   test_cost: Array          # costs paid on test prompts, test LLMs
   test_route_cost: Array    # [m_test]
+  # The test LLMs' training labels: for the clairvoyant upper bounds only.
+  train_all_loss: Array     # [n_train, m] every LLM on the training prompts
+  train_all_mask: Array     # [n_train, m]
+  test_models: Array        # [m_test] the test LLMs' columns in the dataset
 
 
 def gather_trial(arrays, split: Split) -> TrialData:
@@ -177,24 +180,21 @@ def gather_trial(arrays, split: Split) -> TrialData:
       train_emb=emb[split.train], val_emb=emb[split.val], test_emb=emb[split.test],
       train_loss=train_loss, train_mask=train_mask,
       val_train_loss=val_train_loss, val_train_mask=val_train_mask,
-      val_train_weights=jnp.all(val_train_mask, axis=1).astype(dtype),
       val_train_cost=costs(split.val, split.train_models),
-      train_route_cost=route_cost(split.train_models),
       val_test_loss=val_test_loss, val_test_mask=val_test_mask,
       test_loss=jnp.where(test_mask, test_loss, 0.0),
       test_weights=jnp.all(test_mask, axis=1).astype(dtype),
       test_cost=costs(split.test, split.test_models),
-      test_route_cost=route_cost(split.test_models))
+      test_route_cost=route_cost(split.test_models),
+      train_all_loss=loss[split.train], train_all_mask=mask[split.train],
+      val_test_cost=costs(split.val, split.test_models),
+      test_models=split.test_models)
 
 
 def _validation_area(gamma, trial: TrialData):
   """Area of the training LLMs' curve on the validation prompts (App. F.1)."""
-  curve = metrics._deferral_curve(
-      gamma, jnp.where(trial.val_train_mask, trial.val_train_loss, 0.0),
-      trial.val_train_cost,
-      jnp.ones(gamma.shape[1], bool), trial.val_train_weights,
-      trial.train_route_cost)
-  return metrics._deferral_metrics(curve, None).area
+  return metrics._labelled_area(gamma, trial.val_train_loss,
+                                trial.val_train_mask, trial.val_train_cost)
 
 
 def _test_curve(gamma, trial: TrialData):
@@ -217,6 +217,8 @@ class Settings:
     curve_points: relative-cost grid size of the mean deferral curve.
     psi_prior_strength: shrinkage of every Psi towards each LLM's overall
       error, in pseudo-prompts (``features.cluster_errors``); 0 is eq. 13.
+    clairvoyant_epochs: training epochs of the clairvoyant MLP and matrix
+      factorisation (the paper's 30).
   """
 
   cluster_grid: tuple[int, ...]
@@ -224,6 +226,7 @@ class Settings:
   kmeans_max_iter: int = 100
   curve_points: int = 1001
   psi_prior_strength: float = 0.0
+  clairvoyant_epochs: int = 30
 
 
 class MethodOutput(NamedTuple):
@@ -361,6 +364,40 @@ def _learned_map_router(trial: TrialData, key, settings: Settings
   return MethodOutput(_test_curve(best.gamma, trial), best.k)
 
 
+def _clairvoyant_selection(trial: TrialData) -> clairvoyant.CheckpointSelection:
+  """The validation prompts with the test LLMs' labels: what a clairvoyant
+  predictor keeps its best epoch on (the test pool is what it routes)."""
+  return clairvoyant.CheckpointSelection(
+      trial.val_emb, trial.val_test_loss, trial.val_test_cost,
+      trial.test_models, trial.val_test_mask)
+
+
+def _mlp_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
+  """Clairvoyant MLP: trained on the training prompts with EVERY LLM's labels
+  (the test LLMs' included), best epoch by the test pool's validation area."""
+  fit = clairvoyant.fit_mlp(key, trial.train_emb, trial.train_all_loss,
+                            mask=trial.train_all_mask,
+                            epochs=settings.clairvoyant_epochs,
+                            select=_clairvoyant_selection(trial))
+  gamma = clairvoyant.predict_loss(fit, trial.test_emb)[:, trial.test_models]
+  return MethodOutput(_test_curve(gamma, trial), fit.best_epoch + 1)
+
+
+def _matfac_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
+  """Clairvoyant matrix factorisation; its rank d is chosen like K, from the
+  same candidates, by the (clairvoyant) validation area of its best epoch."""
+  best = _no_best(trial)
+  select = _clairvoyant_selection(trial)
+  for i, rank in enumerate(settings.cluster_grid):
+    fit = clairvoyant.fit_matrix_factorization(
+        jax.random.fold_in(key, i), trial.train_emb, trial.train_all_loss,
+        rank=rank, mask=trial.train_all_mask,
+        epochs=settings.clairvoyant_epochs, select=select)
+    gamma = clairvoyant.predict_loss(fit, trial.test_emb)[:, trial.test_models]
+    best = _keep_better(best, fit.validation_area[fit.best_epoch], gamma, rank)
+  return MethodOutput(_test_curve(best.gamma, trial), best.k)
+
+
 def _oracle(trial: TrialData, key, settings: Settings) -> MethodOutput:
   del key, settings
   curve = metrics._deferral_curve(
@@ -380,12 +417,19 @@ class Method:
     reference: True for upper bounds (the oracle, clairvoyant routers):
       reported, but never the "best method" others are tested against.
     hyperparameter: what ``MethodOutput.chosen`` is, e.g. "K"; "" for none.
+    clairvoyant: True for routers trained with the test LLMs' labels (not
+      dynamic routers); they are reference methods too.
   """
 
   title: str
   run: MethodFn
   reference: bool = False
   hyperparameter: str = ""
+  clairvoyant: bool = False
+
+  def __post_init__(self):
+    if self.clairvoyant and not self.reference:
+      raise ValueError("a clairvoyant method must be a reference method")
 
 
 METHODS: dict[str, Method] = {
@@ -397,6 +441,10 @@ METHODS: dict[str, Method] = {
                              hyperparameter="K"),
     "learned_map": Method("UniRoute (LearnedMap)", _learned_map_router,
                           hyperparameter="K"),
+    "mlp": Method("MLP (clairvoyant)", _mlp_router, reference=True,
+                  hyperparameter="epoch", clairvoyant=True),
+    "matfac": Method("Matrix factorisation (clairvoyant)", _matfac_router,
+                     reference=True, hyperparameter="d", clairvoyant=True),
     "oracle": Method("Oracle (per prompt)", _oracle, reference=True),
 }
 DEFAULT_METHODS = ("zero", "knn", "kmeans", "oracle")
@@ -634,6 +682,7 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
              cluster_grid: Sequence[int] | None = None,
              neighbor_grid: Sequence[int] | None = None,
              kmeans_max_iter: int = 100, curve_points: int = 1001,
+             clairvoyant_epochs: int = 30,
              alpha: float = 0.01, batch_size: int = 8,
              on_progress: Callable[[int, int], None] | None = None
              ) -> Evaluation:
@@ -652,6 +701,7 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
       :func:`default_neighbor_grid`. One value fixes it.
     kmeans_max_iter: Lloyd iterations per fit.
     curve_points: size of the relative-cost grid of the mean curves.
+    clairvoyant_epochs: training epochs of ``mlp`` and ``matfac``.
     alpha: level of the sign tests.
     batch_size: trials per vmapped call (memory grows with it).
     on_progress: called with (trials done, trials in all) after each batch.
@@ -675,7 +725,9 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
     raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
   settings = Settings(cluster_grid=clusters, neighbor_grid=neighbors,
                       kmeans_max_iter=check.positive_int("kmeans_max_iter", kmeans_max_iter),
-                      curve_points=check.positive_int("curve_points", curve_points))
+                      curve_points=check.positive_int("curve_points", curve_points),
+                      clairvoyant_epochs=check.positive_int("clairvoyant_epochs",
+                                                            clairvoyant_epochs))
   results, pool = run_trials(run_key, data, splits,
                              methods=methods, settings=settings,
                              batch_size=batch_size, on_progress=on_progress)

@@ -34,6 +34,7 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
     entry = {
         "title": s.title,
         "reference": method.reference,
+        "clairvoyant": method.clairvoyant,
         "area": _number(s.area),
         "area50": _number(s.area50),
         "qnc": _number(s.qnc),
@@ -88,7 +89,8 @@ def format_table(evaluation: protocol.Evaluation) -> str:
     if name == evaluation.best:
       versus = "best"
     elif s.versus_best is None:
-      versus = "(upper bound)" if method.reference else ""
+      versus = ("(clairvoyant)" if method.clairvoyant else
+                "(upper bound)" if method.reference else "")
     else:
       t = s.versus_best
       mark = " *" if s.significantly_worse else ""
@@ -133,7 +135,8 @@ def plot(evaluation: protocol.Evaluation, path: str | None = None, *,
              color="0.6", alpha=min(1.0, 8.0 / pool.quality.shape[0]),
              label="single test LLMs", zorder=1)
   for name, s in evaluation.methods.items():
-    style = "--" if protocol.METHODS[name].reference else "-"
+    method = protocol.METHODS[name]
+    style = ":" if method.clairvoyant else "--" if method.reference else "-"
     ax.plot(s.relative_cost, s.quality, style, label=f"{s.title} ({s.area:.3f})",
             zorder=2)
   ax.set_xlabel("relative cost (1 = the dearest test LLM)")
