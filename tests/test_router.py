@@ -1,0 +1,461 @@
+"""The Router: routing against NumPy brute force, pool edits, save and load."""
+
+import json
+import os
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import RTOL
+from uniroute_jax import clustering
+from uniroute_jax.cluster_map import (
+    apply_cluster_map, fit_cluster_map, learned_map_predicted_loss)
+from uniroute_jax.router import FORMAT_VERSION, Router
+
+LAMBDAS = np.array([0.0, 0.013, 0.07, 0.21, 0.9, 40.0])
+
+
+# ------------------------------------------------------------------ oracles
+
+
+def numpy_nearest(x, centroids):
+  x, centroids = np.asarray(x, np.float64), np.asarray(centroids, np.float64)
+  d2 = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+  return d2.argmin(axis=1)
+
+
+def numpy_psi(phi, loss, mask, weights=None, prior=0.0):
+  """Eq. 13 with shrinkage, looping over clusters and LLMs.
+
+  ``phi`` is [n, k] membership (one-hot for hard clusters); a cluster with
+  no labelled prompt for an LLM gets that LLM's overall mean.
+  """
+  n, k = phi.shape
+  m = loss.shape[1]
+  w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+  psi = np.empty((k, m))
+  for j in range(m):
+    lab = mask[:, j]
+    overall = (w[lab] * loss[lab, j]).sum() / w[lab].sum()
+    for c in range(k):
+      cw = phi[lab, c] * w[lab]
+      count, total = cw.sum(), (cw * loss[lab, j]).sum()
+      psi[c, j] = ((total + prior * overall) / (count + prior)
+                   if count + prior > 0 else overall)
+  return psi
+
+
+def brute_route(gamma, cost, lam, pool=None):
+  """argmin gamma + lam * cost; ties to the cheaper LLM, then lower index."""
+  n, m = gamma.shape
+  pool = np.ones(m, bool) if pool is None else pool
+  out = np.empty(n, int)
+  for i in range(n):
+    keys = [(gamma[i, j] + lam * cost[j], cost[j], j)
+            for j in range(m) if pool[j]]
+    out[i] = min(keys)[2]
+  return out
+
+
+# ------------------------------------------------------------------- data
+
+
+def problem(seed=0, n_val=60, n_test=50, d=3, k=4, m=5, dtype=np.float64):
+  """Random prompts near k centres, 0/1 losses with missing labels, costs
+  with one repeated value (exact-tie coverage)."""
+  rng = np.random.default_rng(seed)
+  centres = 3.0 * rng.normal(size=(k, d))
+  x_val = centres[rng.integers(0, k, n_val)] + rng.normal(size=(n_val, d))
+  x_test = centres[rng.integers(0, k, n_test)] + rng.normal(size=(n_test, d))
+  loss = (rng.random((n_val, m)) < rng.uniform(0.2, 0.8, m)).astype(dtype)
+  mask = rng.random((n_val, m)) < 0.85
+  mask[0] = True
+  loss[~mask] = np.nan   # missing labels may hold anything
+  cost = rng.uniform(0.5, 3.0, m)
+  cost[1] = cost[0]
+  return dict(centroids=centres.astype(dtype), x_val=x_val.astype(dtype),
+              x_test=x_test.astype(dtype), loss=loss, mask=mask,
+              cost=cost.astype(dtype), names=tuple(f"llm{j}" for j in range(m)))
+
+
+def kmeans_router(p, names=None, cols=None):
+  cols = slice(None) if cols is None else cols
+  router = Router(centroids=p["centroids"])
+  return router.add_models(names or p["names"], p["x_val"], p["loss"][:, cols],
+                           p["cost"][cols], mask=p["mask"][:, cols])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+  """A small learned map (hidden=(8,), 2 epochs) on float32 blobs."""
+  p = problem(seed=7, n_val=64, dtype=np.float32)
+  errors = np.nan_to_num(p["loss"])
+  psi = np.clip(numpy_psi(np.eye(4)[numpy_nearest(p["x_val"], p["centroids"])],
+                          errors, p["mask"]), 0.05, 0.95).astype(np.float32)
+  return fit_cluster_map(jax.random.key(3), p["x_val"], errors, psi,
+                         mask=p["mask"], hidden=(8,), epochs=2, batch_size=16,
+                         momentum=0.9)
+
+
+def learned_router(fitted, p):
+  return Router.from_cluster_map(fitted).add_models(
+      p["names"], p["x_val"], p["loss"], p["cost"], mask=p["mask"])
+
+
+def assert_same_router(a, b):
+  assert a.models == b.models and a.kind == b.kind
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    assert x.dtype == y.dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ------------------------------------------------------------------ k-means
+
+
+def test_kmeans_route_matches_brute_force(dtype):
+  p = problem(dtype=dtype)
+  router = kmeans_router(p)
+  assert router.kind == "kmeans" and router.dtype == dtype
+  assert (router.num_clusters, router.dim, router.num_models) == (4, 3, 5)
+  hard = np.eye(4)[numpy_nearest(p["x_val"], p["centroids"])]
+  psi = numpy_psi(hard, p["loss"], p["mask"])
+  np.testing.assert_allclose(np.asarray(router.psi), psi, rtol=RTOL[dtype])
+  cluster = numpy_nearest(p["x_test"], p["centroids"])
+  np.testing.assert_array_equal(np.asarray(router.membership(p["x_test"])),
+                                cluster)
+  gamma = psi[cluster]
+  np.testing.assert_allclose(np.asarray(router.predicted_loss(p["x_test"])),
+                             gamma, rtol=RTOL[dtype])
+  out = router.route(p["x_test"], LAMBDAS.astype(dtype))
+  assert out.choice.shape == (len(LAMBDAS), len(cluster))
+  cost = p["cost"].astype(np.float64)
+  for l, lam in enumerate(LAMBDAS.astype(dtype)):
+    np.testing.assert_array_equal(np.asarray(out.choice[l]),
+                                  brute_route(gamma, cost, float(lam)))
+  single = router.route(p["x_test"], dtype(0.07))
+  np.testing.assert_array_equal(np.asarray(single.choice),
+                                np.asarray(out.choice[2]))
+
+
+def test_exact_ties_go_to_cheaper_then_lower_index():
+  x = np.zeros((2, 1))
+  router = Router(centroids=np.zeros((1, 1)))
+  loss = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]])  # all 0.5
+  router = router.add_models(["a", "b", "c", "d"], x, loss,
+                             [2.0, 1.0, 1.0, 3.0])
+  np.testing.assert_array_equal(np.asarray(router.route(x, 0.0).choice), [1, 1])
+  np.testing.assert_array_equal(
+      np.asarray(router.route(x, 0.0, models=["a", "c", "d"]).choice), [2, 2])
+
+
+def test_weights_and_prior_strength_match_numpy():
+  p = problem(seed=1)
+  w = np.random.default_rng(1).uniform(0.0, 2.0, len(p["x_val"]))
+  router = Router(centroids=p["centroids"]).add_models(
+      p["names"], p["x_val"], p["loss"], p["cost"], mask=p["mask"], weights=w,
+      prior_strength=2.5)
+  hard = np.eye(4)[numpy_nearest(p["x_val"], p["centroids"])]
+  np.testing.assert_allclose(
+      np.asarray(router.psi),
+      numpy_psi(hard, p["loss"], p["mask"], weights=w, prior=2.5), rtol=1e-10)
+
+
+def test_from_kmeans_uses_kmeans_centroids():
+  p = problem(seed=2)
+  router = Router.from_kmeans(jax.random.key(0), p["x_val"], num_clusters=3,
+                              max_iter=20)
+  fit = clustering.kmeans(jax.random.key(0), p["x_val"], num_clusters=3,
+                          max_iter=20)
+  np.testing.assert_array_equal(np.asarray(router.centroids),
+                                np.asarray(fit.centroids))
+  assert router.models == () and router.psi.shape == (3, 0)
+  assert router.cost.shape == (0,) and router.cluster_map is None
+
+
+# -------------------------------------------------------------------- pool
+
+
+def test_add_then_remove_restores_the_pool():
+  p = problem(seed=3)
+  base = kmeans_router(p, names=p["names"][:3], cols=slice(0, 3))
+  more = base.add_models(["x", "y"], p["x_val"], p["loss"][:, 3:],
+                         p["cost"][3:], mask=p["mask"][:, 3:])
+  assert more.models == p["names"][:3] + ("x", "y")
+  assert base.models == p["names"][:3]          # unchanged: immutable
+  assert_same_router(more.remove_models(["x", "y"]), base)
+  # Removing from the middle keeps the others' order and columns.
+  mid = more.remove_models("llm1")
+  assert mid.models == ("llm0", "llm2", "x", "y")
+  np.testing.assert_array_equal(np.asarray(mid.psi),
+                                np.asarray(more.psi)[:, [0, 2, 3, 4]])
+  empty = more.remove_models(more.models)
+  assert empty.models == () and empty.psi.shape == (4, 0)
+
+
+def test_adding_one_at_a_time_equals_adding_at_once():
+  p = problem(seed=4)
+  both = kmeans_router(p, names=("a", "b"), cols=slice(0, 2))
+  one = Router(centroids=p["centroids"])
+  for j, name in enumerate("ab"):
+    one = one.add_models([name], p["x_val"], p["loss"][:, j:j + 1],
+                         p["cost"][j:j + 1], mask=p["mask"][:, j:j + 1])
+  assert_same_router(one, both)
+
+
+def test_add_psi_equals_add_models():
+  p = problem(seed=5)
+  router = kmeans_router(p)
+  again = Router(centroids=p["centroids"]).add_psi(p["names"], router.psi,
+                                                  p["cost"])
+  assert_same_router(again, router)
+
+
+@pytest.mark.parametrize("kind", ["kmeans", "learned_map"])
+def test_models_restriction_equals_a_smaller_pool(kind, fitted):
+  p = problem(seed=6, dtype=np.float32)
+  router = (kmeans_router(p) if kind == "kmeans"
+            else learned_router(fitted, p))
+  keep = ["llm4", "llm1", "llm2"]
+  small = router.remove_models(["llm0", "llm3"])
+  full_names = np.asarray(router.models)
+  small_names = np.asarray(small.models)
+  lambdas = LAMBDAS.astype(np.float32)
+  got = router.route(p["x_test"], lambdas, models=keep).choice
+  want = small.route(p["x_test"], lambdas).choice
+  np.testing.assert_array_equal(full_names[np.asarray(got)],
+                                small_names[np.asarray(want)])
+
+
+# ------------------------------------------------------------- learned map
+
+
+def test_learned_map_router_matches_the_map(fitted):
+  p = problem(seed=6, dtype=np.float32)
+  router = learned_router(fitted, p)
+  assert router.kind == "learned_map" and router.centroids is None
+  assert (router.num_clusters, router.dim) == (4, 3)
+  gamma = router.predicted_loss(p["x_test"])
+  np.testing.assert_array_equal(
+      np.asarray(gamma),
+      np.asarray(learned_map_predicted_loss(fitted, p["x_test"], router.psi)))
+  # Psi: soft cluster means, weighted by Phi of the representative prompts.
+  phi = np.asarray(apply_cluster_map(fitted, p["x_val"]), np.float64)
+  np.testing.assert_allclose(np.asarray(router.psi),
+                             numpy_psi(phi, p["loss"], p["mask"]), rtol=1e-5)
+  out = router.route(p["x_test"], LAMBDAS.astype(np.float32))
+  gamma = np.asarray(gamma, np.float64)
+  for l, lam in enumerate(LAMBDAS.astype(np.float32)):
+    np.testing.assert_array_equal(
+        np.asarray(out.choice[l]),
+        brute_route(gamma, p["cost"].astype(np.float64), float(lam)))
+
+
+def test_router_is_a_pytree_that_passes_through_jit(fitted):
+  p = problem(seed=6, dtype=np.float32)
+  lambdas = LAMBDAS.astype(np.float32)
+  for router in (kmeans_router(p), learned_router(fitted, p)):
+    fn = jax.jit(
+        lambda r, x: r.route(x, lambdas, models=["llm0", "llm2"]).choice)
+    np.testing.assert_array_equal(
+        np.asarray(fn(router, p["x_test"])),
+        np.asarray(router.route(p["x_test"], lambdas,
+                                models=["llm0", "llm2"]).choice))
+    assert_same_router(jax.tree.map(lambda a: a, router), router)
+
+
+# ------------------------------------------------------------- save / load
+
+
+def saved_kinds(fitted, tmp_path):
+  p = problem(seed=8)
+  p32 = problem(seed=8, dtype=np.float32)
+  plain = fit_cluster_map(jax.random.key(1), p32["x_val"],
+                          np.nan_to_num(p32["loss"]), np.full((4, 5), 0.5),
+                          mask=p32["mask"], hidden=(), batch_norm=False,
+                          epochs=2, dtype=np.float64)
+  return {
+      "kmeans64": (kmeans_router(p), p),
+      "kmeans32": (kmeans_router(p32), p32),
+      "kmeans_empty": (Router(centroids=p["centroids"]), p),
+      "learned": (learned_router(fitted, p32), p32),
+      "single_layer64": (learned_router(plain, p), p),
+  }
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+  for label, (router, p) in saved_kinds(fitted, tmp_path).items():
+    path = router.save(tmp_path / f"{label}.npz")
+    loaded = Router.load(path)
+    assert repr(loaded) == repr(router)
+    assert_same_router(loaded, router)
+    if router.kind == "learned_map":
+      assert loaded.cluster_map.graphdef == router.cluster_map.graphdef
+    np.testing.assert_array_equal(
+        np.asarray(loaded.predicted_loss(p["x_test"])),
+        np.asarray(router.predicted_loss(p["x_test"])))
+    if router.models:
+      lambdas = LAMBDAS.astype(router.dtype)
+      np.testing.assert_array_equal(
+          np.asarray(loaded.route(p["x_test"], lambdas).choice),
+          np.asarray(router.route(p["x_test"], lambdas).choice))
+  with np.load(tmp_path / "learned.npz", allow_pickle=False) as npz:
+    assert "params/dense/0/kernel" in npz.files
+    assert "batch_stats/norms/0/mean" in npz.files
+    assert npz["metadata"].dtype.kind == "U"
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+  p = problem(seed=9)
+  first = kmeans_router(p, names=("a",), cols=slice(0, 1))
+  second = kmeans_router(p, names=("b", "c"), cols=slice(1, 3))
+  path = tmp_path / "router.npz"
+  first.save(path)
+  before = path.read_bytes()
+  with pytest.raises(FileExistsError, match="overwrite=True"):
+    second.save(path)
+  assert path.read_bytes() == before
+  assert_same_router(Router.load(path), first)
+  second.save(path, overwrite=True)
+  assert_same_router(Router.load(path), second)
+  assert sorted(os.listdir(tmp_path)) == ["router.npz"]   # no temporary files
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+  p = problem(seed=9)
+  router = kmeans_router(p)
+  path = router.save(tmp_path / "router.npz")
+  before = path.read_bytes()
+
+  def broken(*args, **kwargs):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(np, "savez", broken)
+  with pytest.raises(OSError, match="disk full"):
+    router.save(path, overwrite=True)
+  assert path.read_bytes() == before
+  assert sorted(os.listdir(tmp_path)) == ["router.npz"]
+
+
+def test_load_asks_for_x64_when_saved_in_float64(tmp_path):
+  path = kmeans_router(problem(seed=9)).save(tmp_path / "router.npz")
+  with jax.enable_x64(False):
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+      Router.load(path)
+
+
+def rewrite(path, out, **changes):
+  """Copies a saved router with metadata fields changed."""
+  with np.load(path, allow_pickle=False) as npz:
+    arrays = {key: npz[key] for key in npz.files}
+  meta = json.loads(str(arrays["metadata"][()]))
+  meta.update(changes)
+  arrays["metadata"] = np.array(json.dumps(meta))
+  np.savez(out, **arrays)
+  return out
+
+
+def test_load_rejects_other_files(tmp_path, monkeypatch):
+  p = problem(seed=10)
+  path = kmeans_router(p).save(tmp_path / "router.npz")
+  np.savez(tmp_path / "other.npz", x=np.ones(3))
+  with pytest.raises(ValueError, match="not a saved Router"):
+    Router.load(tmp_path / "other.npz")
+  bumped = rewrite(path, tmp_path / "bumped.npz", version=FORMAT_VERSION + 1)
+  with pytest.raises(ValueError, match="format version 2"):
+    Router.load(bumped)
+  with pytest.raises(ValueError, match="not a saved Router"):
+    Router.load(rewrite(path, tmp_path / "format.npz", format="something"))
+  with pytest.raises(ValueError, match="psi"):
+    Router.load(rewrite(path, tmp_path / "names.npz", models=["a"]))
+  np.save(tmp_path / "single.npy", np.ones(3))
+  with pytest.raises(ValueError, match="not a saved Router"):
+    Router.load(tmp_path / "single.npy")
+  (tmp_path / "text.npz").write_text("hello")
+  with pytest.raises(ValueError, match="not a saved Router"):
+    Router.load(tmp_path / "text.npz")
+  with zipfile.ZipFile(tmp_path / "broken.npz", "w") as z:
+    z.writestr("psi.npy", b"\x93NUMPY garbage")
+  with pytest.raises(ValueError, match="not a saved Router"):
+    Router.load(tmp_path / "broken.npz")
+  # An object array is pickled data: it is refused, never unpickled.
+  with np.load(path, allow_pickle=False) as npz:
+    arrays = {key: npz[key] for key in npz.files}
+  arrays["psi"] = np.array([{"a": 1}], dtype=object)
+  np.savez(tmp_path / "pickled.npz", **arrays)
+  calls = []
+  real_load = np.load
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs.get("allow_pickle"))
+    return real_load(*args, **kwargs)
+
+  monkeypatch.setattr(np, "load", spy)
+  with pytest.raises(ValueError, match="object array"):
+    Router.load(tmp_path / "pickled.npz")
+  assert calls == [False]
+
+
+# -------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_name_the_argument(fitted):
+  p = problem(seed=11)
+  router = kmeans_router(p)
+  x, loss, mask = p["x_val"], p["loss"][:, :2], p["mask"][:, :2]
+  cost = [1.0, 2.0]
+  with pytest.raises(ValueError, match="embeddings must have 3 columns"):
+    router.route(np.ones((4, 2)), 0.0)
+  with pytest.raises(ValueError, match="embeddings must have 3 columns"):
+    router.add_models(["a", "b"], np.ones((len(x), 4)), loss, cost, mask=mask)
+  with pytest.raises(ValueError, match="embeddings must have 3 columns"):
+    Router.from_cluster_map(fitted).predicted_loss(np.ones((4, 5)))
+  with pytest.raises(ValueError, match="names must be unique"):
+    router.add_models(["a", "a"], x, loss, cost, mask=mask)
+  with pytest.raises(ValueError, match="names: .*already in the pool"):
+    router.add_models(["a", "llm0"], x, loss, cost, mask=mask)
+  with pytest.raises(ValueError, match="loss must have one column per name"):
+    router.add_models(["a", "b", "c"], x, loss, cost + [1.0], mask=mask)
+  with pytest.raises(ValueError, match="embeddings and loss"):
+    router.add_models(["a", "b"], x[:-1], loss, cost, mask=mask)
+  with pytest.raises(ValueError, match="mask"):
+    router.add_models(["a", "b"], x, loss, cost, mask=mask[:-1])
+  with pytest.raises(ValueError, match="cost must be non-negative"):
+    router.add_models(["a", "b"], x, loss, [1.0, -1.0], mask=mask)
+  with pytest.raises(ValueError, match="cost must have shape"):
+    router.add_models(["a", "b"], x, loss, [1.0], mask=mask)
+  with pytest.raises(ValueError, match="cost must be \\[m\\]"):
+    router.add_models(["a", "b"], x, loss, np.ones((len(x), 2)), mask=mask)
+  with pytest.raises(ValueError, match="loss must lie in"):
+    router.add_models(["a", "b"], x, np.nan_to_num(loss) + 1, cost)
+  with pytest.raises(ValueError, match="psi must lie in"):
+    router.add_psi(["a"], np.full((4, 1), 1.5), [1.0])
+  with pytest.raises(ValueError, match="psi must have shape"):
+    router.add_psi(["a"], np.full((3, 1), 0.5), [1.0])
+  with pytest.raises(ValueError, match="names: .*not in the pool"):
+    router.remove_models(["llm0", "nope"])
+  with pytest.raises(ValueError, match="models: .*not in the pool"):
+    router.route(p["x_test"], 0.0, models=["nope"])
+  with pytest.raises(ValueError, match="models must name at least one"):
+    router.route(p["x_test"], 0.0, models=[])
+  with pytest.raises(ValueError, match="names must hold non-empty strings"):
+    router.add_psi([3], np.full((4, 1), 0.5), [1.0])
+  with pytest.raises(ValueError, match="pool is empty"):
+    Router(centroids=p["centroids"]).route(p["x_test"], 0.0)
+  with pytest.raises(ValueError, match="exactly one of centroids"):
+    Router(centroids=p["centroids"], cluster_map=fitted)
+  with pytest.raises(ValueError, match="exactly one of centroids"):
+    Router()
+  with pytest.raises(ValueError, match="psi and cost must both be given"):
+    Router(centroids=p["centroids"], models=["a"])
+  with pytest.raises(ValueError, match="cluster_map must be a FittedCluster"):
+    Router(cluster_map=p["centroids"])
+  batched = jax.tree.map(lambda a: jnp.stack([a, a]), fitted)
+  with pytest.raises(ValueError, match="leading batch axis"):
+    Router(cluster_map=batched)
+  with pytest.raises(ValueError, match="lambdas must be non-negative"):
+    router.route(p["x_test"], -1.0)
+  with pytest.raises(AttributeError, match="immutable"):
+    router.psi = None
