@@ -140,3 +140,26 @@ def test_bad_input(bad, match):
   args.update(bad)
   with pytest.raises(ValueError, match=match):
     cluster_errors(args.pop("membership"), args.pop("loss"), **args)
+
+
+def test_an_llm_with_no_label_is_assumed_always_wrong():
+  """One rule for an LLM without any label, wherever a router meets it
+  traced: its mean loss (ZeroRouter's input), its Psi and K-NN's
+  prediction are 1."""
+  from uniroute_jax import features
+  from uniroute_jax.baselines import knn_predicted_loss
+  rng = np.random.default_rng(5)
+  loss = rng.random((6, 3))
+  mask = np.ones((6, 3), bool)
+  mask[:, 1] = False
+  mask[0, 2] = False
+  w = rng.random(6)
+  expected = [np.average(loss[:, 0], weights=w), 1.0,
+              np.average(loss[1:, 2], weights=w[1:])]
+  np.testing.assert_allclose(features.mean_loss(loss, mask, w), expected, rtol=1e-12)
+  psi = jax.jit(lambda m: cluster_errors(np.array([0, 1, 0, 1, 0, 1]), loss,
+                                         num_clusters=2, mask=m).psi)(mask)
+  np.testing.assert_array_equal(np.asarray(psi)[:, 1], [1.0, 1.0])
+  out = knn_predicted_loss(rng.normal(size=(4, 2)), rng.normal(size=(6, 2)), loss,
+                           num_neighbors=2, mask=mask)
+  np.testing.assert_array_equal(np.asarray(out)[:, 1], np.ones(4))

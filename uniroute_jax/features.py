@@ -61,8 +61,9 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
     prior_strength: a >= 0 above (traced).
 
   Returns:
-    A :class:`ClusterErrors`. An LLM with no labelled prompt at all has
-    ``overall`` (and so ``psi``) NaN; on concrete inputs that is an error.
+    A :class:`ClusterErrors`. An LLM with no labelled prompt at all is an
+    error on concrete inputs; traced (e.g. inside a vmapped protocol) it
+    gets ``overall`` and ``psi`` 1, as :func:`mean_loss` says.
 
   Examples:
     >>> import numpy as np
@@ -104,14 +105,29 @@ def _is_soft(membership) -> bool:
   return membership is not None and jnp.ndim(membership) == 2
 
 
+def mean_loss(loss, mask, w=None):
+  """[m] each LLM's (weighted) mean loss over its labelled prompts.
+
+  An LLM with no labelled prompt at all is assumed always wrong (loss 1):
+  nothing is known of it, and routing must never prefer it for a quality it
+  has not shown. Every router of the library (Psi, K-NN's fallback,
+  ZeroRouter's hull) applies this one rule.
+  """
+  if w is None:
+    w = jnp.ones(loss.shape[:1], loss.dtype)
+  labelled = mask * w[:, None]
+  total = jnp.sum(labelled, axis=0)
+  sums = jnp.sum(jnp.where(mask, loss, 0.0) * w[:, None], axis=0)
+  return jnp.where(total > 0, sums / jnp.where(total > 0, total, 1.0), 1.0)
+
+
 @jax.jit
 def _cluster_errors(phi, loss, mask, w, prior_strength):
   labelled = mask * w[:, None]
   counts = jnp.matmul(phi.T, labelled, precision=_HIGHEST)
   sums = jnp.matmul(phi.T, jnp.where(mask, loss, 0.0) * w[:, None],
                     precision=_HIGHEST)
-  total = jnp.sum(labelled, axis=0)
-  overall = jnp.sum(jnp.where(mask, loss, 0.0) * w[:, None], axis=0) / total
+  overall = mean_loss(loss, mask, w)
   overall_row = overall[None, :]
   denom = counts + prior_strength
   psi = jnp.where(denom > 0,

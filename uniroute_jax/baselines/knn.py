@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from uniroute_jax import _blocks
 from uniroute_jax import _validation as check
+from uniroute_jax import features
 from uniroute_jax.types import Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -40,7 +41,8 @@ def knn_predicted_loss(query, reference, reference_loss, *, num_neighbors: int,
 
   Returns:
     [n, m] predicted loss. Where none of the k neighbours is labelled for an
-    LLM, its mean loss over all labelled reference prompts.
+    LLM, its mean loss over all labelled reference prompts (1, assumed
+    always wrong, if it has none: ``features.mean_loss``).
   """
   return _knn_checked(query, reference, reference_loss, ks=(num_neighbors,),
                       mask=mask, metric=metric, chunk_size=chunk_size)[0]
@@ -105,8 +107,7 @@ def _knn(query, reference, loss, mask, *, ks, metric, block):
     ref_term = -jnp.sum(reference * reference, axis=1)[None, :]
   labelled = mask.astype(loss.dtype)
   observed = jnp.where(mask, loss, 0.0)
-  overall = (jnp.sum(observed, axis=0, keepdims=True) /
-             jnp.maximum(jnp.sum(labelled, axis=0, keepdims=True), 1))
+  overall = features.mean_loss(loss, mask)[None, :]
   positions = jnp.asarray(ks, jnp.int32) - 1
 
   def block_fn(q):
