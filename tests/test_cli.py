@@ -24,11 +24,14 @@ def test_demo_prints_the_comparison(capsys):
 
 def test_evaluate_writes_json_and_plot(tmp_path, capsys):
   out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-  argv = ["evaluate", "--format", "synthetic", *SMALL, "--methods", "zero,kmeans,oracle",
-          "--json", str(out_json), "--plot", str(out_png)]
+  argv = ["evaluate", "--format", "synthetic", *SMALL, "--methods",
+          "zero,kmeans,mlp,oracle", "--json", str(out_json), "--plot", str(out_png)]
   assert cli.main(argv) == 0
+  assert "MLP (clairvoyant)" in capsys.readouterr().out
   doc = json.loads(out_json.read_text())
-  assert set(doc["methods"]) == {"zero", "kmeans", "oracle"}
+  assert set(doc["methods"]) == {"zero", "kmeans", "mlp", "oracle"}
+  assert doc["methods"]["mlp"]["clairvoyant"] and doc["methods"]["mlp"]["reference"]
+  assert not doc["methods"]["kmeans"]["clairvoyant"]
   for entry in doc["methods"].values():
     assert {"area", "area50", "qnc"} <= set(entry)
     assert len(entry["trial_area"]) == 2

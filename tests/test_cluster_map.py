@@ -8,9 +8,9 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from conftest import RTOL
-from uniroute_jax import clustering, routing
+from uniroute_jax import clustering, metrics, routing
 from uniroute_jax.cluster_map import (
-    ClusterMap, FittedClusterMap, apply_cluster_map, cluster_map_loss,
+    CheckpointSelection, ClusterMap, FittedClusterMap, apply_cluster_map, cluster_map_loss,
     fit_cluster_map, learned_map_predicted_loss)
 
 
@@ -269,6 +269,41 @@ def test_same_key_same_fit_and_batch_clamp():
                          hidden=(8,), batch_size=len(x), epochs=2)
   for a, b in zip(jax.tree.leaves(big), jax.tree.leaves(full), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoint_selection_keeps_the_best_epoch():
+  """With ``select`` the kept map is the best epoch's (weights and running
+  averages): the same as a fit stopped after that epoch; each epoch's area
+  is the public deferral-curve area of that epoch's Phi Psi."""
+  x, errors, psi, mask = small_problem(1, n=96)
+  val_x, val_errors, _, val_mask = small_problem(2, n=24)
+  models = np.array([0, 2], np.int32)
+  cost = np.array([1.0, 4.0])
+  select = CheckpointSelection(val_x, val_errors[:, models], cost, models,
+                               val_mask[:, models])
+  kw = dict(mask=mask, hidden=(8,), batch_size=16, momentum=0.5,
+            learning_rate=0.05)
+  fit = fit_cluster_map(jax.random.key(8), x, errors, psi, epochs=5,
+                        select=select, **kw)
+  areas = np.asarray(fit.validation_area)
+  best = int(fit.best_epoch)
+  assert best == int(np.argmax(areas)) and len(set(areas.tolist())) > 1
+  weights = np.all(select.mask, axis=1)
+  for e in sorted({best, 0 if best else 1, 4}):
+    short = fit_cluster_map(jax.random.key(8), x, errors, psi, epochs=e + 1, **kw)
+    assert int(short.best_epoch) == e and np.isnan(short.validation_area).all()
+    gamma = learned_map_predicted_loss(short, val_x, psi)[:, models]
+    curve = metrics.deferral_curve(
+        gamma, np.where(select.mask, select.loss, 0.0), cost, weights=weights)
+    np.testing.assert_allclose(areas[e], metrics.deferral_metrics(curve).area,
+                               rtol=1e-9)
+    if e == best:
+      np.testing.assert_array_equal(apply_cluster_map(short, x),
+                                    apply_cluster_map(fit, x))
+  np.testing.assert_array_equal(short.loss_history, fit.loss_history)
+  with pytest.raises(ValueError, match=r"select.models must lie in \[0, 3\)"):
+    fit_cluster_map(jax.random.key(8), x, errors, psi, epochs=1,
+                    select=select._replace(models=np.array([0, 3])), **kw)
 
 
 # ------------------------------------------------------------- bad input

@@ -237,3 +237,51 @@ def test_learned_map_plugs_into_the_protocol(small):
   lm = out["learned_map"]
   assert set(lm.chosen.tolist()) <= {3, 5}
   assert np.all((lm.area > 0) & (lm.area <= out["oracle"].area + 1e-6))
+
+
+def test_learned_map_options_are_the_documented_fit(small):
+  """With every option on (Psi of the training LLMs from validation labels,
+  best epoch on the validation area, soft Psi for the test LLMs), the
+  protocol's LearnedMap equals the fit assembled by hand from the split."""
+  from uniroute_jax import cluster_map, clustering, features, metrics
+  split = protocol.make_split(jax.random.key(15), small.num_prompts, small.num_models)
+  options = protocol.LearnedMapOptions(hidden=(8,), epochs=3, batch_size=32,
+                                       select_epoch=True, train_psi_from="val",
+                                       soft_psi=True)
+  settings = protocol.Settings(cluster_grid=(4,), neighbor_grid=(5,),
+                               kmeans_max_iter=20, learned_map=options)
+  arrays = tuple(jax.numpy.asarray(a) for a in
+                 (small.embeddings, small.loss, small.mask, small.cost))
+  trial = protocol.gather_trial(arrays, split)
+  key = jax.random.key(16)
+  out = protocol.METHODS["learned_map"].run(trial, key, settings)
+
+  e, loss, mask, cost = small.embeddings, small.loss, small.mask, small.cost
+  seen, unseen = split.train_models, split.test_models
+  tr, val, test = split.train, split.val, split.test
+  fit_key, map_key = jax.random.split(jax.random.fold_in(key, 0))
+  centroids = clustering.kmeans(fit_key, e[tr], num_clusters=4, max_iter=20).centroids
+  val_clusters = clustering.assign_clusters(e[val], centroids).cluster
+  train_psi = features.cluster_errors(val_clusters, loss[val][:, seen],
+                                      mask=mask[val][:, seen], num_clusters=4).psi
+  select = cluster_map.CheckpointSelection(
+      e[val], loss[val][:, seen], cost[seen], np.arange(len(seen)),
+      mask[val][:, seen])
+  fit = cluster_map.fit_cluster_map(
+      map_key, e[tr], loss[tr][:, seen], train_psi, mask=mask[tr][:, seen],
+      hidden=(8,), epochs=3, batch_size=32, select=select)
+  assert int(fit.best_epoch) == int(np.argmax(fit.validation_area))
+  test_psi = features.cluster_errors(
+      cluster_map.apply_cluster_map(fit, e[val]), loss[val][:, unseen],
+      mask=mask[val][:, unseen]).psi
+  gamma = cluster_map.learned_map_predicted_loss(fit, e[test], test_psi)
+  test_mask = mask[test][:, unseen]
+  curve = metrics.deferral_curve(gamma, np.where(test_mask, loss[test][:, unseen], 0),
+                                 cost[unseen], weights=test_mask.all(axis=1))
+  assert int(out.chosen) == 4
+  np.testing.assert_allclose(metrics.deferral_metrics(out.curve).area,
+                             metrics.deferral_metrics(curve).area, rtol=1e-9)
+  with pytest.raises(ValueError, match="train_psi_from must be"):
+    protocol.LearnedMapOptions(train_psi_from="test")
+  with pytest.raises(ValueError, match="learned_map must be a protocol.LearnedMapOptions"):
+    protocol.evaluate(jax.random.key(0), small, num_trials=1, learned_map={})

@@ -1,4 +1,5 @@
-"""The mini-batch loop the library's Optax-trained models share.
+"""The mini-batch loop the library's Optax-trained models share, with
+checkpoint selection (early stopping) on held-out prompts.
 
 Each epoch visits the rows in a fresh random order in ``rows // batch_size``
 full mini-batches and drops the remainder (a new permutation drops different
@@ -11,11 +12,84 @@ first e epochs of a longer one.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from uniroute_jax import _validation as check
+from uniroute_jax import metrics
+
+
+class CheckpointSelection(NamedTuple):
+  """Held-out prompts on which a fit keeps its best epoch (early stopping).
+
+  After every epoch the model being fitted predicts every LLM's loss on
+  these prompts and routes the ``models`` among themselves (argmin predicted
+  loss + lambda * mean cost, every lambda); the parameters with the largest
+  deferral-curve area are kept. Only prompts labelled for every one of
+  ``models`` are scored.
+
+  Attributes:
+    embeddings: [v, D] prompt embeddings.
+    loss: [v, p] each routed LLM's loss on them, in [0, 1].
+    cost: [p] or [v, p] cost of each routed LLM (per prompt: the curve
+      accounts the cost paid; routing ranks by the mean).
+    models: [p] int, the column of each routed LLM among the fitted model's
+      predicted losses.
+    mask: [v, p] bool, False where a label is missing (None: all labelled).
+  """
+
+  embeddings: Any
+  loss: Any
+  cost: Any
+  models: Any
+  mask: Any = None
+
+
+def check_selection(select, dim: int, num_models: int, dtype
+                    ) -> CheckpointSelection:
+  """``select`` validated against the fit's embedding size and LLM count."""
+  if not isinstance(select, CheckpointSelection):
+    raise ValueError(f"select must be a CheckpointSelection, got "
+                     f"{type(select).__name__}")
+  x = check.array("select.embeddings", select.embeddings, ndim=2, dtype=dtype,
+                  shape_doc="[v, D]")
+  loss = check.array("select.loss", select.loss, ndim=2, dtype=dtype,
+                     shape_doc="[v, p]")
+  v, p = loss.shape
+  if x.shape != (v, dim):
+    raise ValueError(f"select.embeddings must have shape {(v, dim)} (a row per "
+                     f"select.loss row, the fit's embedding size), got {x.shape}")
+  cost = check.array("select.cost", select.cost, ndim=(1, 2), dtype=dtype,
+                     shape_doc="[p] or [v, p]")
+  if cost.shape[-1] != p or (cost.ndim == 2 and cost.shape[0] != v):
+    raise ValueError(f"select.cost must have shape [{p}] or [{v}, {p}], got "
+                     f"{cost.shape}")
+  check.nonnegative("select.cost", cost)
+  models = check.array("select.models", select.models, ndim=1, shape_doc="[p]")
+  if models.shape != (p,) or not jnp.issubdtype(models.dtype, jnp.integer):
+    raise ValueError(f"select.models must be [{p}] integer output columns, got "
+                     f"{models.dtype} of shape {models.shape}")
+  if check.is_concrete(models) and p and not bool(
+      jnp.all((models >= 0) & (models < num_models))):
+    raise ValueError(f"select.models must lie in [0, {num_models}), the "
+                     f"fitted model's LLMs")
+  mask = check.bool_mask("select.mask", select.mask, (v, p))
+  check.finite("select.embeddings", x)
+  check.in_range("select.loss", loss, 0.0, 1.0, where=mask)
+  if check.is_concrete(mask) and not bool(jnp.any(jnp.all(mask, axis=1))):
+    raise ValueError("select.mask must leave at least one prompt labelled for "
+                     "every routed LLM")
+  return CheckpointSelection(x, loss, cost, models, mask)
+
+
+def selection_area(select: CheckpointSelection, predicted_loss):
+  """The checkpoint score: area of routing ``select.models`` by their columns
+  of ``predicted_loss`` [v, m] on the selection prompts."""
+  return metrics._labelled_area(predicted_loss[:, select.models], select.loss,
+                                select.mask, select.cost)
 
 
 def shuffled_epochs(key, carry, step: Callable, *, num_rows: int,
@@ -50,9 +124,50 @@ def shuffled_epochs(key, carry, step: Callable, *, num_rows: int,
   return jax.lax.scan(epoch, carry, jnp.arange(epochs, dtype=jnp.int32))
 
 
-def keep_if(better, candidate: Any, current: Any) -> Any:
-  """``candidate`` where the scalar ``better`` holds, else ``current`` (pytrees)."""
-  return jax.tree.map(lambda a, b: jnp.where(better, a, b), candidate, current)
+def train(key, state, opt_state, step: Callable, *, num_rows: int,
+          batch_size: int, epochs: int, dtype,
+          select: CheckpointSelection | None = None,
+          predict: Callable | None = None):
+  """:func:`shuffled_epochs` that keeps the best epoch's state on ``select``.
+
+  Args:
+    key: the key of the row orders.
+    state: what is trained and kept (e.g. params, or params and batch
+      statistics); ``opt_state``: the optimiser's state (not kept).
+    step: ((state, opt_state), rows) -> ((state, opt_state), batch loss).
+    num_rows, batch_size, epochs: static sizes.
+    dtype: float dtype of the recorded areas.
+    select: optional held-out prompts; None keeps the last epoch.
+    predict: (state, embeddings [v, D]) -> [v, m] predicted loss of every
+      LLM; needed with ``select``.
+
+  Returns:
+    (kept state, mean training loss per epoch [epochs], selection area per
+    epoch [epochs] (NaN without ``select``), index of the kept epoch []).
+    Ties keep the earlier epoch; a NaN area never replaces a checkpoint.
+  """
+
+  def run_step(carry, rows):
+    trained, kept = carry
+    trained, loss = step(trained, rows)
+    return (trained, kept), loss
+
+  def end_of_epoch(carry, epoch):
+    (state, opt_state), (kept, best_area, best_epoch) = carry
+    if select is None:
+      return ((state, opt_state), (state, best_area, epoch)), jnp.array(jnp.nan, dtype)
+    area = selection_area(select, predict(state, select.embeddings)).astype(dtype)
+    better = (area > best_area) | (epoch == 0)
+    kept = jax.tree.map(lambda a, b: jnp.where(better, a, b), state, kept)
+    return ((state, opt_state), (kept, jnp.where(better, area, best_area),
+                                 jnp.where(better, epoch, best_epoch))), area
+
+  start = ((state, opt_state),
+           (state, jnp.array(-jnp.inf, dtype), jnp.zeros((), jnp.int32)))
+  (_, (kept, _, best_epoch)), (history, areas) = shuffled_epochs(
+      key, start, run_step, num_rows=num_rows, batch_size=batch_size,
+      epochs=epochs, end_of_epoch=end_of_epoch)
+  return kept, history, areas, best_epoch
 
 
 @functools.lru_cache(maxsize=128)

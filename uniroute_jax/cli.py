@@ -68,9 +68,12 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
                  help="test share of the prompts (default 0.3)")
   p.add_argument("--test-llm-frac", type=_fraction, default=1 / 3,
                  help="share of LLMs held out, unseen, for testing (default 1/3)")
+  from uniroute_jax import protocol
   p.add_argument("--methods", type=_method_list,
-                 default=("zero", "knn", "kmeans", "oracle"),
-                 help="comma-separated routers (default zero,knn,kmeans,oracle)")
+                 default=protocol.DEFAULT_METHODS,
+                 help=f"comma-separated routers among {','.join(protocol.METHODS)}"
+                      f" (default {','.join(protocol.DEFAULT_METHODS)}); mlp and "
+                      "matfac are clairvoyant upper bounds")
   p.add_argument("--clusters", type=_positive_int, default=None,
                  help="fix K for UniRoute (default: chosen per trial from 3 .. "
                       "validation prompts / 50 on the training LLMs)")

@@ -25,6 +25,7 @@ from flax import nnx
 
 from uniroute_jax import _training
 from uniroute_jax import _validation as check
+from uniroute_jax._training import CheckpointSelection
 from uniroute_jax.types import Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -139,12 +140,19 @@ class FittedClusterMap(NamedTuple):
     loss_history: [epochs] mean training loss of each epoch: the mean of its
       mini-batch losses, each taken before that step's update, with batch
       statistics (training mode).
+    validation_area: [epochs] the checkpoint-selection area after each epoch
+      (NaN when the fit had no ``select``); None for a map not made by
+      :func:`fit_cluster_map`.
+    best_epoch: [] index of the kept epoch (the last without ``select``), or
+      None.
   """
 
   graphdef: Any
   params: Any
   batch_stats: Any
   loss_history: Array
+  validation_area: Array | None = None
+  best_epoch: Array | None = None
 
   @property
   def num_clusters(self) -> int:
@@ -249,7 +257,8 @@ def _graphdef(config: _Config):
 def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
                     hidden: Sequence[int] = (128, 128), batch_norm: bool = True,
                     learning_rate=5e-3, batch_size: int = 64, epochs: int = 5,
-                    momentum: float = 0.99, eps=1e-6, dtype=None
+                    momentum: float = 0.99, eps=1e-6,
+                    select: CheckpointSelection | None = None, dtype=None
                     ) -> FittedClusterMap:
   """Trains a :class:`ClusterMap` with Adam on :func:`cluster_map_loss`.
 
@@ -282,6 +291,11 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
     epochs: passes over the data (static), at least 1; the paper uses 5.
     momentum: BatchNorm running-average decay (static).
     eps: the loss's clipping margin (traced).
+    select: optional held-out prompts with labels of LLMs whose Psi columns
+      ``select.models`` names: after each epoch the map (in inference mode)
+      routes them by Phi(x)^T Psi, and the weights and running averages of
+      the epoch with the largest area are kept (early stopping with the best
+      checkpoint restored). None keeps the last epoch.
     dtype: dtype of the weights and of the computation; default: the
       inputs' promoted float, at least float32.
 
@@ -323,33 +337,40 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
         f"no variance to normalise by), got {batch} for {n} prompts")
   num_epochs = check.positive_int("epochs", epochs)
   learning_rate = check.positive_scalar("learning_rate", learning_rate, dtype)
+  if select is not None:
+    select = _training.check_selection(select, d, psi.shape[1], dtype)
   config = _Config(d, psi.shape[0], check.widths("hidden", hidden), bool(batch_norm),
                    _check_momentum(momentum), dtype)
-  params, stats, history = _fit(
-      key, x, errors, mask, psi, learning_rate, _check_eps(eps, dtype),
+  (params, stats), history, areas, best_epoch = _fit(
+      key, x, errors, mask, psi, learning_rate, _check_eps(eps, dtype), select,
       config=config, batch_size=batch, epochs=num_epochs)
-  return FittedClusterMap(_graphdef(config), params, stats, history)
+  return FittedClusterMap(_graphdef(config), params, stats, history, areas,
+                          best_epoch)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "batch_size", "epochs"))
-def _fit(key, x, errors, mask, psi, learning_rate, eps, *, config: _Config,
-         batch_size: int, epochs: int):
+def _fit(key, x, errors, mask, psi, learning_rate, eps, select, *,
+         config: _Config, batch_size: int, epochs: int):
   init_key, order_key = jax.random.split(key)
   graphdef, params, stats = nnx.split(_build(config, init_key), nnx.Param,
                                       nnx.BatchStat)
   optimizer = optax.adam(learning_rate)
 
   def step(carry, rows):
-    params, stats, opt_state = carry
+    (params, stats), opt_state = carry
     params, stats, opt_state, loss = _train_step(
         graphdef, optimizer, params, stats, opt_state, x[rows], errors[rows],
         mask[rows], psi, eps)
-    return (params, stats, opt_state), loss
+    return ((params, stats), opt_state), loss
 
-  (params, stats, _), history = _training.shuffled_epochs(
-      order_key, (params, stats, optimizer.init(params)), step,
-      num_rows=x.shape[0], batch_size=batch_size, epochs=epochs)
-  return params, stats, history
+  def predict(state, embeddings):
+    phi = _apply(graphdef, *state, embeddings)
+    return jnp.matmul(phi, psi, precision=_HIGHEST)
+
+  return _training.train(
+      order_key, (params, stats), optimizer.init(params), step,
+      num_rows=x.shape[0], batch_size=batch_size, epochs=epochs, dtype=x.dtype,
+      select=select, predict=predict)
 
 
 def _train_step(graphdef, optimizer, params, stats, opt_state, x, errors, mask,

@@ -207,6 +207,51 @@ def _test_curve(gamma, trial: TrialData):
 
 
 @dataclasses.dataclass(frozen=True)
+class LearnedMapOptions:
+  """How the ``learned_map`` router trains and uses its cluster map.
+
+  The defaults are the paper's (section 5.2, App. E.3).
+
+  Attributes:
+    hidden: hidden widths of the map; () is the single softmax-dense layer.
+    batch_norm: BatchNorm on the input and hidden layers.
+    epochs, learning_rate, batch_size: Adam's training.
+    select_epoch: keep the epoch whose map gives the training LLMs the
+      largest area on the validation prompts (early stopping with the best
+      checkpoint restored) instead of the last.
+    train_psi_from: which labels give the training LLMs' Psi, held fixed
+      while the map trains: "train" (their training-prompt labels, the
+      paper's default) or "val" (their validation-prompt labels, the way
+      test LLMs get theirs). With "val", the K choice scores the training
+      LLMs on the prompts their Psi came from.
+    soft_psi: compute the test LLMs' Psi with the map's soft memberships of
+      the validation prompts, Phi(x), instead of their nearest k-means
+      centroid: the same membership that later routes the test prompts.
+  """
+
+  hidden: tuple[int, ...] = (128, 128)
+  batch_norm: bool = True
+  epochs: int = 5
+  learning_rate: float = 5e-3
+  batch_size: int = 64
+  select_epoch: bool = False
+  train_psi_from: str = "train"
+  soft_psi: bool = False
+
+  def __post_init__(self):
+    check.widths("hidden", self.hidden)
+    object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
+    check.positive_int("epochs", self.epochs)
+    check.positive_int("batch_size", self.batch_size)
+    if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+      raise ValueError(f"learning_rate must be a positive number, got "
+                       f"{self.learning_rate!r}")
+    if self.train_psi_from not in ("train", "val"):
+      raise ValueError(f"train_psi_from must be 'train' or 'val', got "
+                       f"{self.train_psi_from!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
   """Static settings of an evaluation (they fix shapes and programs).
 
@@ -219,6 +264,7 @@ class Settings:
       error, in pseudo-prompts (``features.cluster_errors``); 0 is eq. 13.
     clairvoyant_epochs: training epochs of the clairvoyant MLP and matrix
       factorisation (the paper's 30).
+    learned_map: how ``learned_map`` trains and uses its map.
   """
 
   cluster_grid: tuple[int, ...]
@@ -227,6 +273,7 @@ class Settings:
   curve_points: int = 1001
   psi_prior_strength: float = 0.0
   clairvoyant_epochs: int = 30
+  learned_map: LearnedMapOptions = LearnedMapOptions()
 
 
 class MethodOutput(NamedTuple):
@@ -242,8 +289,7 @@ MethodFn = Callable[[TrialData, Array, Settings], MethodOutput]
 
 def _zero_router(trial: TrialData, key, settings: Settings) -> MethodOutput:
   del key, settings
-  observed = jnp.where(trial.val_test_mask, trial.val_test_loss, 0.0)
-  mean_loss = jnp.sum(observed, 0) / jnp.maximum(jnp.sum(trial.val_test_mask, 0), 1)
+  mean_loss = features.mean_loss(trial.val_test_loss, trial.val_test_mask)
   hull = zero_router.zero_router_hull(mean_loss, trial.test_route_cost)
   curve = zero_router.zero_router_curve(hull, trial.test_loss, trial.test_cost,
                                         weights=trial.test_weights)
@@ -337,29 +383,51 @@ def _kmeans_router(trial: TrialData, key, settings: Settings, *,
   return MethodOutput(_test_curve(best.gamma, trial), best.k)
 
 
-def _learned_map_router(trial: TrialData, key, settings: Settings
+def _learned_map_router(trial: TrialData, key, settings: Settings, *,
+                        options: LearnedMapOptions | None = None
                         ) -> MethodOutput:
   """UniRoute (LearnedMap, section 5.2): a trained soft cluster map.
 
   Per candidate K: k-means on the training prompts; Psi of the training LLMs
-  from their training-prompt labels, held fixed while the map is fitted to
-  those labels (binary cross-entropy, Adam, the paper's defaults); K is
-  chosen by the training LLMs' area on the validation prompts. The test LLMs
-  get Psi from the validation prompts with the hard nearest-centroid
-  assignment, and gamma(x) = Phi(x)^T Psi.
+  (from their training-prompt labels by default), held fixed while the map
+  is fitted to their training-prompt labels (binary cross-entropy, Adam,
+  the paper's defaults: :class:`LearnedMapOptions`); K is chosen by the
+  training LLMs' area on the validation prompts. The test LLMs get Psi from
+  the validation prompts (nearest centroid, or Phi with ``soft_psi``), and
+  gamma(x) = Phi(x)^T Psi. ``options`` (a fixed variant) overrides
+  ``settings.learned_map``.
   """
+  options = options or settings.learned_map
   best = _no_best(trial)
   for i, k in enumerate(settings.cluster_grid):
     fit_key, map_key = jax.random.split(jax.random.fold_in(key, i))
     c = _fit_clusters(trial, fit_key, k, settings)
+    train_psi = c.train_psi
+    if options.train_psi_from == "val":
+      train_psi = features.cluster_errors(
+          c.val_clusters, trial.val_train_loss, mask=trial.val_train_mask,
+          num_clusters=k, prior_strength=settings.psi_prior_strength).psi
+    select = None
+    if options.select_epoch:
+      select = cluster_map.CheckpointSelection(
+          trial.val_emb, trial.val_train_loss, trial.val_train_cost,
+          jnp.arange(train_psi.shape[1]), trial.val_train_mask)
     learned = cluster_map.fit_cluster_map(
-        map_key, trial.train_emb, trial.train_loss, c.train_psi,
-        mask=trial.train_mask)
+        map_key, trial.train_emb, trial.train_loss, train_psi,
+        mask=trial.train_mask, hidden=options.hidden,
+        batch_norm=options.batch_norm, learning_rate=options.learning_rate,
+        batch_size=options.batch_size, epochs=options.epochs, select=select)
     area = _validation_area(
-        cluster_map.learned_map_predicted_loss(learned, trial.val_emb, c.train_psi),
+        cluster_map.learned_map_predicted_loss(learned, trial.val_emb, train_psi),
         trial)
+    test_psi = c.test_psi
+    if options.soft_psi:
+      test_psi = features.cluster_errors(
+          cluster_map.apply_cluster_map(learned, trial.val_emb),
+          trial.val_test_loss, mask=trial.val_test_mask,
+          prior_strength=settings.psi_prior_strength).psi
     gamma = cluster_map.learned_map_predicted_loss(learned, trial.test_emb,
-                                                   c.test_psi)
+                                                   test_psi)
     best = _keep_better(best, area, gamma, k)
   return MethodOutput(_test_curve(best.gamma, trial), best.k)
 
@@ -441,6 +509,12 @@ METHODS: dict[str, Method] = {
                              hyperparameter="K"),
     "learned_map": Method("UniRoute (LearnedMap)", _learned_map_router,
                           hyperparameter="K"),
+    # The variant that matched K-NN on MMLU-Pro (benchmarks/results/).
+    "learned_map_linear": Method(
+        "UniRoute (LearnedMap, softmax-dense, soft Psi)",
+        functools.partial(_learned_map_router, options=LearnedMapOptions(
+            hidden=(), batch_norm=False, soft_psi=True)),
+        hyperparameter="K"),
     "mlp": Method("MLP (clairvoyant)", _mlp_router, reference=True,
                   hyperparameter="epoch", clairvoyant=True),
     "matfac": Method("Matrix factorisation (clairvoyant)", _matfac_router,
@@ -536,10 +610,20 @@ def _run_batch(arrays, splits: Split, keys, *, methods: tuple[str, ...],
   return jax.vmap(one)(splits, keys)
 
 
+def _replicated(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _by_trial(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+
+
 def run_trials(key, data: RoutingData, splits: Split, *,
                methods: Sequence[str] = DEFAULT_METHODS,
                settings: Settings, batch_size: int = 8,
-               on_progress: Callable[[int, int], None] | None = None
+               on_progress: Callable[[int, int], None] | None = None,
+               mesh: jax.sharding.Mesh | None = None
                ) -> tuple[dict[str, TrialMetrics], PoolPoints]:
   """Runs every method on every trial.
 
@@ -549,6 +633,12 @@ def run_trials(key, data: RoutingData, splits: Split, *,
   Trials run ``batch_size`` at a time as one vmapped call (the last batch is
   padded by repeating a trial, then trimmed), so the results do not depend
   on the batch size.
+
+  With a ``mesh`` (one axis, e.g. ``jax.make_mesh((jax.device_count(),),
+  ("trials",))``), every batch is split across the mesh's devices along the
+  trial axis (``NamedSharding``) and the dataset is replicated on each:
+  trials are independent, so each device runs its own trials. ``batch_size`` is rounded up to a multiple of the number
+  of devices.
   """
   methods = tuple(methods)
   unknown = [m for m in methods if m not in METHODS]
@@ -562,11 +652,25 @@ def run_trials(key, data: RoutingData, splits: Split, *,
   trial_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(
       jnp.arange(num_trials))
   batch_size = min(batch_size, num_trials)
+  if mesh is not None:
+    if not isinstance(mesh, jax.sharding.Mesh) or len(mesh.axis_names) != 1:
+      raise ValueError(f"mesh must be a jax.sharding.Mesh with one axis, got "
+                       f"{mesh!r}")
+    # Only the devices and the axis name matter: the compiler propagates
+    # the trial sharding of the inputs (JAX's automatic mode, whatever mode
+    # the caller's mesh is in), and trials never interact.
+    mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                             axis_types=(jax.sharding.AxisType.Auto,))
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    arrays = jax.device_put(arrays, _replicated(mesh))
   pieces = []
   for start in range(0, num_trials, batch_size):
     index = np.minimum(np.arange(start, start + batch_size), num_trials - 1)
     batch = Split(*(np.asarray(part)[index] for part in splits))
-    out = _run_batch(arrays, batch, trial_keys[index], methods=methods,
+    batch_keys = trial_keys[index]
+    if mesh is not None:
+      batch, batch_keys = jax.device_put((batch, batch_keys), _by_trial(mesh))
+    out = _run_batch(arrays, batch, batch_keys, methods=methods,
                      settings=settings)
     keep = min(batch_size, num_trials - start)
     pieces.append(jax.tree.map(lambda a: np.asarray(a)[:keep], out))
@@ -676,6 +780,15 @@ class Evaluation(NamedTuple):
   pool: PoolPoints
 
 
+def _learned_map_options(options) -> LearnedMapOptions:
+  if options is None:
+    return LearnedMapOptions()
+  if not isinstance(options, LearnedMapOptions):
+    raise ValueError(f"learned_map must be a protocol.LearnedMapOptions, got "
+                     f"{type(options).__name__}")
+  return options
+
+
 def evaluate(key, data: RoutingData, *, num_trials: int = 10,
              methods: Sequence[str] = DEFAULT_METHODS, val_frac=0.1,
              test_frac=0.3, test_model_frac=1 / 3,
@@ -683,8 +796,10 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
              neighbor_grid: Sequence[int] | None = None,
              kmeans_max_iter: int = 100, curve_points: int = 1001,
              clairvoyant_epochs: int = 30,
+             learned_map: LearnedMapOptions | None = None,
              alpha: float = 0.01, batch_size: int = 8,
-             on_progress: Callable[[int, int], None] | None = None
+             on_progress: Callable[[int, int], None] | None = None,
+             mesh: jax.sharding.Mesh | None = None
              ) -> Evaluation:
   """The paper's evaluation: many random trials, unseen test LLMs, mean curves.
 
@@ -702,9 +817,12 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
     kmeans_max_iter: Lloyd iterations per fit.
     curve_points: size of the relative-cost grid of the mean curves.
     clairvoyant_epochs: training epochs of ``mlp`` and ``matfac``.
+    learned_map: how ``learned_map`` trains its map (default: the paper's).
     alpha: level of the sign tests.
     batch_size: trials per vmapped call (memory grows with it).
     on_progress: called with (trials done, trials in all) after each batch.
+    mesh: optional one-axis device mesh to split each batch's trials over
+      (see :func:`run_trials`).
   """
   data.validate()
   split_key, run_key = jax.random.split(key)
@@ -727,9 +845,11 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
                       kmeans_max_iter=check.positive_int("kmeans_max_iter", kmeans_max_iter),
                       curve_points=check.positive_int("curve_points", curve_points),
                       clairvoyant_epochs=check.positive_int("clairvoyant_epochs",
-                                                            clairvoyant_epochs))
+                                                            clairvoyant_epochs),
+                      learned_map=_learned_map_options(learned_map))
   results, pool = run_trials(run_key, data, splits,
                              methods=methods, settings=settings,
-                             batch_size=batch_size, on_progress=on_progress)
+                             batch_size=batch_size, on_progress=on_progress,
+                             mesh=mesh)
   summaries, best = summarise(results, alpha=alpha)
   return Evaluation(summaries, best, splits, settings, alpha, pool)

@@ -355,7 +355,8 @@ class Router:
 
     The file holds ``psi``, ``cost``, then ``centroids`` (k-means) or every
     array of the map's ``params`` and ``batch_stats`` under its key path
-    (e.g. ``params/dense/0/kernel``) and ``loss_history``; plus a JSON string
+    (e.g. ``params/dense/0/kernel``), ``loss_history`` (and, when present,
+    ``validation_area`` and ``best_epoch``); plus a JSON string
     ``metadata`` (format and version, kind, model names, the map's
     structure). The file is written to a temporary file in the same folder
     and renamed into place, so a failed save never leaves a partial file or
@@ -456,6 +457,9 @@ class Router:
         for keypath, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
           arrays[_array_key(prefix, keypath)] = np.asarray(leaf)
       arrays["loss_history"] = np.asarray(fitted.loss_history)
+      for name in ("validation_area", "best_epoch"):
+        if getattr(fitted, name) is not None:
+          arrays[name] = np.asarray(getattr(fitted, name))
     arrays[_METADATA_KEY] = np.array(json.dumps(meta))
     return arrays
 
@@ -673,8 +677,19 @@ def _from_arrays(meta: dict, arrays: dict) -> Router:
     history = arrays.pop("loss_history", None)
     if history is None or history.ndim != 1:
       raise ValueError("saved Router is missing a 1-d 'loss_history' array")
-    fitted = cmap.FittedClusterMap(cmap._graphdef(config), params, stats,
-                                   jnp.asarray(history))
+    # Optional (absent for a map not made by fit_cluster_map).
+    areas = arrays.pop("validation_area", None)
+    best_epoch = arrays.pop("best_epoch", None)
+    if areas is not None and areas.shape != history.shape:
+      raise ValueError("saved Router's 'validation_area' must have the shape "
+                       f"of 'loss_history' {history.shape}, got {areas.shape}")
+    if best_epoch is not None and (best_epoch.shape != () or not
+                                   np.issubdtype(best_epoch.dtype, np.integer)):
+      raise ValueError("saved Router's 'best_epoch' must be an integer scalar")
+    fitted = cmap.FittedClusterMap(
+        cmap._graphdef(config), params, stats, jnp.asarray(history),
+        None if areas is None else jnp.asarray(areas),
+        None if best_epoch is None else jnp.asarray(best_epoch))
     router = Router(cluster_map=fitted, models=models, psi=psi, cost=cost)
   else:
     raise ValueError(f"saved Router has an unknown kind {meta['kind']!r}")

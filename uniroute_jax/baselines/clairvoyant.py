@@ -31,7 +31,7 @@ from flax import nnx
 
 from uniroute_jax import _training
 from uniroute_jax import _validation as check
-from uniroute_jax import metrics
+from uniroute_jax._training import CheckpointSelection
 from uniroute_jax.types import Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -89,30 +89,6 @@ class LossPredictor(nnx.Module):
 
   def __call__(self, x) -> Array:
     return jax.nn.sigmoid(self.logits(x))
-
-
-class CheckpointSelection(NamedTuple):
-  """Held-out prompts on which a fit keeps its best epoch.
-
-  After every epoch the predictor routes the ``models`` among themselves on
-  these prompts (argmin predicted loss + lambda * mean cost, every lambda);
-  the parameters with the largest deferral-curve area are kept. Only
-  prompts labelled for every one of ``models`` are scored.
-
-  Attributes:
-    embeddings: [v, D] prompt embeddings.
-    loss: [v, p] each routed LLM's loss on them, in [0, 1].
-    cost: [p] or [v, p] cost of each routed LLM (per prompt: the curve
-      accounts the cost paid; routing ranks by the mean).
-    models: [p] int, the predictor's output column of each routed LLM.
-    mask: [v, p] bool, False where a label is missing (None: all labelled).
-  """
-
-  embeddings: Any
-  loss: Any
-  cost: Any
-  models: Any
-  mask: Any = None
 
 
 class FittedLossPredictor(NamedTuple):
@@ -282,7 +258,7 @@ def _fit_checked(key, embeddings, errors, *, mask, hidden, activation, use_bias,
   check.finite("embeddings", x)
   check.in_range("errors", errors, 0.0, 1.0, where=mask)
   if select is not None:
-    select = _check_selection(select, d, m, dtype)
+    select = _training.check_selection(select, d, m, dtype)
   config = _Config(d, m, check.widths("hidden", hidden), activation,
                    bool(use_bias), dtype)
   params, history, areas, best = _fit(
@@ -291,42 +267,6 @@ def _fit_checked(key, embeddings, errors, *, mask, hidden, activation, use_bias,
       batch_size=min(check.positive_int("batch_size", batch_size), n),
       epochs=check.positive_int("epochs", epochs))
   return FittedLossPredictor(_graphdef(config), params, history, areas, best)
-
-
-def _check_selection(select, dim: int, num_models: int, dtype
-                     ) -> CheckpointSelection:
-  if not isinstance(select, CheckpointSelection):
-    raise ValueError(f"select must be a CheckpointSelection, got "
-                     f"{type(select).__name__}")
-  x = check.array("select.embeddings", select.embeddings, ndim=2, dtype=dtype,
-                  shape_doc="[v, D]")
-  loss = check.array("select.loss", select.loss, ndim=2, dtype=dtype,
-                     shape_doc="[v, p]")
-  v, p = loss.shape
-  if x.shape != (v, dim):
-    raise ValueError(f"select.embeddings must have shape {(v, dim)} (a row per "
-                     f"select.loss row, the fit's embedding size), got {x.shape}")
-  cost = check.array("select.cost", select.cost, ndim=(1, 2), dtype=dtype,
-                     shape_doc="[p] or [v, p]")
-  if cost.shape[-1] != p or (cost.ndim == 2 and cost.shape[0] != v):
-    raise ValueError(f"select.cost must have shape [{p}] or [{v}, {p}], got "
-                     f"{cost.shape}")
-  check.nonnegative("select.cost", cost)
-  models = check.array("select.models", select.models, ndim=1, shape_doc="[p]")
-  if models.shape != (p,) or not jnp.issubdtype(models.dtype, jnp.integer):
-    raise ValueError(f"select.models must be [{p}] integer output columns, got "
-                     f"{models.dtype} of shape {models.shape}")
-  if check.is_concrete(models) and p and not bool(
-      jnp.all((models >= 0) & (models < num_models))):
-    raise ValueError(f"select.models must lie in [0, {num_models}), the "
-                     f"predictor's outputs")
-  mask = check.bool_mask("select.mask", select.mask, (v, p))
-  check.finite("select.embeddings", x)
-  check.in_range("select.loss", loss, 0.0, 1.0, where=mask)
-  if check.is_concrete(mask) and not bool(jnp.any(jnp.all(mask, axis=1))):
-    raise ValueError("select.mask must leave at least one prompt labelled for "
-                     "every routed LLM")
-  return CheckpointSelection(x, loss, cost, models, mask)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "batch_size", "epochs"))
@@ -341,31 +281,15 @@ def _fit(key, x, errors, mask, learning_rate, select, *, config: _Config,
     return _loss(logits, errors[rows], mask[rows])
 
   def step(carry, rows):
-    params, opt_state, kept = carry
+    params, opt_state = carry
     loss, grads = jax.value_and_grad(loss_fn)(params, rows)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, kept), loss
+    return (optax.apply_updates(params, updates), opt_state), loss
 
-  nan = jnp.array(jnp.nan, x.dtype)
-
-  def end_of_epoch(carry, epoch):
-    params, opt_state, (kept, best_area, best_epoch) = carry
-    if select is None:
-      return (params, opt_state, (params, best_area, epoch)), nan
-    gamma = _predict(graphdef, params, select.embeddings)[:, select.models]
-    area = metrics._labelled_area(gamma, select.loss, select.mask, select.cost)
-    # Ties keep the earlier epoch; a NaN area never replaces a checkpoint.
-    better = (area > best_area) | (epoch == 0)
-    kept = (_training.keep_if(better, params, kept),
-            jnp.where(better, area, best_area), jnp.where(better, epoch, best_epoch))
-    return (params, opt_state, kept), area
-
-  start = (params, optimizer.init(params),
-           (params, jnp.array(-jnp.inf, x.dtype), jnp.zeros((), jnp.int32)))
-  (_, _, (kept, _, best_epoch)), (history, areas) = _training.shuffled_epochs(
-      order_key, start, step, num_rows=x.shape[0], batch_size=batch_size,
-      epochs=epochs, end_of_epoch=end_of_epoch)
-  return kept, history, areas, best_epoch
+  return _training.train(
+      order_key, params, optimizer.init(params), step, num_rows=x.shape[0],
+      batch_size=batch_size, epochs=epochs, dtype=x.dtype, select=select,
+      predict=functools.partial(_predict, graphdef))
 
 
 def predict_loss(fitted: FittedLossPredictor, x) -> Array:
