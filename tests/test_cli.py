@@ -106,3 +106,55 @@ def test_evaluate_on_the_shared_data(tmp_path, capsys, fmt, folder):
   assert doc["dataset"]["llms"] == (27 if fmt == "embedllm" else 11)
   for name in ("zero", "knn", "kmeans", "oracle"):
     assert 0.0 < doc["methods"][name]["area"] < 1.0
+
+
+def test_build_router_then_route(tmp_path, capsys):
+  """The saved router routes like the Python API; the CSV has one row per
+  prompt and lambda; outputs are never overwritten."""
+  import jax
+  import numpy as np
+  from uniroute_jax import Router, make_synthetic
+  router_path, prompts, out = (tmp_path / "r.npz", tmp_path / "p.npz",
+                               tmp_path / "c.csv")
+  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "600",
+                   "--llms", "5", "--clusters", "8", "--out", str(router_path)]) == 0
+  assert "8 clusters of 600 prompts, 5 LLMs" in capsys.readouterr().out
+  router = Router.load(router_path)
+  data = make_synthetic(jax.random.key(0), num_prompts=600, num_models=5)
+  assert router.models == tuple(data.model_names) and router.num_clusters == 8
+  x = make_synthetic(jax.random.key(1), num_prompts=50, num_models=5).embeddings[:9]
+  ids = np.array([f"q{i}" for i in range(9)])
+  np.savez(prompts, prompt_ids=ids, embeddings=x)
+  argv = ["route", "--router", str(router_path), "--embeddings", str(prompts),
+          "--lambda", "0,50", "--models", "llm-01,llm-03,llm-04", "--out", str(out)]
+  assert cli.main(argv) == 0
+  lines = out.read_text().splitlines()
+  assert lines[0] == "prompt_id,lambda,model,predicted_loss" and len(lines) == 19
+  expected = router.route(x, np.array([0.0, 50.0], router.dtype),
+                          models=["llm-01", "llm-03", "llm-04"]).choice
+  got = [line.split(",") for line in lines[1:]]
+  assert [row[0] for row in got[:9]] == ids.tolist()
+  assert [row[2] for row in got] == [router.models[j] for j in
+                                     np.asarray(expected).ravel()]
+  before = out.read_text()
+  assert cli.main(argv) == 2
+  assert "already exists" in capsys.readouterr().err
+  assert out.read_text() == before
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--lambda", "-1"], "--lambda: expected comma-separated non-negative"),
+    (["--models", "nope"], "not in the pool"),
+])
+def test_route_bad_input_is_one_line(tmp_path, capsys, extra, match):
+  router_path = tmp_path / "r.npz"
+  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "300",
+                   "--llms", "4", "--out", str(router_path)]) == 0
+  import numpy as np
+  np.save(tmp_path / "p.npy", np.zeros((3, 32), np.float32))
+  capsys.readouterr()
+  code = cli.main(["route", "--router", str(router_path), "--embeddings",
+                   str(tmp_path / "p.npy"), "--out", str(tmp_path / "c.csv"), *extra])
+  err = capsys.readouterr().err
+  assert code == 2 and match in err and len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "c.csv").exists()

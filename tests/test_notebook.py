@@ -22,7 +22,7 @@ def test_reproduce_paper_notebook_runs(monkeypatch):
   outputs = "".join(
       output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
       for output in cell.get("outputs", []))
-  assert "UniRoute (K-means)" in outputs
+  assert "UniRoute (K-means)" in outputs and "MLP (clairvoyant)" in outputs
   assert "K per trial:" in outputs
   errors = [o for c in notebook.cells if c.cell_type == "code"
             for o in c.get("outputs", []) if o.get("output_type") == "error"]

@@ -125,19 +125,86 @@ def _build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--llms", type=_positive_int, default=12,
                         help="synthetic only: number of LLMs")
   _add_protocol_arguments(evaluate, trials=10)
+
+  build = commands.add_parser(
+      "build-router", help="build a router from a labelled dataset and save it",
+      description=(
+          "Cluster the dataset's prompt embeddings with k-means, represent "
+          "every LLM by its per-cluster error on the labelled prompts (Psi) "
+          "and its mean cost, and save the router as one .npz file (no "
+          "pickle). Route with `uniroute route`."))
+  build.add_argument("--format", choices=FORMATS, required=True,
+                     help="layout of --data")
+  build.add_argument("--data", metavar="PATH", help="as for evaluate")
+  build.add_argument("--embeddings", metavar="FILE", help="as for evaluate")
+  build.add_argument("--costs", metavar="FILE", help="as for evaluate")
+  build.add_argument("--prompts", type=_positive_int, default=5000,
+                     help="synthetic only: number of prompts")
+  build.add_argument("--llms", type=_positive_int, default=12,
+                     help="synthetic only: number of LLMs")
+  build.add_argument("--clusters", type=_positive_int, default=None,
+                     help="K (default: prompts / 50, at least 3, as the paper "
+                          "sets K without training LLMs)")
+  build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  build.add_argument("--out", metavar="ROUTER.npz", required=True,
+                     help="where to save the router (must not exist)")
+
+  route = commands.add_parser(
+      "route", help="route prompts with a saved router",
+      description=(
+          "Send each prompt to argmin_m Phi(x)^T Psi(m) + lambda * cost(m) "
+          "over the router's LLMs, for one or more lambdas, and write one CSV "
+          "row per prompt and lambda: prompt_id, lambda, model, "
+          "predicted_loss."))
+  route.add_argument("--router", metavar="ROUTER.npz", required=True,
+                     help="a router saved by build-router (or Router.save)")
+  route.add_argument("--embeddings", metavar="FILE", required=True,
+                     help="prompt embeddings: .npy [n, d] (ids 0..n-1) or .npz "
+                          "with ids and embeddings")
+  route.add_argument("--lambda", dest="lambdas", type=_lambda_list,
+                     default=(0.0,),
+                     help="comma-separated cost trade-offs (default 0: the "
+                          "most accurate LLM)")
+  route.add_argument("--models", type=_name_list, default=None,
+                     help="comma-separated LLM names to route among "
+                          "(default: all of the router's)")
+  route.add_argument("--out", metavar="CHOICES.csv", required=True,
+                     help="where to write the choices (must not exist)")
   return parser
+
+
+def _lambda_list(text: str) -> tuple[float, ...]:
+  try:
+    values = tuple(float(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    values = ()
+  if not values or not all(v >= 0 and v < float("inf") for v in values):
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated non-negative numbers, got {text!r}")
+  return values
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+  names = tuple(n.strip() for n in text.split(",") if n.strip())
+  if not names:
+    raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+  return names
+
+
+def _new_file(flag: str, path: str) -> None:
+  """Fails before any work when ``path`` cannot be created."""
+  if os.path.exists(path):
+    raise ValueError(f"{flag}: {path} already exists; it is never overwritten")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise ValueError(f"{flag}: folder {folder} does not exist")
 
 
 def _check_outputs(args) -> None:
   """Fails before any work when an output cannot be written."""
   for flag, path in (("--json", args.json), ("--plot", args.plot)):
-    if path is None:
-      continue
-    if os.path.exists(path):
-      raise ValueError(f"{flag}: {path} already exists; it is never overwritten")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-      raise ValueError(f"{flag}: folder {folder} does not exist")
+    if path is not None:
+      _new_file(flag, path)
   if args.plot is not None:
     try:
       import matplotlib  # noqa: F401
@@ -238,6 +305,89 @@ def _run(args, source: str) -> int:
   return 0
 
 
+def _build_router(args) -> int:
+  import jax
+  import numpy as np
+  from uniroute_jax.router import Router
+
+  _new_file("--out", args.out)
+  data = _load(args)
+  data.validate()
+  k = args.clusters or max(3, data.num_prompts // 50)
+  if k > data.num_prompts:
+    raise ValueError(f"--clusters must be at most the number of prompts "
+                     f"({data.num_prompts}), got {k}")
+  cost = data.cost.mean(axis=0) if data.cost.ndim == 2 else data.cost
+  router = Router.from_kmeans(jax.random.key(args.seed), data.embeddings,
+                              num_clusters=k)
+  router = router.add_models(list(data.model_names), data.embeddings, data.loss,
+                             np.asarray(cost), mask=data.mask)
+  router.save(args.out)
+  print(f"Wrote {args.out}: {k} clusters of {data.num_prompts} prompts, "
+        f"{router.num_models} LLMs ({', '.join(router.models)})")
+  return 0
+
+
+def _read_prompts(path: str):
+  """(prompt ids, [n, d] embeddings) of an .npy or .npz file, no pickle."""
+  import numpy as np
+  from uniroute_jax.data import embeddings as files
+  if not os.path.isfile(path):
+    raise ValueError(f"--embeddings: {path} is not a file")
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as npz:
+      keys = list(npz.keys())
+      id_key = next((k for k in files.ID_KEYS if k in keys), None)
+      emb_key = next((k for k in files.EMBEDDING_KEYS if k in keys), None)
+      if len(keys) == 1:
+        matrix = files._matrix(path, files._load(path, npz, keys[0]))
+        return np.arange(matrix.shape[0]), matrix
+      if id_key is None or emb_key is None:
+        raise ValueError(
+            f"--embeddings: {path} must hold one array, or ids ({', '.join(files.ID_KEYS)}) "
+            f"and embeddings ({', '.join(files.EMBEDDING_KEYS)}); it has {keys}")
+      ids = files._load(path, npz, id_key)
+      matrix = files._matrix(path, files._load(path, npz, emb_key))
+      if ids.shape != (matrix.shape[0],):
+        raise ValueError(f"--embeddings: {path} has {ids.shape} ids for "
+                         f"{matrix.shape[0]} embeddings")
+      return ids, matrix
+  matrix = files._matrix(path, files._load(path))
+  return np.arange(matrix.shape[0]), matrix
+
+
+def _route(args) -> int:
+  import csv
+  import io
+
+  import numpy as np
+  from uniroute_jax.router import Router
+
+  _new_file("--out", args.out)
+  router = Router.load(args.router)
+  ids, x = _read_prompts(args.embeddings)
+  lambdas = np.asarray(args.lambdas, router.dtype)
+  result = router.route(x, lambdas, models=args.models)
+  choice = np.asarray(result.choice).reshape(len(lambdas), -1)
+  gamma = np.asarray(result.predicted_loss)
+  names = np.asarray(router.models)
+  text = io.StringIO()
+  writer = csv.writer(text, lineterminator="\n")
+  writer.writerow(["prompt_id", "lambda", "model", "predicted_loss"])
+  rows = np.arange(x.shape[0])
+  for lam, chosen in zip(args.lambdas, choice):
+    for prompt_id, model, loss in zip(ids.tolist(), names[chosen],
+                                      gamma[rows, chosen]):
+      writer.writerow([prompt_id, repr(lam), model, f"{loss:.6g}"])
+  _write_new(args.out, text.getvalue())
+  shares = ", ".join(
+      f"{name} {np.mean(choice[-1] == j):.0%}" for j, name in enumerate(names)
+      if np.any(choice[-1] == j))
+  print(f"Wrote {args.out}: {x.shape[0]} prompts x {len(lambdas)} lambda(s); "
+        f"at lambda={args.lambdas[-1]:g}: {shares}")
+  return 0
+
+
 def main(argv=None) -> int:
   parser = _build_parser()
   try:
@@ -245,6 +395,10 @@ def main(argv=None) -> int:
     if args.command is None:
       parser.print_help()
       return _EXIT_USAGE
+    if args.command == "build-router":
+      return _build_router(args)
+    if args.command == "route":
+      return _route(args)
     if args.command == "demo":
       args.format, args.data, args.embeddings, args.costs = ("synthetic", None,
                                                              None, None)
