@@ -160,3 +160,22 @@ def finish(script: str, argv, lines: Sequence[str], out: str | None) -> str:
   print(report)
   write(out, report)
   return report
+
+
+def data_root(subfolder: str = "") -> str | None:
+  """The shared data folder ($UNIROUTE_DATA, else ../shared/data beside the
+  repository), or None when it, or ``subfolder`` inside it, is absent."""
+  root = os.environ.get("UNIROUTE_DATA") or os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+  return root if os.path.isdir(os.path.join(root, subfolder)) else None
+
+
+def load_mmlu_pro():
+  """The shared MMLU-Pro data (EmbedLLM layout), or None after saying it is
+  absent."""
+  root = data_root("mmlu_pro")
+  if root is None:
+    print("the shared MMLU-Pro data is absent (../shared/data or $UNIROUTE_DATA)")
+    return None
+  from uniroute_jax.data import load_embedllm
+  return load_embedllm(os.path.join(root, "mmlu_pro"))

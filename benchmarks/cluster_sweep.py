@@ -29,8 +29,7 @@ from uniroute_jax.data import load_embedllm, load_routerbench, make_synthetic
 
 
 def load(name: str, seed: int):
-  root = os.environ.get("UNIROUTE_DATA") or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+  root = _machine.data_root() or ""
   if name == "mmlu_pro":
     return load_embedllm(os.path.join(root, "mmlu_pro")), dict(test_model_frac=1 / 3)
   if name == "routerbench":

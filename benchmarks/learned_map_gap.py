@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 
@@ -29,7 +28,6 @@ except ImportError:  # run as a script: benchmarks/ itself is on sys.path
   import _machine
 
 from uniroute_jax import protocol
-from uniroute_jax.data import load_embedllm
 
 LM = protocol.LearnedMapOptions
 # (label, method, LearnedMap options, Psi shrinkage in pseudo-prompts)
@@ -63,12 +61,6 @@ VARIANTS = (
 REFERENCE_ROWS = 2  # K-NN and K-means: always run, the rows others are tested against
 
 
-def _data_root() -> str | None:
-  root = os.environ.get("UNIROUTE_DATA") or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
-  return root if os.path.isdir(os.path.join(root, "mmlu_pro")) else None
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--trials", type=int, default=24)
@@ -78,11 +70,9 @@ def main(argv=None) -> int:
                            "text (and the K-NN and K-means reference rows)")
   parser.add_argument("--out", help="also write the report as Markdown here")
   args = parser.parse_args(argv)
-  root = _data_root()
-  if root is None:
-    print("the shared MMLU-Pro data is absent (../shared/data or $UNIROUTE_DATA)")
+  data = _machine.load_mmlu_pro()
+  if data is None:
     return 1
-  data = load_embedllm(os.path.join(root, "mmlu_pro"))
   split_key, run_key = jax.random.split(jax.random.key(args.seed))
   splits = protocol.make_trials(split_key, args.trials, data.num_prompts,
                                 data.num_models)

@@ -21,7 +21,6 @@ Compared side by side:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -36,13 +35,6 @@ except ImportError:  # run as a script: benchmarks/ itself is on sys.path
 
 from uniroute_jax import clustering, features, protocol
 from uniroute_jax.cluster_map import apply_cluster_map, fit_cluster_map
-from uniroute_jax.data import load_embedllm
-
-
-def _data_root() -> str | None:
-  root = os.environ.get("UNIROUTE_DATA") or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
-  return root if os.path.isdir(os.path.join(root, "mmlu_pro")) else None
 
 
 def trial_inputs(data, splits, num_clusters: int, seed: int):
@@ -115,11 +107,9 @@ def main(argv=None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", help="also write the report as Markdown here")
   args = parser.parse_args(argv)
-  root = _data_root()
-  if root is None:
-    print("the shared MMLU-Pro data is absent (../shared/data or $UNIROUTE_DATA)")
+  data = _machine.load_mmlu_pro()
+  if data is None:
     return 1
-  data = load_embedllm(os.path.join(root, "mmlu_pro"))
   splits = protocol.make_trials(jax.random.key(args.seed), args.trials,
                                 data.num_prompts, data.num_models)
   print("k-means and Psi per trial (not timed) ...", flush=True)

@@ -1,6 +1,5 @@
 """The reproduction notebook runs top to bottom, so it never rots."""
 
-import os
 import pathlib
 
 import pytest

@@ -7,7 +7,6 @@ on those prompts once and averaging: nothing is trained.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax

@@ -21,7 +21,6 @@ Conventions (the paper leaves the normalisation open; these are ours):
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax

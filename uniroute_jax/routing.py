@@ -11,7 +11,6 @@ lambda equals the state that :func:`switch_path` records as starting there.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
