@@ -118,7 +118,7 @@ def test_build_router_then_route(tmp_path, capsys):
                                tmp_path / "c.csv")
   assert cli.main(["build-router", "--format", "synthetic", "--prompts", "600",
                    "--llms", "5", "--clusters", "8", "--out", str(router_path)]) == 0
-  assert "8 clusters of 600 prompts, 5 LLMs" in capsys.readouterr().out
+  assert "kmeans map with 8 clusters of 600 prompts, 5 LLMs" in capsys.readouterr().out
   router = Router.load(router_path)
   data = make_synthetic(jax.random.key(0), num_prompts=600, num_models=5)
   assert router.models == tuple(data.model_names) and router.num_clusters == 8
@@ -158,3 +158,29 @@ def test_route_bad_input_is_one_line(tmp_path, capsys, extra, match):
   err = capsys.readouterr().err
   assert code == 2 and match in err and len(err.strip().splitlines()) == 1
   assert not (tmp_path / "c.csv").exists()
+
+
+def test_build_router_with_a_learned_map(tmp_path, capsys):
+  """--map learned saves the documented router: k-means Psi as the map's
+  target, a softmax-dense map, soft Psi of every LLM."""
+  import jax
+  import numpy as np
+  from uniroute_jax import Router, cluster_errors, fit_cluster_map, make_synthetic
+  path = tmp_path / "r.npz"
+  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "400",
+                   "--llms", "4", "--clusters", "5", "--map", "learned",
+                   "--seed", "2", "--out", str(path)]) == 0
+  assert "learned map with 5 clusters" in capsys.readouterr().out
+  saved = Router.load(path)
+  data = make_synthetic(jax.random.key(2), num_prompts=400, num_models=4)
+  kmeans_key, map_key = jax.random.split(jax.random.key(2))
+  hard = Router.from_kmeans(kmeans_key, data.embeddings, num_clusters=5)
+  psi = cluster_errors(hard.membership(data.embeddings), data.loss, num_clusters=5,
+                       mask=data.mask).psi
+  fitted = fit_cluster_map(map_key, data.embeddings, data.loss, psi,
+                           mask=data.mask, hidden=(), batch_norm=False)
+  expected = Router.from_cluster_map(fitted).add_models(
+      list(data.model_names), data.embeddings, data.loss, data.cost, mask=data.mask)
+  assert saved.kind == "learned_map" and saved.models == expected.models
+  np.testing.assert_array_equal(saved.predicted_loss(data.embeddings[:20]),
+                                expected.predicted_loss(data.embeddings[:20]))

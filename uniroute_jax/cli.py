@@ -145,6 +145,11 @@ def _build_parser() -> argparse.ArgumentParser:
   build.add_argument("--clusters", type=_positive_int, default=None,
                      help="K (default: prompts / 50, at least 3, as the paper "
                           "sets K without training LLMs)")
+  build.add_argument("--map", choices=("kmeans", "learned"), default="kmeans",
+                     help="kmeans: each prompt in its nearest cluster (UniRoute "
+                          "K-means, the default); learned: a softmax-dense "
+                          "cluster map trained on the labels, routing with "
+                          "soft memberships (UniRoute LearnedMap)")
   build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
   build.add_argument("--out", metavar="ROUTER.npz", required=True,
                      help="where to save the router (must not exist)")
@@ -318,13 +323,25 @@ def _build_router(args) -> int:
     raise ValueError(f"--clusters must be at most the number of prompts "
                      f"({data.num_prompts}), got {k}")
   cost = data.cost.mean(axis=0) if data.cost.ndim == 2 else data.cost
-  router = Router.from_kmeans(jax.random.key(args.seed), data.embeddings,
-                              num_clusters=k)
+  kmeans_key, map_key = jax.random.split(jax.random.key(args.seed))
+  router = Router.from_kmeans(kmeans_key, data.embeddings, num_clusters=k)
+  if args.map == "learned":
+    from uniroute_jax import cluster_map, features
+    # The map learns to predict the k-means clusters' error profiles; the
+    # single softmax-dense layer with soft Psi is the variant that matched
+    # K-NN on MMLU-Pro (benchmarks/results/learned_map_gap_mmlu_pro.md).
+    psi = features.cluster_errors(router.membership(data.embeddings), data.loss,
+                                  num_clusters=k, mask=data.mask).psi
+    fitted = cluster_map.fit_cluster_map(
+        map_key, data.embeddings, data.loss, psi, mask=data.mask, hidden=(),
+        batch_norm=False)
+    router = Router.from_cluster_map(fitted)
   router = router.add_models(list(data.model_names), data.embeddings, data.loss,
                              np.asarray(cost), mask=data.mask)
   router.save(args.out)
-  print(f"Wrote {args.out}: {k} clusters of {data.num_prompts} prompts, "
-        f"{router.num_models} LLMs ({', '.join(router.models)})")
+  print(f"Wrote {args.out}: {args.map} map with {k} clusters of "
+        f"{data.num_prompts} prompts, {router.num_models} LLMs "
+        f"({', '.join(router.models)})")
   return 0
 
 
