@@ -89,6 +89,7 @@ def test_matrix_factorization_is_x_a_b():
   layers = fit.params["layers"]
   a, b = np.asarray(layers[0]["kernel"][...]), np.asarray(layers[1]["kernel"][...])
   assert a.shape == (6, 3) and b.shape == (3, 4)
+  assert fit.dim == 6 and fit.num_models == 4
   assert "bias" not in layers[0] and "bias" not in layers[1]
   np.testing.assert_allclose(predict_loss(fit, x), 1 / (1 + np.exp(-x @ a @ b)),
                              rtol=1e-10)

@@ -115,14 +115,19 @@ class FittedLossPredictor(NamedTuple):
 
   @property
   def num_models(self) -> int:
-    return int(self.params["layers"][len(self.params["layers"]) - 1]["kernel"].shape[-1])
+    """m, the LLMs the predictor has an output for."""
+    layers = self.params["layers"]
+    return int(layers[len(layers) - 1]["kernel"].shape[-1])
 
   @property
   def dim(self) -> int:
+    """D, the embedding size it was fitted on."""
     return int(self.params["layers"][0]["kernel"].shape[-2])
 
 
 class _Config(NamedTuple):
+  """What fixes the module's structure (hashable: a static jit argument)."""
+
   dim: int
   num_models: int
   hidden: tuple[int, ...]
