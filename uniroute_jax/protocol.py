@@ -13,6 +13,10 @@ function of the dataset's arrays, its indices and a key, so batches of
 trials run as one vmapped, compiled call; only the batches are a Python loop
 (for progress and memory).
 
+The clairvoyant upper bounds (``mlp``, ``matfac``) are the exception, by
+design: they also see the test LLMs' labels on the training prompts, and
+are reported as references, never as the best router.
+
 Conventions:
 - A test prompt missing a label for any test LLM is left out of that
   trial's scores (weight 0), since its routed loss would be unknown.
