@@ -86,6 +86,23 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
                  help="plot the mean deferral curves (needs matplotlib)")
 
 
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--format", choices=FORMATS, required=True,
+                 help="layout of --data")
+  p.add_argument("--data", metavar="PATH",
+                 help="RouterBench CSV file or folder; EmbedLLM folder; "
+                      "long-format CSV/Parquet (not for synthetic)")
+  p.add_argument("--embeddings", metavar="FILE",
+                 help="prompt embeddings (.npy in prompt order, or .npz with "
+                      "ids); default: the one beside the data")
+  p.add_argument("--costs", metavar="FILE",
+                 help="per-LLM costs CSV (model_name and a number)")
+  p.add_argument("--prompts", type=_positive_int, default=5000,
+                 help="synthetic only: number of prompts")
+  p.add_argument("--llms", type=_positive_int, default=12,
+                 help="synthetic only: number of LLMs")
+
+
 def _build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="uniroute",
                    description="Universal LLM routing (UniRoute) in JAX.")
@@ -110,20 +127,7 @@ def _build_parser() -> argparse.ArgumentParser:
           "Run the paper's protocol: random prompt splits, an unseen pool of "
           "test LLMs, hyper-parameters chosen on the training LLMs only, "
           "mean deferral curves over many trials and sign tests."))
-  evaluate.add_argument("--format", choices=FORMATS, required=True,
-                        help="layout of --data")
-  evaluate.add_argument("--data", metavar="PATH",
-                        help="RouterBench CSV file or folder; EmbedLLM folder; "
-                             "long-format CSV/Parquet (not for synthetic)")
-  evaluate.add_argument("--embeddings", metavar="FILE",
-                        help="prompt embeddings (.npy in prompt order, or .npz "
-                             "with ids); default: the one beside the data")
-  evaluate.add_argument("--costs", metavar="FILE",
-                        help="per-LLM costs CSV (model_name and a number)")
-  evaluate.add_argument("--prompts", type=_positive_int, default=5000,
-                        help="synthetic only: number of prompts")
-  evaluate.add_argument("--llms", type=_positive_int, default=12,
-                        help="synthetic only: number of LLMs")
+  _add_data_arguments(evaluate)
   _add_protocol_arguments(evaluate, trials=10)
 
   build = commands.add_parser(
@@ -133,15 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
           "every LLM by its per-cluster error on the labelled prompts (Psi) "
           "and its mean cost, and save the router as one .npz file (no "
           "pickle). Route with `uniroute route`."))
-  build.add_argument("--format", choices=FORMATS, required=True,
-                     help="layout of --data")
-  build.add_argument("--data", metavar="PATH", help="as for evaluate")
-  build.add_argument("--embeddings", metavar="FILE", help="as for evaluate")
-  build.add_argument("--costs", metavar="FILE", help="as for evaluate")
-  build.add_argument("--prompts", type=_positive_int, default=5000,
-                     help="synthetic only: number of prompts")
-  build.add_argument("--llms", type=_positive_int, default=12,
-                     help="synthetic only: number of LLMs")
+  _add_data_arguments(build)
   build.add_argument("--clusters", type=_positive_int, default=None,
                      help="K (default: prompts / 50, at least 3, as the paper "
                           "sets K without training LLMs)")
