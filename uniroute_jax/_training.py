@@ -85,6 +85,43 @@ def check_selection(select, dim: int, num_models: int, dtype
   return CheckpointSelection(x, loss, cost, models, mask)
 
 
+class FitInputs(NamedTuple):
+  """The checked arguments every labelled fit of the library takes."""
+
+  embeddings: Any       # [n, D]
+  errors: Any           # [n, m]
+  mask: Any             # [n, m] bool
+  learning_rate: Any    # [] positive
+  batch_size: int       # clamped to n
+  epochs: int
+  select: CheckpointSelection | None
+
+
+def check_fit_inputs(key, embeddings, errors, *, mask, dtype, learning_rate,
+                     batch_size, epochs, select) -> FitInputs:
+  """Validates what a fit on labelled prompts is given, in ``dtype``.
+
+  The key, the [n, D] embeddings (finite) and [n, m] labels (in [0, 1]
+  where observed), the mask, Adam's step size, the batch size (clamped to
+  n), the epochs and the optional checkpoint selection.
+  """
+  check.prng_key("key", key)
+  x = check.array("embeddings", embeddings, ndim=2, dtype=dtype,
+                  shape_doc="[n, D]")
+  errors = check.array("errors", errors, ndim=2, dtype=dtype, shape_doc="[n, m]")
+  (n, d), m = x.shape, errors.shape[1]
+  check.same_size("embeddings", n, "errors", errors.shape[0], "prompts")
+  mask = check.bool_mask("mask", mask, errors.shape)
+  check.finite("embeddings", x)
+  check.in_range("errors", errors, 0.0, 1.0, where=mask)
+  if select is not None:
+    select = check_selection(select, d, m, dtype)
+  return FitInputs(x, errors, mask,
+                   check.positive_scalar("learning_rate", learning_rate, dtype),
+                   min(check.positive_int("batch_size", batch_size), n),
+                   check.positive_int("epochs", epochs), select)
+
+
 def selection_area(select: CheckpointSelection, predicted_loss):
   """The checkpoint score: area of routing ``select.models`` by their columns
   of ``predicted_loss`` [v, m] on the selection prompts."""

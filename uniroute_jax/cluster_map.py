@@ -313,37 +313,29 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
     >>> fit.loss_history.shape, apply_cluster_map(fit, x).shape
     ((2,), (32, 2))
   """
-  check.prng_key("key", key)
   dtype = check.float_dtype(dtype, embeddings, errors, psi)
-  x = check.array("embeddings", embeddings, ndim=2, dtype=dtype,
-                  shape_doc="[n, d]")
-  errors = check.array("errors", errors, ndim=2, dtype=dtype, shape_doc="[n, m]")
   psi = check.array("psi", psi, ndim=2, dtype=dtype, shape_doc="[k, m]")
-  n, d = x.shape
-  check.same_size("embeddings", n, "errors", errors.shape[0], "prompts")
-  check.same_size("errors", errors.shape[1], "psi", psi.shape[1], "LLMs")
+  fit = _training.check_fit_inputs(
+      key, embeddings, errors, mask=mask, dtype=dtype,
+      learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
+      select=select)
+  check.same_size("errors", fit.errors.shape[1], "psi", psi.shape[1], "LLMs")
+  n, d = fit.embeddings.shape
   if n < 1 or d < 1 or psi.shape[0] < 1:
     raise ValueError(
         f"embeddings [n, d] and psi [k, m] must be non-empty, got "
-        f"{x.shape} and {psi.shape}")
-  mask = check.bool_mask("mask", mask, errors.shape)
-  check.finite("embeddings", x)
+        f"{fit.embeddings.shape} and {psi.shape}")
   check.finite("psi", psi)
-  check.in_range("errors", errors, 0.0, 1.0, where=mask)
-  batch = min(check.positive_int("batch_size", batch_size), n)
-  if batch_norm and batch < 2:
+  if batch_norm and fit.batch_size < 2:
     raise ValueError(
         f"batch_size must be at least 2 with batch_norm (a batch of one has "
-        f"no variance to normalise by), got {batch} for {n} prompts")
-  num_epochs = check.positive_int("epochs", epochs)
-  learning_rate = check.positive_scalar("learning_rate", learning_rate, dtype)
-  if select is not None:
-    select = _training.check_selection(select, d, psi.shape[1], dtype)
+        f"no variance to normalise by), got {fit.batch_size} for {n} prompts")
   config = _Config(d, psi.shape[0], check.widths("hidden", hidden), bool(batch_norm),
                    _check_momentum(momentum), dtype)
   (params, stats), history, areas, best_epoch = _fit(
-      key, x, errors, mask, psi, learning_rate, _check_eps(eps, dtype), select,
-      config=config, batch_size=batch, epochs=num_epochs)
+      key, fit.embeddings, fit.errors, fit.mask, psi, fit.learning_rate,
+      _check_eps(eps, dtype), fit.select, config=config,
+      batch_size=fit.batch_size, epochs=fit.epochs)
   return FittedClusterMap(_graphdef(config), params, stats, history, areas,
                           best_epoch)
 

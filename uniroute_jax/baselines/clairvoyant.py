@@ -249,28 +249,20 @@ def fit_matrix_factorization(key, embeddings, errors, *, rank: int, mask=None,
 
 def _fit_checked(key, embeddings, errors, *, mask, hidden, activation, use_bias,
                  learning_rate, batch_size, epochs, select, dtype):
-  check.prng_key("key", key)
   dtype = check.float_dtype(dtype, embeddings, errors)
-  x = check.array("embeddings", embeddings, ndim=2, dtype=dtype,
-                  shape_doc="[n, D]")
-  errors = check.array("errors", errors, ndim=2, dtype=dtype, shape_doc="[n, m]")
-  (n, d), m = x.shape, errors.shape[1]
-  check.same_size("embeddings", n, "errors", errors.shape[0], "prompts")
+  fit = _training.check_fit_inputs(
+      key, embeddings, errors, mask=mask, dtype=dtype,
+      learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
+      select=select)
+  (n, d), m = fit.embeddings.shape, fit.errors.shape[1]
   if n < 1 or d < 1 or m < 1:
     raise ValueError(f"embeddings [n, D] and errors [n, m] must be non-empty, "
-                     f"got {x.shape} and {errors.shape}")
-  mask = check.bool_mask("mask", mask, errors.shape)
-  check.finite("embeddings", x)
-  check.in_range("errors", errors, 0.0, 1.0, where=mask)
-  if select is not None:
-    select = _training.check_selection(select, d, m, dtype)
+                     f"got {fit.embeddings.shape} and {fit.errors.shape}")
   config = _Config(d, m, check.widths("hidden", hidden), activation,
                    bool(use_bias), dtype)
   params, history, areas, best = _fit(
-      key, x, errors, mask, check.positive_scalar("learning_rate", learning_rate, dtype),
-      select, config=config,
-      batch_size=min(check.positive_int("batch_size", batch_size), n),
-      epochs=check.positive_int("epochs", epochs))
+      key, fit.embeddings, fit.errors, fit.mask, fit.learning_rate, fit.select,
+      config=config, batch_size=fit.batch_size, epochs=fit.epochs)
   return FittedLossPredictor(_graphdef(config), params, history, areas, best)
 
 
