@@ -342,31 +342,12 @@ def _build_router(args) -> int:
 
 
 def _read_prompts(path: str):
-  """(prompt ids, [n, d] embeddings) of an .npy or .npz file, no pickle."""
+  """(prompt ids, [n, d] embeddings) of an embeddings file, no pickle; a file
+  without ids numbers its rows from 0."""
   import numpy as np
   from uniroute_jax.data import embeddings as files
-  if not os.path.isfile(path):
-    raise ValueError(f"--embeddings: {path} is not a file")
-  if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as npz:
-      keys = list(npz.keys())
-      id_key = next((k for k in files.ID_KEYS if k in keys), None)
-      emb_key = next((k for k in files.EMBEDDING_KEYS if k in keys), None)
-      if len(keys) == 1:
-        matrix = files._matrix(path, files._load(path, npz, keys[0]))
-        return np.arange(matrix.shape[0]), matrix
-      if id_key is None or emb_key is None:
-        raise ValueError(
-            f"--embeddings: {path} must hold one array, or ids ({', '.join(files.ID_KEYS)}) "
-            f"and embeddings ({', '.join(files.EMBEDDING_KEYS)}); it has {keys}")
-      ids = files._load(path, npz, id_key)
-      matrix = files._matrix(path, files._load(path, npz, emb_key))
-      if ids.shape != (matrix.shape[0],):
-        raise ValueError(f"--embeddings: {path} has {ids.shape} ids for "
-                         f"{matrix.shape[0]} embeddings")
-      return ids, matrix
-  matrix = files._matrix(path, files._load(path))
-  return np.arange(matrix.shape[0]), matrix
+  ids, matrix, _ = files._read(path)
+  return (np.arange(matrix.shape[0]) if ids is None else ids), matrix
 
 
 def _route(args) -> int:

@@ -51,17 +51,11 @@ def load_embeddings(path, prompt_ids) -> np.ndarray:
       ids, or NaN / infinite values.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"embeddings file not found: {path!r}")
-  n = len(prompt_ids)
-  suffix = os.path.splitext(path)[1].lower()
-  if suffix == ".npy":
-    matrix = _in_prompt_order(path, _load(path), n)
-  elif suffix == ".npz":
-    matrix = _from_npz(path, prompt_ids)
+  ids, matrix, id_key = _read(path)
+  if ids is None:
+    matrix = _in_prompt_order(path, matrix, len(prompt_ids))
   else:
-    raise ValueError(
-        f"embeddings file {path!r} must be a .npy or .npz file, got {suffix!r}")
+    matrix = _aligned(path, ids, matrix, prompt_ids, id_key)
   matrix = matrix.astype(np.float32)
   if not np.all(np.isfinite(matrix)):
     row = int(np.nonzero(~np.all(np.isfinite(matrix), axis=1))[0][0])
@@ -99,7 +93,6 @@ def _matrix(path: str, array: np.ndarray) -> np.ndarray:
 
 
 def _in_prompt_order(path: str, array: np.ndarray, n: int) -> np.ndarray:
-  array = _matrix(path, array)
   if array.shape[0] != n:
     raise ValueError(
         f"embeddings in {path!r} have {array.shape[0]} rows but there are {n} "
@@ -108,7 +101,27 @@ def _in_prompt_order(path: str, array: np.ndarray, n: int) -> np.ndarray:
   return array
 
 
-def _from_npz(path: str, prompt_ids) -> np.ndarray:
+def _read(path: str) -> tuple[np.ndarray | None, np.ndarray, str]:
+  """(ids, [N, d] matrix, where the ids came from) of an embeddings file in
+  the file's own order; ids are None when the file has none (its rows are in
+  prompt order). The layouts are those of :func:`load_embeddings`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"embeddings file not found: {path!r}")
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix == ".npy":
+    return None, _matrix(path, _load(path)), ""
+  if suffix != ".npz":
+    raise ValueError(
+        f"embeddings file {path!r} must be a .npy or .npz file, got {suffix!r}")
+  ids, matrix, id_key = _from_npz(path)
+  if ids is not None and (ids.ndim != 1 or ids.shape[0] != matrix.shape[0]):
+    raise ValueError(
+        f"ids {id_key!r} in {path!r} must be 1-d with one id per embedding "
+        f"row ({matrix.shape[0]}), got shape {ids.shape}")
+  return ids, matrix, id_key
+
+
+def _from_npz(path: str):
   with np.load(path, allow_pickle=False) as npz:
     keys = list(npz.keys())
     id_key = next((k for k in ID_KEYS if k in keys), None)
@@ -121,18 +134,16 @@ def _from_npz(path: str, prompt_ids) -> np.ndarray:
             f"arrays 'file' and 'row' of {path!r} must be 1-d and of equal "
             f"length, got shapes {files.shape} and {rows.shape}")
       ids = np.char.add(np.char.add(files.astype(str), ":"), rows.astype(str))
-      return _aligned(path, ids, _matrix(path, _load(path, npz, emb_key)),
-                      prompt_ids, "file:row")
+      return ids, _matrix(path, _load(path, npz, emb_key)), "file:row"
     if id_key is not None:
       if emb_key is None:
         raise ValueError(
             f"{path!r} has ids under {id_key!r} but no embeddings array; "
             f"expected one of {list(EMBEDDING_KEYS)}, found {keys}")
-      return _aligned(path, _load(path, npz, id_key),
-                      _matrix(path, _load(path, npz, emb_key)), prompt_ids,
-                      id_key)
+      return (_load(path, npz, id_key),
+              _matrix(path, _load(path, npz, emb_key)), id_key)
     if len(keys) == 1:
-      return _in_prompt_order(path, _load(path, npz, keys[0]), len(prompt_ids))
+      return None, _matrix(path, _load(path, npz, keys[0])), ""
     raise ValueError(
         f"{path!r} holds arrays {keys}; expected a single [n, d] array, or "
         f"ids (one of {list(ID_KEYS)}) plus embeddings (one of "
@@ -141,11 +152,7 @@ def _from_npz(path: str, prompt_ids) -> np.ndarray:
 
 def _aligned(path: str, ids: np.ndarray, matrix: np.ndarray, prompt_ids,
              id_key: str) -> np.ndarray:
-  """Rows of ``matrix`` (keyed by ``ids``) for each of ``prompt_ids``."""
-  if ids.ndim != 1 or ids.shape[0] != matrix.shape[0]:
-    raise ValueError(
-        f"ids {id_key!r} in {path!r} must be 1-d with one id per embedding "
-        f"row ({matrix.shape[0]}), got shape {ids.shape}")
+  """Rows of ``matrix`` (keyed by the 1-d ``ids``) for each of ``prompt_ids``."""
   ids = ids.astype(str)
   order = np.argsort(ids, kind="stable")
   sorted_ids = ids[order]
