@@ -25,6 +25,7 @@ from flax import nnx
 
 from uniroute_jax import _training
 from uniroute_jax import _validation as check
+from uniroute_jax import routing
 from uniroute_jax._training import CheckpointSelection
 from uniroute_jax.types import Array
 
@@ -357,7 +358,7 @@ def _fit(key, x, errors, mask, psi, learning_rate, eps, select, *,
 
   def predict(state, embeddings):
     phi = _apply(graphdef, *state, embeddings)
-    return jnp.matmul(phi, psi, precision=_HIGHEST)
+    return routing._predicted_loss(phi, psi)
 
   return _training.train(
       order_key, (params, stats), optimizer.init(params), step,
@@ -438,7 +439,7 @@ def learned_map_predicted_loss(fitted: FittedClusterMap, x, psi) -> Array:
   check.finite("psi", psi)
   phi = apply_cluster_map(fitted, x)
   dtype = check.compute_dtype(phi, psi)
-  return jnp.matmul(phi.astype(dtype), psi.astype(dtype), precision=_HIGHEST)
+  return routing._predicted_loss(phi.astype(dtype), psi.astype(dtype))
 
 
 # --------------------------------------------------------------- validation
