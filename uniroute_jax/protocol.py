@@ -243,8 +243,7 @@ class LearnedMapOptions:
   soft_psi: bool = False
 
   def __post_init__(self):
-    check.widths("hidden", self.hidden)
-    object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
+    object.__setattr__(self, "hidden", check.widths("hidden", self.hidden))
     check.positive_int("epochs", self.epochs)
     check.positive_int("batch_size", self.batch_size)
     if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
@@ -641,8 +640,8 @@ def run_trials(key, data: RoutingData, splits: Split, *,
   With a ``mesh`` (one axis, e.g. ``jax.make_mesh((jax.device_count(),),
   ("trials",))``), every batch is split across the mesh's devices along the
   trial axis (``NamedSharding``) and the dataset is replicated on each:
-  trials are independent, so each device runs its own trials. ``batch_size`` is rounded up to a multiple of the number
-  of devices.
+  trials are independent, so each device runs its own trials.
+  ``batch_size`` is rounded up to a multiple of the number of devices.
   """
   methods = tuple(methods)
   unknown = [m for m in methods if m not in METHODS]
