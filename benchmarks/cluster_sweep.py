@@ -57,26 +57,20 @@ def main(argv=None) -> int:
   n_train, n_val = splits.train.shape[1], splits.val.shape[1]
   start = time.perf_counter()
 
-  def areas(method, clusters=(3,), neighbors=(5,)):
-    settings = protocol.Settings(cluster_grid=clusters, neighbor_grid=neighbors,
-                                 curve_points=11)
+  def areas(method):
     out, _ = protocol.run_trials(key, data, splits, methods=(method,),
-                                 settings=settings)
-    return out[method].area
+                                 curve_points=11)
+    return out[method.name].area
 
-  reference = {name: areas(name) for name in ("zero", "oracle")}
-  selected, _ = protocol.run_trials(
-      key, data, splits, methods=("knn", "kmeans"),
-      settings=protocol.Settings(
-          cluster_grid=protocol.default_cluster_grid(n_train, n_val),
-          neighbor_grid=protocol.default_neighbor_grid(n_train, n_val),
-          curve_points=11))
+  reference = {name: areas(protocol.BUILT_IN[name]) for name in ("zero", "oracle")}
+  selected, _ = protocol.run_trials(key, data, splits, methods=("knn", "kmeans"),
+                                    curve_points=11)
   rows = [["ZeroRouter", "", f"{reference['zero'].mean():.4f}", ""],
           ["Oracle", "", f"{reference['oracle'].mean():.4f}", ""]]
   best_knn = selected["knn"].area
   for name, hp in (("knn", "k"), ("kmeans", "K")):
     s = selected[name]
-    rows.append([f"{protocol.METHODS[name].title}, selected per trial",
+    rows.append([f"{protocol.BUILT_IN[name].title}, selected per trial",
                  f"median {hp}={int(np.median(s.chosen))}",
                  f"{s.area.mean():.4f}",
                  f"{protocol.sign_test(s.area, best_knn).wins}"
@@ -84,12 +78,12 @@ def main(argv=None) -> int:
                  if name != "knn" else ""])
   for k in (int(v) for v in args.neighbors.split(",")):
     if k <= min(n_train, n_val):
-      a = areas("knn", neighbors=(k,))
+      a = areas(protocol.KNN(neighbors=(k,)))
       t = protocol.sign_test(a, best_knn)
       rows.append(["K-NN, fixed", f"k={k}", f"{a.mean():.4f}", f"{t.wins}-{t.losses}"])
   for k in (int(v) for v in args.clusters.split(",")):
     if k <= n_train:
-      a = areas("kmeans", clusters=(k,))
+      a = areas(protocol.KMeansRouter(clusters=(k,)))
       t = protocol.sign_test(a, best_knn)
       rows.append(["UniRoute (K-means), fixed", f"K={k}", f"{a.mean():.4f}",
                    f"{t.wins}-{t.losses}"])

@@ -14,7 +14,6 @@ per-trial areas against K-NN and against UniRoute (K-means).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -29,34 +28,32 @@ except ImportError:  # run as a script: benchmarks/ itself is on sys.path
 
 from uniroute_jax import protocol
 
-LM = protocol.LearnedMapOptions
-# (label, method, LearnedMap options, Psi shrinkage in pseudo-prompts)
+LM = protocol.LearnedMapRouter
+KM = protocol.KMeansRouter
+# (label, router): every variant is a method value with its own options.
 VARIANTS = (
-    ("K-NN", "knn", LM(), 0.0),
-    ("UniRoute (K-means)", "kmeans", LM(), 0.0),
-    ("UniRoute (K-means), Psi shrunk (2 prompts)", "kmeans", LM(), 2.0),
-    ("LearnedMap, the paper's (5 epochs)", "learned_map", LM(), 0.0),
-    ("  + best epoch on validation area", "learned_map", LM(select_epoch=True), 0.0),
-    ("  20 epochs, best epoch", "learned_map", LM(epochs=20, select_epoch=True), 0.0),
-    ("  single softmax-dense layer", "learned_map",
-     LM(hidden=(), batch_norm=False), 0.0),
-    ("  wider map, Dense(512) x 2", "learned_map", LM(hidden=(512, 512)), 0.0),
-    ("  training LLMs' Psi from validation labels", "learned_map",
-     LM(train_psi_from="val"), 0.0),
-    ("  soft Psi for the test LLMs", "learned_map", LM(soft_psi=True), 0.0),
-    ("  Psi shrunk (2 prompts)", "learned_map", LM(), 2.0),
-    ("  val Psi + soft Psi + best epoch", "learned_map",
-     LM(train_psi_from="val", soft_psi=True, select_epoch=True), 0.0),
+    ("K-NN", protocol.KNN()),
+    ("UniRoute (K-means)", KM()),
+    ("UniRoute (K-means), Psi shrunk (2 prompts)", KM(prior_strength=2.0)),
+    ("LearnedMap, the paper's (5 epochs)", LM()),
+    ("  + best epoch on validation area", LM(select_epoch=True)),
+    ("  20 epochs, best epoch", LM(epochs=20, select_epoch=True)),
+    ("  single softmax-dense layer", LM(hidden=(), batch_norm=False)),
+    ("  wider map, Dense(512) x 2", LM(hidden=(512, 512))),
+    ("  training LLMs' Psi from validation labels", LM(train_psi_from="val")),
+    ("  soft Psi for the test LLMs", LM(soft_psi=True)),
+    ("  Psi shrunk (2 prompts)", LM(prior_strength=2.0)),
+    ("  val Psi + soft Psi + best epoch",
+     LM(train_psi_from="val", soft_psi=True, select_epoch=True)),
     # Follow-ups on the single softmax-dense layer (--only single).
-    ("single layer, 20 epochs, best epoch", "learned_map",
-     LM(hidden=(), batch_norm=False, epochs=20, select_epoch=True), 0.0),
-    ("single layer, soft Psi", "learned_map",
-     LM(hidden=(), batch_norm=False, soft_psi=True), 0.0),
-    ("single layer, Psi shrunk (2 prompts)", "learned_map",
-     LM(hidden=(), batch_norm=False), 2.0),
-    ("single layer, lr 1e-3, 20 epochs, best epoch", "learned_map",
+    ("single layer, 20 epochs, best epoch",
+     LM(hidden=(), batch_norm=False, epochs=20, select_epoch=True)),
+    ("single layer, soft Psi", LM(hidden=(), batch_norm=False, soft_psi=True)),
+    ("single layer, Psi shrunk (2 prompts)",
+     LM(hidden=(), batch_norm=False, prior_strength=2.0)),
+    ("single layer, lr 1e-3, 20 epochs, best epoch",
      LM(hidden=(), batch_norm=False, epochs=20, learning_rate=1e-3,
-        select_epoch=True), 0.0),
+        select_epoch=True)),
 )
 REFERENCE_ROWS = 2  # K-NN and K-means: always run, the rows others are tested against
 
@@ -77,21 +74,18 @@ def main(argv=None) -> int:
   splits = protocol.make_trials(split_key, args.trials, data.num_prompts,
                                 data.num_models)
   n_train, n_val = splits.train.shape[1], splits.val.shape[1]
-  base = protocol.Settings(
-      cluster_grid=protocol.default_cluster_grid(n_train, n_val),
-      neighbor_grid=protocol.default_neighbor_grid(n_train, n_val))
+  grid_k = protocol.default_cluster_grid(n_train, n_val)
+  grid_nn = protocol.default_neighbor_grid(n_train, n_val)
   results = []
   variants = [v for i, v in enumerate(VARIANTS)
               if i < REFERENCE_ROWS or args.only.lower() in v[0].lower()]
-  for label, method, options, shrink in variants:
-    settings = dataclasses.replace(base, learned_map=options,
-                                   psi_prior_strength=shrink)
+  for label, method in variants:
     start = time.perf_counter()
-    out, _ = protocol.run_trials(run_key, data, splits, methods=(method,),
-                                 settings=settings)
+    out, _ = protocol.run_trials(run_key, data, splits, methods=(method,))
     seconds = time.perf_counter() - start
-    print(f"{label}: {np.mean(out[method].area):.4f} ({seconds:.0f} s)", flush=True)
-    results.append((label, method, out[method], seconds))
+    r = out[method.name]
+    print(f"{label}: {np.mean(r.area):.4f} ({seconds:.0f} s)", flush=True)
+    results.append((label, method, r, seconds))
 
   knn, kmeans = results[0][2].area, results[1][2].area
   rows = []
@@ -104,7 +98,7 @@ def main(argv=None) -> int:
       test = protocol.sign_test(r.area, other)
       return f"{test.wins}-{test.losses} (p={test.p_value:.2g})"
 
-    hyper = protocol.METHODS[method].hyperparameter
+    hyper = method.hyperparameter
     chosen = f"{hyper}={int(np.median(r.chosen))}" if hyper else ""
     rows.append([label, f"{mean:.4f}", f"[{mean - half:.4f}, {mean + half:.4f}]",
                  "" if r is results[0][2] else versus(knn),
@@ -116,7 +110,7 @@ def main(argv=None) -> int:
       f"prompts, {splits.train_models.shape[1]} training and "
       f"{splits.test_models.shape[1]} unseen test LLMs per trial; the same "
       f"trials (seed {args.seed}) for every row; K from "
-      f"{list(base.cluster_grid)}, k from {list(base.neighbor_grid)}, chosen "
+      f"{list(grid_k)}, k from {list(grid_nn)}, chosen "
       "per trial on the training LLMs. The LearnedMap rows change one thing "
       "each about the paper's map (BatchNorm, Dense(128)-BatchNorm-ReLU x 2, "
       "Dense(K), softmax; Adam 5e-3, batch 64, 5 epochs; Psi of the training "

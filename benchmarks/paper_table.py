@@ -126,6 +126,7 @@ def main(argv=None) -> int:
         **kwargs)
     seconds = time.perf_counter() - start
     sizes = evaluation.splits
+    n_train, n_val = sizes.train.shape[1], sizes.val.shape[1]
     lines += [
         f"## {title}",
         "",
@@ -133,8 +134,8 @@ def main(argv=None) -> int:
         f"{sizes.train.shape[1]} / {sizes.val.shape[1]} / {sizes.test.shape[1]} "
         f"train / validation / test prompts, {sizes.train_models.shape[1]} "
         f"training and {sizes.test_models.shape[1]} unseen test LLMs. "
-        f"Candidates K {list(evaluation.settings.cluster_grid)}, k "
-        f"{list(evaluation.settings.neighbor_grid)}. Wall time "
+        f"Candidates K {list(protocol.default_cluster_grid(n_train, n_val))}, "
+        f"k {list(protocol.default_neighbor_grid(n_train, n_val))}. Wall time "
         f"{seconds:.0f} s for {args.trials} trials.",
         "",
     ]
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
       headers.append(f"paper: {paper_column}")
     rows = []
     for name, s in evaluation.methods.items():
-      method = protocol.METHODS[name]
+      method = s.method
       if name == evaluation.best:
         versus = "best"
       elif s.versus_best is None:

@@ -107,14 +107,15 @@ def _available_bytes() -> int | None:
 def soft_peak_bytes(n, k, m, num_lambdas) -> tuple[int, str]:
   """Predicted memory of the general path at n prompts, and how it was found.
 
-  Asks XLA for the compiled program's buffer sizes (no data needed); if the
-  library's internals have moved, falls back to the [L, n, m] float32 scores
-  that a vmap over lambdas materialises.
+  Asks XLA for the compiled program's buffer sizes (no data needed); if
+  that fails, falls back to the [L, n, m] float32 scores that a vmap over
+  lambdas materialises.
   """
   try:
     from uniroute_jax import routing as routing_module
     spec = jax.ShapeDtypeStruct
-    compiled = routing_module._route.lower(
+    compiled = jax.jit(lambda c, p, cost, lam, pool: routing_module.route(
+        c, p, cost, lam, pool_mask=pool)).lower(
         spec((n, k), jnp.float32), spec((k, m), jnp.float32),
         spec((m,), jnp.float32), spec((num_lambdas,), jnp.float32),
         spec((m,), jnp.bool_)).compile()

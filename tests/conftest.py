@@ -1,5 +1,6 @@
 """Test configuration: float64 available, strict rank promotion, shared helpers."""
 
+import contextlib
 import os
 
 import jax
@@ -36,3 +37,36 @@ def shared_data_dir():
   path = os.environ.get("UNIROUTE_DATA") or os.path.join(
       os.path.dirname(__file__), "..", "..", "shared", "data")
   return path if os.path.isdir(path) else None
+
+
+_traces = [0]
+
+
+def _count_traces(event, duration, **kwargs):
+  del duration, kwargs
+  if event == "/jax/core/compile/jaxpr_trace_duration":
+    _traces[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_traces)
+
+
+@contextlib.contextmanager
+def no_retrace():
+  """Fails when any jitted function is traced (compiled anew) in the block:
+  the calls inside must hit the compilation caches of earlier calls."""
+  before = _traces[0]
+  yield
+  assert _traces[0] == before, f"{_traces[0] - before} new trace(s)"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Frees each test module's compiled programs when it ends.
+
+  XLA:CPU maps every compiled program's code into memory in several pieces,
+  and one process may hold at most vm.max_map_count (65530) mappings: a
+  suite that keeps all of its thousands of programs alive runs out of them.
+  """
+  yield
+  jax.clear_caches()

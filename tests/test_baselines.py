@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import RTOL
-from uniroute_jax import (choose_models, deferral_curve, deferral_metrics,
+from conftest import RTOL, no_retrace
+from uniroute_jax import (checked, choose_models, deferral_curve, deferral_metrics,
                           knn_predicted_loss, knn_predicted_loss_grid,
                           zero_router_curve,
                           zero_router_hull, zero_router_route)
@@ -143,7 +143,8 @@ def test_knn_with_all_neighbours_is_the_mean():
     (dict(metric="manhattan"), "metric must be one of"),
     (dict(query=np.ones((3, 4))), "same embedding size"),
     (dict(reference_loss=np.ones((9, 2))), "reference and reference_loss must agree"),
-    (dict(query=np.full((3, 2), np.nan)), "query must be finite"),
+    (dict(num_neighbors=np.array([1, 2])), "num_neighbors must be a numeric 0-d"),
+    (dict(query="text"), "query must be a numeric 2-d array"),
 ])
 def test_knn_bad_input(bad, match):
   args = dict(query=np.ones((3, 2)), reference=np.ones((10, 2)),
@@ -165,3 +166,79 @@ def test_knn_grid_equals_one_k_at_a_time(mode):
   for g, k in enumerate(ks):
     expected = numpy_knn(query, reference, loss, mask, k, "cosine")
     np.testing.assert_allclose(np.asarray(grid[g]), expected, rtol=1e-12)
+
+
+def test_knn_grid_of_traced_ks_equals_static_ks_without_recompiling():
+  rng = np.random.default_rng(6)
+  query, reference = rng.normal(size=(13, 4)), rng.normal(size=(30, 4))
+  loss, mask = rng.random((30, 3)), rng.random((30, 3)) < 0.6
+  static = knn_predicted_loss_grid(query, reference, loss, num_neighbors=(2, 7),
+                                   max_neighbors=9, mask=mask)
+  traced = knn_predicted_loss_grid(query, reference, loss, max_neighbors=9,
+                                   num_neighbors=jax.numpy.array([2, 7]), mask=mask)
+  np.testing.assert_array_equal(np.asarray(static), np.asarray(traced))
+  with no_retrace():
+    other = knn_predicted_loss_grid(query, reference, loss, max_neighbors=9,
+                                    num_neighbors=jax.numpy.array([9, 1]),
+                                    mask=mask)
+  for g, k in enumerate((9, 1)):
+    np.testing.assert_allclose(
+        np.asarray(other[g]), numpy_knn(query, reference, loss, mask, k, "cosine"),
+        rtol=1e-12)
+  with pytest.raises(ValueError, match=r"num_neighbors must lie in \[1, 9\]"):
+    checked(knn_predicted_loss_grid)(query, reference, loss, max_neighbors=9,
+                                     num_neighbors=jax.numpy.array([0, 3]))
+  with pytest.raises(ValueError, match="reference_loss must lie in"):
+    checked(knn_predicted_loss)(query, reference, loss + 1, num_neighbors=3)
+
+
+def test_knn_grid_bad_input():
+  args = (np.ones((3, 2)), np.ones((10, 2)), np.zeros((10, 2)))
+  with pytest.raises(ValueError, match="max_neighbors must be given"):
+    knn_predicted_loss_grid(*args, num_neighbors=np.array([1, 2]))
+  with pytest.raises(ValueError, match="must name at least one k"):
+    knn_predicted_loss_grid(*args, num_neighbors=())
+  with pytest.raises(ValueError, match=r"at most max_neighbors \(2\)"):
+    knn_predicted_loss_grid(*args, num_neighbors=(1, 3), max_neighbors=2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_mask_is_the_top_k_with_ties_to_the_lower_index(dtype):
+  """The bisection over order keys picks exactly the k largest scores,
+  ties to the lower index, for every k (negative, zero, repeated scores)."""
+  from uniroute_jax.baselines.knn import _nearest_mask
+  rng = np.random.default_rng(9)
+  score = rng.integers(-3, 4, size=(40, 17)).astype(dtype) / 2   # many ties
+  score[0] = -0.0
+  score[1] = np.linspace(-1e30, 1e30, 17)
+  for k in (1, 2, 7, 16, 17):
+    got = np.asarray(jax.jit(_nearest_mask)(score, k))
+    order = np.lexsort((np.arange(17)[None].repeat(40, 0), -score), axis=1)
+    want = np.zeros_like(got)
+    np.put_along_axis(want, order[:, :k], 1.0, axis=1)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_knn_one_k_traced_equals_the_grid_and_numpy(dtype):
+  rng = np.random.default_rng(10)
+  query = rng.normal(size=(23, 4)).astype(dtype)
+  reference = rng.normal(size=(30, 4)).astype(dtype)
+  loss, mask = rng.random((30, 3)).astype(dtype), rng.random((30, 3)) < 0.6
+  for metric in ("cosine", "euclidean"):
+    ks = jax.numpy.arange(1, 31)
+    batched = jax.jit(jax.vmap(lambda k: knn_predicted_loss(
+        query, reference, loss, num_neighbors=k, mask=mask, metric=metric)))(ks)
+    grid = knn_predicted_loss_grid(query, reference, loss, mask=mask,
+                                   num_neighbors=tuple(range(1, 31)),
+                                   metric=metric)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(grid),
+                               rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+    for k in (1, 13, 30):
+      np.testing.assert_allclose(
+          np.asarray(batched[k - 1]),
+          numpy_knn(query.astype(np.float64), reference.astype(np.float64),
+                    loss.astype(np.float64), mask, k, metric),
+          rtol=RTOL[dtype] * 10)
+  with pytest.raises(ValueError, match=r"num_neighbors must lie in \[1, 30\]"):
+    checked(knn_predicted_loss)(query, reference, loss,
+                                num_neighbors=jax.numpy.asarray(31))

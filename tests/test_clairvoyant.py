@@ -7,10 +7,11 @@ import pytest
 from flax import nnx
 
 from conftest import RTOL
-from uniroute_jax import make_synthetic, metrics, protocol
+from uniroute_jax import checked, make_synthetic, metrics, protocol
 from uniroute_jax.baselines.clairvoyant import (
-    CheckpointSelection, LossPredictor, fit_matrix_factorization, fit_mlp,
-    predict_loss, predictor_loss)
+    LossPredictor, fit_matrix_factorization, fit_mlp, predict_loss,
+    predictor_loss)
+from uniroute_jax.learn import CheckpointSelection
 
 
 def numpy_bce(logits, errors, mask):
@@ -89,21 +90,60 @@ def test_matrix_factorization_is_x_a_b():
   layers = fit.params["layers"]
   a, b = np.asarray(layers[0]["kernel"][...]), np.asarray(layers[1]["kernel"][...])
   assert a.shape == (6, 3) and b.shape == (3, 4)
-  assert fit.dim == 6 and fit.num_models == 4
+  assert fit.module.dim == 6 and fit.module.num_models == 4
   assert "bias" not in layers[0] and "bias" not in layers[1]
   np.testing.assert_allclose(predict_loss(fit, x), 1 / (1 + np.exp(-x @ a @ b)),
                              rtol=1e-10)
+
+
+def test_padded_rank_trains_like_a_smaller_factorisation():
+  """A factorisation of rank 5 with 2 active units is one of rank 2: the
+  padding units stay at their initial values and, from the same active
+  weights (B scaled to a rank-2 layer's spread), the fit is the same."""
+  x, errors = learnable(n=64)
+  from uniroute_jax.baselines.clairvoyant import LossPredictorConfig, _pad_rank
+  from uniroute_jax.learn import fit_model
+  big = LossPredictorConfig(6, 4, (5,), "linear", False, jnp.float64).build(
+      jax.random.key(0))
+  _pad_rank(big, 2)
+  small = LossPredictorConfig(6, 4, (2,), "linear", False, jnp.float64).build(
+      jax.random.key(1))
+  small.layers[0].kernel[...] = big.layers[0].kernel[...][:, :2]
+  small.layers[1].kernel[...] = big.layers[1].kernel[...][:2]
+  b0 = np.asarray(big.layers[1].kernel[...])
+
+  xj, ej = jnp.asarray(x), jnp.asarray(errors)
+
+  def fit(model):
+    def batch_loss(m, rows):
+      return predictor_loss(m.logits(xj[rows]), ej[rows])
+    return fit_model(jax.random.key(2), model, batch_loss=batch_loss,
+                     predict=None, num_rows=64, batch_size=16, epochs=3,
+                     learning_rate=0.01, dtype=jnp.float64)
+
+  padded, plain = fit(big), fit(small)
+  np.testing.assert_allclose(padded.loss_history, plain.loss_history, rtol=1e-10)
+  np.testing.assert_allclose(predict_loss(padded, x), predict_loss(plain, x),
+                             rtol=1e-9)
+  np.testing.assert_array_equal(
+      np.asarray(padded.params["layers"][1]["kernel"])[2:], b0[2:])
+  # The public fit with active_rank uses the same padding.
+  fitted = fit_matrix_factorization(jax.random.key(3), x, errors, rank=5,
+                                    active_rank=jnp.asarray(2), epochs=2)
+  np.testing.assert_array_equal(np.asarray(fitted.state["hidden_mask"][...]),
+                                [True, True, False, False, False])
 
 
 def test_gradients_match_finite_differences():
   x, errors = learnable(n=12)
   mask = np.random.default_rng(3).random(errors.shape) < 0.8
   model = LossPredictor(6, 4, hidden=(5,), rngs=nnx.Rngs(1), param_dtype=np.float64)
-  graphdef, params = nnx.split(model, nnx.Param)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   flat, unravel = jax.flatten_util.ravel_pytree(params)
 
   def loss(flat):
-    return predictor_loss(nnx.merge(graphdef, unravel(flat)).logits(x), errors, mask)
+    return predictor_loss(nnx.merge(graphdef, unravel(flat), rest).logits(x),
+                          errors, mask)
 
   grad = jax.grad(loss)(flat)
   rng = np.random.default_rng(4)
@@ -203,22 +243,23 @@ def test_bad_input_names_the_argument():
   with pytest.raises(ValueError, match="key must be a single"):
     fit_mlp(0, x, errors)
   with pytest.raises(ValueError, match="errors must lie in"):
-    fit_mlp(key, x, errors + 1)
+    checked(fit_mlp)(key, x, errors + 1)
   with pytest.raises(ValueError, match="number of prompts"):
     fit_mlp(key, x[:5], errors)
   with pytest.raises(ValueError, match="rank must be a positive integer"):
     fit_matrix_factorization(key, x, errors, rank=0)
   with pytest.raises(ValueError, match="learning_rate must be positive"):
-    fit_mlp(key, x, errors, learning_rate=-1.0)
+    checked(fit_mlp)(key, x, errors, learning_rate=-1.0)
   with pytest.raises(ValueError, match="select must be a CheckpointSelection"):
     fit_mlp(key, x, errors, select=(x, errors))
   good = selection(x, errors, 4)
   with pytest.raises(ValueError, match=r"select.models must lie in \[0, 4\)"):
-    fit_mlp(key, x, errors, select=good._replace(models=np.array([0, 4])))
+    checked(fit_mlp)(key, x, errors, select=good._replace(models=np.array([0, 4])))
   with pytest.raises(ValueError, match="select.embeddings must have shape"):
     fit_mlp(key, x, errors, select=good._replace(embeddings=x[:, :2]))
   with pytest.raises(ValueError, match="select.mask must leave"):
-    fit_mlp(key, x, errors, select=good._replace(mask=np.zeros((16, 2), bool)))
+    checked(fit_mlp)(key, x, errors,
+                     select=good._replace(mask=np.zeros((16, 2), bool)))
   fit = fit_mlp(key, x, errors, epochs=1)
   with pytest.raises(ValueError, match="x must have 6 columns"):
     predict_loss(fit, x[:, :3])
@@ -239,13 +280,10 @@ def test_protocol_mlp_is_the_documented_fit(small):
   training prompts with every LLM's labels, best epoch on the validation
   prompts with the test LLMs, scored on the test prompts."""
   split = protocol.make_split(jax.random.key(12), small.num_prompts, small.num_models)
-  settings = protocol.Settings(cluster_grid=(3,), neighbor_grid=(5,),
-                               clairvoyant_epochs=4)
-  arrays = tuple(jnp.asarray(a) for a in
-                 (small.embeddings, small.loss, small.mask, small.cost))
+  arrays = protocol.dataset_arrays(small)
   trial = protocol.gather_trial(arrays, split)
   key = jax.random.key(13)
-  out = protocol.METHODS["mlp"].run(trial, key, settings)
+  out = protocol.MLPRouter(epochs=4).run(trial, key)
 
   e, loss, mask = small.embeddings, small.loss, small.mask
   val, test, unseen = split.val, split.test, split.test_models
@@ -264,18 +302,17 @@ def test_protocol_mlp_is_the_documented_fit(small):
 
 
 def test_clairvoyant_methods_in_an_evaluation(small):
+  methods = (protocol.KMeansRouter(clusters=(3, 5)), protocol.MLPRouter(epochs=3),
+             protocol.MatrixFactorizationRouter(ranks=(3, 5), epochs=3),
+             protocol.Oracle())
   ev = protocol.evaluate(jax.random.key(14), small, num_trials=2, curve_points=101,
-                         cluster_grid=(3, 5), neighbor_grid=(5,),
-                         clairvoyant_epochs=3,
-                         methods=("kmeans", "mlp", "matfac", "oracle"))
+                         methods=methods)
   assert ev.best == "kmeans"  # upper bounds are never the best method
   for name in ("mlp", "matfac"):
-    method = protocol.METHODS[name]
-    assert method.clairvoyant and method.reference and "clairvoyant" in method.title
     s = ev.methods[name]
+    assert s.method.clairvoyant and s.method.reference
+    assert "clairvoyant" in s.title
     assert s.versus_best is None
     assert np.all(s.trials.area <= ev.methods["oracle"].trials.area + 1e-9)
   assert set(ev.methods["matfac"].trials.chosen.tolist()) <= {3, 5}
   assert set(ev.methods["mlp"].trials.chosen.tolist()) <= {1, 2, 3}
-  with pytest.raises(ValueError, match="must be a reference method"):
-    protocol.Method("x", protocol.METHODS["mlp"].run, clairvoyant=True)

@@ -8,10 +8,11 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from conftest import RTOL
-from uniroute_jax import clustering, metrics, routing
+from uniroute_jax import checked, clustering, learn, metrics, routing
 from uniroute_jax.cluster_map import (
-    CheckpointSelection, ClusterMap, FittedClusterMap, apply_cluster_map, cluster_map_loss,
+    ClusterMap, ClusterMapConfig, apply_cluster_map, cluster_map_loss,
     fit_cluster_map, learned_map_predicted_loss)
+from uniroute_jax.learn import CheckpointSelection
 
 
 def numpy_loss(phi, psi, errors, mask, eps=1e-6):
@@ -98,7 +99,7 @@ def test_gradients_match_finite_differences(hidden, batch_norm):
   model = ClusterMap(d, k, hidden=hidden, batch_norm=batch_norm,
                      dtype=jnp.float64, param_dtype=jnp.float64,
                      rngs=nnx.Rngs(0))
-  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  graphdef, params, stats = nnx.split(model, nnx.Param, ...)
   flat, unravel = ravel_pytree(params)
 
   @jax.jit
@@ -154,8 +155,7 @@ def test_sharp_map_routes_like_kmeans():
   scale = 1e4
   net.output.kernel[...] = scale * 2.0 * centres.T
   net.output.bias[...] = -scale * jnp.sum(centres**2, axis=1)
-  fitted = FittedClusterMap(*nnx.split(net, nnx.Param, nnx.BatchStat),
-                            jnp.zeros((0,)))
+  fitted = learn.from_module(net)
   phi = apply_cluster_map(fitted, x)
   np.testing.assert_array_equal(np.asarray(phi),
                                 np.asarray(jax.nn.one_hot(result.assignment, 3)))
@@ -182,7 +182,8 @@ def test_fit_learns_two_blobs(hidden, batch_norm):
                         batch_norm=batch_norm, batch_size=32, epochs=8,
                         momentum=0.9)
   history = np.asarray(fit.loss_history)
-  assert history.shape == (8,) and fit.num_clusters == 2 and fit.dim == 6
+  config = ClusterMapConfig.of(fit)
+  assert history.shape == (8,) and config.num_clusters == 2 and config.dim == 6
   # The loss of the true assignment is (about) the best achievable; the fit
   # must close most of the gap it starts with.
   best = float(cluster_map_loss(jax.nn.one_hot(label, 2, dtype=x.dtype), psi,
@@ -302,8 +303,9 @@ def test_checkpoint_selection_keeps_the_best_epoch():
                                     apply_cluster_map(fit, x))
   np.testing.assert_array_equal(short.loss_history, fit.loss_history)
   with pytest.raises(ValueError, match=r"select.models must lie in \[0, 3\)"):
-    fit_cluster_map(jax.random.key(8), x, errors, psi, epochs=1,
-                    select=select._replace(models=np.array([0, 3])), **kw)
+    checked(fit_cluster_map)(jax.random.key(8), x, errors, psi, epochs=1,
+                             select=select._replace(models=np.array([0, 3])),
+                             **kw)
 
 
 # ------------------------------------------------------------- bad input
@@ -313,12 +315,12 @@ def test_bad_input_names_the_argument():
   x, errors, psi, mask = small_problem(0, np.float32, n=12)
   key = jax.random.key(0)
 
-  def fit(**changes):
+  def fit(fn=fit_cluster_map, **changes):
     kwargs = dict(key=key, embeddings=x, errors=errors, psi=psi, hidden=(4,),
                   batch_size=4, epochs=1)
     kwargs.update(changes)
-    return fit_cluster_map(kwargs.pop("key"), kwargs.pop("embeddings"),
-                           kwargs.pop("errors"), kwargs.pop("psi"), **kwargs)
+    return fn(kwargs.pop("key"), kwargs.pop("embeddings"),
+              kwargs.pop("errors"), kwargs.pop("psi"), **kwargs)
 
   with pytest.raises(ValueError, match="embeddings"):
     fit(embeddings=x[:-1])
@@ -328,8 +330,10 @@ def test_bad_input_names_the_argument():
     fit(psi=psi[:, :-1])
   with pytest.raises(ValueError, match="mask"):
     fit(mask=mask[:, :-1])
-  with pytest.raises(ValueError, match="errors"):
-    fit(errors=errors + 2.0)
+  with pytest.raises(ValueError, match="errors must lie in"):
+    fit(checked(fit_cluster_map), errors=errors + 2.0)
+  with pytest.raises(ValueError, match="cluster_mask must have shape"):
+    fit(cluster_mask=np.ones(3, bool))
   with pytest.raises(ValueError, match="batch_size"):
     fit(batch_size=0)
   with pytest.raises(ValueError, match="batch_size"):
@@ -340,8 +344,10 @@ def test_bad_input_names_the_argument():
     fit(epochs=0)
   with pytest.raises(ValueError, match="hidden"):
     fit(hidden=(4, 0))
-  with pytest.raises(ValueError, match="learning_rate"):
-    fit(learning_rate=-1.0)
+  with pytest.raises(ValueError, match="learning_rate must be positive"):
+    fit(checked(fit_cluster_map), learning_rate=-1.0)
+  with pytest.raises(ValueError, match="learning_rate must be a numeric 0-d"):
+    fit(learning_rate=np.ones(2))
   with pytest.raises(ValueError, match="momentum"):
     fit(momentum=1.0)
 
@@ -351,7 +357,7 @@ def test_bad_input_names_the_argument():
   with pytest.raises(ValueError, match="errors"):
     cluster_map_loss(phi, psi, errors[:-1])
   with pytest.raises(ValueError, match="eps"):
-    cluster_map_loss(phi, psi, errors, eps=0.7)
+    checked(cluster_map_loss)(phi, psi, errors, eps=0.7)
 
   with pytest.raises(ValueError, match="num_clusters"):
     ClusterMap(4, 0, rngs=nnx.Rngs(0))
@@ -360,10 +366,50 @@ def test_bad_input_names_the_argument():
   with pytest.raises(ValueError, match="x"):
     ClusterMap(4, 2, rngs=nnx.Rngs(0))(x[:, :3])
   net = ClusterMap(4, 2, hidden=(), batch_norm=False, rngs=nnx.Rngs(0))
-  fitted = FittedClusterMap(*nnx.split(net, nnx.Param, nnx.BatchStat),
-                            jnp.zeros((0,)))
+  fitted = learn.from_module(net)
   # K of the pool's Psi must match the map's num_clusters.
   with pytest.raises(ValueError, match="psi"):
     learned_map_predicted_loss(fitted, x, jnp.ones((3, 5)))
   with pytest.raises(ValueError, match="x"):
     apply_cluster_map(fitted, x[:, :3])
+
+
+def test_padded_clusters_train_like_a_map_without_them():
+  """A map with K_max slots of which K are active is the map with K slots:
+  padding gets probability 0 and no gradient, so from the same initial
+  weights the active weights follow the same Adam steps."""
+  x, errors, psi, mask = small_problem(3, np.float64, n=48)
+  k_max = 4
+  padded_psi = np.vstack([psi, np.full((k_max - 2, psi.shape[1]), 0.5)])
+  cluster_mask = np.arange(k_max) < 2
+  config = ClusterMapConfig(4, k_max, (8,), True, 0.9, jnp.float64)
+  module = config.build(jax.random.key(0))
+  module.cluster_mask[...] = jnp.asarray(cluster_mask)
+  small = ClusterMapConfig(4, 2, (8,), True, 0.9, jnp.float64).build(
+      jax.random.key(1))
+  # The small map starts from the padded map's active weights.
+  for name in ("input_norm", "dense", "norms"):
+    nnx.update(getattr(small, name), nnx.state(getattr(module, name)))
+  small.output.kernel[...] = module.output.kernel[...][:, :2]
+  small.output.bias[...] = module.output.bias[...][:2]
+
+  def fit(model, psi):
+    def batch_loss(m, rows):
+      phi = m(x[rows], use_running_average=False)
+      return cluster_map_loss(phi, psi, errors[rows], mask[rows])
+    return learn.fit_model(
+        jax.random.key(2), model, batch_loss=batch_loss, predict=None,
+        num_rows=48, batch_size=16, epochs=3, learning_rate=0.01,
+        dtype=jnp.float64)
+
+  padded, plain = fit(module, padded_psi), fit(small, psi)
+  np.testing.assert_allclose(padded.loss_history, plain.loss_history,
+                             rtol=1e-10)
+  phi_padded = apply_cluster_map(padded, x)
+  np.testing.assert_array_equal(np.asarray(phi_padded)[:, 2:], 0.0)
+  np.testing.assert_allclose(np.asarray(phi_padded)[:, :2],
+                             np.asarray(apply_cluster_map(plain, x)),
+                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_array_equal(
+      np.asarray(padded.params["output"]["kernel"])[:, 2:],
+      np.asarray(module.output.kernel[...])[:, 2:])

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import RTOL
-from uniroute_jax import cluster_errors
+from conftest import RTOL, no_retrace
+from uniroute_jax import checked, cluster_errors
 from uniroute_jax import features
 
 
@@ -119,20 +119,20 @@ def test_traced_inputs_and_no_retrace():
   np.testing.assert_allclose(
       np.asarray(f(cluster, loss)),
       np.asarray(cluster_errors(cluster, loss, num_clusters=6).psi), rtol=1e-12)
-  cluster_errors(cluster, loss, num_clusters=6, mask=mask, prior_strength=1.0)
-  before = features._cluster_errors._cache_size()
-  cluster_errors(cluster, 1 - loss, num_clusters=6, mask=~mask | mask,
-                 prior_strength=3.0, weights=weights)
-  assert features._cluster_errors._cache_size() == before
+  cluster_errors(cluster, loss, num_clusters=6, mask=mask, prior_strength=1.0,
+                 weights=weights)
+  with no_retrace():
+    cluster_errors(cluster, 1 - loss, num_clusters=6, mask=~mask | mask,
+                   prior_strength=3.0, weights=2 * weights)
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(loss=np.full((4, 2), 1.5)), r"loss must lie in \[0.0, 1.0\]"),
     (dict(loss=np.ones((3, 2))), "membership and loss must agree"),
-    (dict(membership=np.array([0, 1, 2, 0])), r"membership must lie in \[0, 1\]"),
-    (dict(mask=np.array([[1, 0]] * 4, bool)), "LLM 1 has no labelled prompt"),
-    (dict(prior_strength=-1.0), "prior_strength must be non-negative"),
     (dict(num_clusters=None), "num_clusters must be given"),
+    (dict(membership=np.array([0.0, 1.0, 1.0, 0.0])), "membership must hold integers"),
+    (dict(mask=np.ones((4, 3), bool)), r"mask must have shape \(4, 2\)"),
+    (dict(prior_strength=np.ones(2)), "prior_strength must be a numeric 0-d"),
+    (dict(loss="x"), "loss must be a numeric 2-d array"),
 ])
 def test_bad_input(bad, match):
   args = dict(membership=np.array([0, 1, 1, 0]), loss=np.full((4, 2), 0.5),
@@ -140,6 +140,30 @@ def test_bad_input(bad, match):
   args.update(bad)
   with pytest.raises(ValueError, match=match):
     cluster_errors(args.pop("membership"), args.pop("loss"), **args)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(loss=np.full((4, 2), 1.5)), r"loss must lie in \[0, 1\]"),
+    (dict(membership=np.array([0, 1, 2, 0])), r"membership must hold cluster indices in \[0, 2\)"),
+    (dict(membership=-np.ones((4, 2))), "membership must be non-negative"),
+    (dict(prior_strength=-1.0), "prior_strength must be non-negative"),
+    (dict(weights=-np.ones(4)), "weights must be non-negative"),
+])
+def test_bad_values_are_caught_under_checkify(bad, match):
+  args = dict(membership=np.array([0, 1, 1, 0]), loss=np.full((4, 2), 0.5),
+              num_clusters=2)
+  args.update(bad)
+  if np.ndim(args["membership"]) == 2:
+    args.pop("num_clusters")
+  with pytest.raises(ValueError, match=match):
+    checked(cluster_errors)(args.pop("membership"), args.pop("loss"), **args)
+
+
+def test_an_index_outside_the_clusters_leaves_its_prompt_out():
+  loss = np.array([[0.0], [1.0], [1.0]])
+  out = jax.jit(lambda c: cluster_errors(c, loss, num_clusters=2).psi)(
+      np.array([0, 5, 1]))
+  np.testing.assert_allclose(np.asarray(out)[:, 0], [0.0, 1.0])
 
 
 def test_an_llm_with_no_label_is_assumed_always_wrong():

@@ -7,9 +7,9 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import RTOL
+from conftest import RTOL, no_retrace
 from uniroute_jax import clustering as km
-from uniroute_jax import assign_clusters, kmeans, kmeans_plusplus
+from uniroute_jax import assign_clusters, checked, kmeans, kmeans_plusplus
 
 
 def blobs(n=600, d=5, centres=4, seed=0, dtype=np.float64, spread=4.0):
@@ -159,7 +159,8 @@ def test_relocation_moves_the_farthest_point():
   init = np.array([[0.1], [100.0]])
   state = km._update_centroids(
       jnp.asarray(x), jnp.ones(4), jnp.zeros(4, jnp.int32),
-      jnp.asarray(((x - 0.1) ** 2)[:, 0]), jnp.asarray(init))
+      jnp.asarray(((x - 0.1) ** 2)[:, 0]), jnp.asarray(init),
+      jnp.ones(2, bool))
   # Cluster 1 had nothing; it takes x=10, which leaves cluster 0.
   np.testing.assert_allclose(np.asarray(state), [[0.1], [10.0]], atol=1e-12)
 
@@ -249,44 +250,114 @@ def test_low_precision_input_accumulates_in_float32():
 
 def test_no_retrace_when_only_values_change():
   x = blobs(n=120)
-  kmeans(None, x, init=x[:3], tol=1e-4)
-  kmeans(None, x, init=x[:3], weights=np.ones(len(x)))
-  before = km._kmeans._cache_size()
-  kmeans(None, x + 1.0, init=x[3:6], tol=1e-3,
-         weights=np.linspace(0.5, 1.5, len(x)))
-  kmeans(None, x * 2.0, init=x[6:9], tol=0.0)
-  assert km._kmeans._cache_size() == before
+  kmeans(None, x, init=x[:3], tol=1e-4, weights=np.ones(len(x)))
+  kmeans(jax.random.key(0), x, num_clusters=5, active_clusters=2)
+  with no_retrace():
+    kmeans(None, x + 1.0, init=x[3:6], tol=1e-3,
+           weights=np.linspace(0.5, 1.5, len(x)))
+    kmeans(None, x * 2.0, init=x[6:9], tol=0.0, weights=np.ones(len(x)))
+    kmeans(jax.random.key(1), x, num_clusters=5, active_clusters=4)
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(x=np.full((10, 2), np.nan)), "x must be finite"),
     (dict(num_clusters=11), "num_clusters must be at most"),
     (dict(num_clusters=0), "num_clusters must be a positive integer"),
-    (dict(weights=-np.ones(10)), "weights must be non-negative"),
     (dict(weights=np.ones(9)), "weights must have length 10"),
-    (dict(x=np.ones(10)), r"x must be a 2-d array"),
+    (dict(x=np.ones(10)), r"x must be a numeric 2-d array"),
+    (dict(x=[["a", "b"]]), r"x must be a numeric 2-d array"),
     (dict(init="bogus"), "init must be"),
     (dict(init=np.ones((2, 3))), "init must have 2 columns"),
+    (dict(key=0), "key must be a single jax.random.key"),
+    (dict(active_clusters=1.5), "active_clusters must hold integers"),
 ])
 def test_bad_input(bad, match):
-  args = dict(x=np.random.default_rng(0).normal(size=(10, 2)), num_clusters=2)
+  args = dict(x=np.random.default_rng(0).normal(size=(10, 2)), num_clusters=2,
+              key=jax.random.key(0))
   args.update(bad)
   if isinstance(args.get("init"), np.ndarray):
     args.pop("num_clusters")
-  x = args.pop("x")
+  x, key = args.pop("x"), args.pop("key")
   with pytest.raises(ValueError, match=match):
-    kmeans(jax.random.key(0), x, **args)
+    kmeans(key, x, **args)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(x=np.full((10, 2), np.nan)), "kmeans: x must be finite"),
+    (dict(weights=-np.ones(10)), "weights must be non-negative"),
+    (dict(weights=np.zeros(10)), "with a positive entry"),
+    (dict(tol=-1.0), "tol must be non-negative"),
+    (dict(active_clusters=3), "active_clusters must lie in"),
+])
+def test_bad_values_are_caught_under_checkify(bad, match):
+  """Values are never inspected by the core (no host sync); checked() runs
+  its preconditions on the device and raises."""
+  args = dict(x=np.random.default_rng(0).normal(size=(10, 2)), num_clusters=2)
+  args.update(bad)
+  x = args.pop("x")
+  kmeans(jax.random.key(0), x, **args)          # unchecked: no error
+  with pytest.raises(ValueError, match=match):
+    checked(kmeans)(jax.random.key(0), x, **args)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random", "array"])
+def test_padded_fit_equals_unpadded_fit(init):
+  """K active clusters among k slots: the same k-means++ draws, the same
+  Lloyd steps, the same clusters as a fit with K slots; padding stays zero
+  and is never assigned."""
+  x = blobs(n=500, centres=6, spread=3.0)
+  start = x[[3, 50, 100, 150]]
+  for active in (1, 2, 4):
+    kw = dict(init=start[:active] if init == "array" else init)
+    pkw = dict(init=np.vstack([start[:active], np.zeros((7 - active, 5))])
+               if init == "array" else init)
+    plain = kmeans(jax.random.key(4), x, num_clusters=active, **kw)
+    padded = kmeans(jax.random.key(4), x, num_clusters=7,
+                    active_clusters=active, **pkw)
+    np.testing.assert_array_equal(np.asarray(padded.cluster_mask),
+                                  np.arange(7) < active)
+    np.testing.assert_allclose(np.asarray(padded.centroids)[:active],
+                               np.asarray(plain.centroids), rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(padded.centroids)[active:], 0.0)
+    np.testing.assert_array_equal(np.asarray(padded.assignment),
+                                  np.asarray(plain.assignment))
+    assert int(padded.num_iterations) == int(plain.num_iterations)
+    np.testing.assert_allclose(float(padded.inertia), float(plain.inertia),
+                               rtol=1e-12)
+    out = assign_clusters(x, padded.centroids, cluster_mask=padded.cluster_mask)
+    np.testing.assert_array_equal(np.asarray(out.cluster),
+                                  np.asarray(plain.assignment))
+
+
+def test_padded_fits_vmap_over_the_number_of_clusters():
+  """One program for every K: vmapped over active counts it equals the
+  separate fits."""
+  x = jnp.asarray(blobs(n=300, centres=5))
+  keys = jax.random.split(jax.random.key(2), 3)
+  counts = jnp.array([2, 3, 5])
+  batched = jax.vmap(lambda k, a: kmeans(k, x, num_clusters=5,
+                                         active_clusters=a))(keys, counts)
+  for i, a in enumerate((2, 3, 5)):
+    alone = kmeans(keys[i], x, num_clusters=a)
+    np.testing.assert_allclose(np.asarray(batched.centroids[i, :a]),
+                               np.asarray(alone.centroids), rtol=1e-10)
+    np.testing.assert_array_equal(np.asarray(batched.assignment[i]),
+                                  np.asarray(alone.assignment))
 
 
 @pytest.mark.parametrize("impl", ["_nearest_block", "_nearest_tile"])
 def test_both_assignment_kernels_match_brute_force(dtype, impl):
-  """The CPU kernel runs on this machine; the generic one serves GPU and TPU."""
+  """The CPU kernel runs on this machine; the generic one serves GPU and TPU.
+  An inactive slot (+inf penalty) is never the nearest."""
   rng = np.random.default_rng(6)
   x = rng.normal(size=(301, 9)).astype(dtype)
   c = rng.normal(size=(13, 9)).astype(dtype)
   x_sq = (x * x).sum(1)
-  cluster, sq = getattr(km, impl)(jnp.asarray(x), jnp.asarray(x_sq), jnp.asarray(c))
+  active = np.arange(13) != 4
+  penalty = np.where(active, 0.0, np.inf).astype(dtype)
+  cluster, sq = getattr(km, impl)(jnp.asarray(x), jnp.asarray(x_sq),
+                                  jnp.asarray(c), jnp.asarray(penalty))
   d2 = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1)
+  d2[:, ~active] = np.inf
   np.testing.assert_array_equal(np.asarray(cluster), d2.argmin(1))
   np.testing.assert_allclose(np.asarray(sq), d2.min(1), rtol=RTOL[dtype] * 10,
                              atol=RTOL[dtype] * 10)

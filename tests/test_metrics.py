@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uniroute_jax import (choose_models, curve_from_points, deferral_curve,
-                          deferral_metrics, upper_envelope)
+from conftest import no_retrace
+from uniroute_jax import (checked, choose_models, curve_from_points,
+                          deferral_curve, deferral_metrics, upper_envelope)
 from uniroute_jax import metrics
 
 
@@ -178,8 +179,8 @@ def test_jit_vmap_over_trials_equals_loop():
   cost = jnp.array([0.2, 0.5, 1.0])
   pool = jnp.ones(3, bool)
   w = jnp.ones(12)
-  batched = jax.vmap(lambda g, t: metrics._deferral_metrics(
-      metrics._deferral_curve(g, t, cost, pool, w), None))(gammas, truths)
+  batched = jax.jit(jax.vmap(lambda g, t: deferral_metrics(
+      deferral_curve(g, t, cost, pool_mask=pool, weights=w))))(gammas, truths)
   for b in range(4):
     single = deferral_metrics(deferral_curve(gammas[b], truths[b], cost))
     for x, y in zip(batched, single):
@@ -189,20 +190,20 @@ def test_jit_vmap_over_trials_equals_loop():
 def test_no_retrace_when_values_change():
   rng = np.random.default_rng(4)
   gamma, truth = rng.random((10, 3)), (rng.random((10, 3)) < 0.5).astype(float)
-  deferral_curve(gamma, truth, np.array([0.1, 0.2, 0.3]))
-  before = metrics._deferral_curve._cache_size()
-  deferral_curve(1 - gamma, 1 - truth, np.array([0.5, 0.2, 0.9]),
-                 pool_mask=np.array([1, 0, 1], bool), weights=np.arange(10.0))
-  assert metrics._deferral_curve._cache_size() == before
+  deferral_curve(gamma, truth, np.array([0.1, 0.2, 0.3]),
+                 pool_mask=np.array([1, 1, 1], bool), weights=np.ones(10))
+  with no_retrace():
+    deferral_curve(1 - gamma, 1 - truth, np.array([0.5, 0.2, 0.9]),
+                   pool_mask=np.array([1, 0, 1], bool), weights=np.arange(10.0))
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(true_loss=np.full((4, 3), 2.0)), r"true_loss must lie in \[0.0, 1.0\]"),
     (dict(true_loss=np.zeros((4, 2))), "true_loss must have shape"),
-    (dict(cost=np.zeros(3)), "cost must be positive"),
-    (dict(cost=-np.ones(3)), "cost must be non-negative"),
-    (dict(predicted_loss=np.full((4, 3), np.nan)), "predicted_loss must be finite"),
-    (dict(weights=np.zeros(4)), "weights must have at least one positive"),
+    (dict(cost=np.ones(4)), r"cost must have shape \[3\] or \[4, 3\]"),
+    (dict(predicted_loss=np.zeros((4, 0)), true_loss=np.zeros((4, 0)),
+          cost=np.zeros(0)), "at least one LLM"),
+    (dict(weights=np.ones((4, 1))), "weights must be a numeric 1-d array"),
+    (dict(pool_mask=np.ones(2, bool)), r"pool_mask must have shape \(3,\)"),
 ])
 def test_bad_input(bad, match):
   args = dict(predicted_loss=np.full((4, 3), 0.5), true_loss=np.zeros((4, 3)),
@@ -211,6 +212,44 @@ def test_bad_input(bad, match):
   with pytest.raises(ValueError, match=match):
     deferral_curve(args.pop("predicted_loss"), args.pop("true_loss"),
                    args.pop("cost"), **args)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(true_loss=np.full((4, 3), 2.0)), r"true_loss must lie in \[0, 1\]"),
+    (dict(cost=-np.ones(3)), "cost must be finite and non-negative"),
+    (dict(predicted_loss=np.full((4, 3), np.nan)), "predicted_loss must be finite"),
+    (dict(weights=np.zeros(4)), "weights must be non-negative with a positive"),
+])
+def test_bad_values_are_caught_under_checkify(bad, match):
+  args = dict(predicted_loss=np.full((4, 3), 0.5), true_loss=np.zeros((4, 3)),
+              cost=np.ones(3))
+  args.update(bad)
+  with pytest.raises(ValueError, match=match):
+    checked(deferral_curve)(args.pop("predicted_loss"), args.pop("true_loss"),
+                            args.pop("cost"), **args)
+
+
+def test_a_free_pool_has_relative_cost_zero():
+  """Every LLM free: relative cost 0 everywhere, Area = peak quality, QNC 0
+  when the best single LLM is reached; a free LLM beside paid ones is a
+  point at relative cost 0."""
+  loss, _ = two_llm_problem()
+  free = deferral_metrics(deferral_curve(loss, loss, np.zeros(2)))
+  np.testing.assert_allclose(float(free.area), 0.9, rtol=1e-12)
+  np.testing.assert_allclose(float(free.qnc), 0.0)
+  np.testing.assert_allclose(float(free.peak_quality), 0.9, rtol=1e-12)
+  one_free = deferral_curve(loss, loss, np.array([0.0, 2.0]))
+  m = deferral_metrics(one_free)
+  # Envelope (0, .5) -> (.4, .9): area = .4 * (.5 + .9) / 2 + .6 * .9 = .82.
+  np.testing.assert_allclose(float(m.area), 0.82, rtol=1e-12)
+  assert np.all(np.isfinite(np.asarray(one_free.relative_cost)))
+
+
+def test_an_empty_pool_has_no_valid_point_and_nan_metrics():
+  loss, cost = two_llm_problem()
+  curve = deferral_curve(loss, loss, cost, pool_mask=np.zeros(2, bool))
+  assert not np.any(np.asarray(curve.valid))
+  assert np.all(np.isnan(np.asarray(deferral_metrics(curve))))
 
 
 def test_routing_cost_ranks_while_cost_is_accounted():

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import no_retrace
 from uniroute_jax import RoutingData, make_synthetic, protocol
 
 
@@ -51,28 +52,144 @@ def test_trials_are_partitions_and_prefix_stable():
   np.testing.assert_array_equal(one.test, splits.test[0])
 
 
-def settings_for(splits, **kw):
-  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
-  return protocol.Settings(
-      cluster_grid=kw.get("clusters", protocol.default_cluster_grid(n_train, n_val)),
-      neighbor_grid=kw.get("neighbors", protocol.default_neighbor_grid(n_train, n_val)),
-      kmeans_max_iter=30, curve_points=101)
+def routers(clusters=None, neighbors=None, names=("zero", "knn", "kmeans", "oracle")):
+  """Built-in routers with small grids and few Lloyd iterations."""
+  out = []
+  for name in names:
+    method = protocol.BUILT_IN[name]
+    if clusters is not None and hasattr(method, "clusters"):
+      method = method.replace(clusters=clusters, max_iter=30)
+    if neighbors is not None and hasattr(method, "neighbors"):
+      method = method.replace(neighbors=neighbors)
+    out.append(method)
+  return tuple(out)
 
 
 def test_batched_trials_equal_one_at_a_time(small):
+  """Batch size and vectorised or mapped trials change nothing."""
   splits = protocol.make_trials(jax.random.key(1), 3, small.num_prompts,
                                 small.num_models)
-  settings = settings_for(splits, clusters=(3, 5), neighbors=(5, 9))
+  methods = routers(clusters=(3, 5), neighbors=(5, 9))
+  kw = dict(methods=methods, curve_points=101)
   batched, _ = protocol.run_trials(jax.random.key(2), small, splits,
-                                   settings=settings, batch_size=3)
+                                   batch_size=3, vectorize=3, **kw)
   single, _ = protocol.run_trials(jax.random.key(2), small, splits,
-                                  settings=settings, batch_size=1)
+                                  batch_size=1, **kw)
   padded, _ = protocol.run_trials(jax.random.key(2), small, splits,
-                                  settings=settings, batch_size=2)
-  for name in protocol.DEFAULT_METHODS:
-    for a, b, c in zip(batched[name], single[name], padded[name]):
+                                  batch_size=2, vectorize=1, **kw)
+  for m in methods:
+    for a, b, c in zip(batched[m.name], single[m.name], padded[m.name]):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
       np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-7)
+
+
+def test_grid_search_equals_a_loop_over_unpadded_candidates(small):
+  """The traced search over K (candidates padded to the largest, one
+  program) equals a Python loop over separate, unpadded k-means fits: the
+  same K chosen on the training LLMs' validation area, the same test area.
+  K-NN's search equals a run with only the chosen k."""
+  from uniroute_jax import clustering, features, metrics, routing
+  from uniroute_jax.protocol.running import method_key
+  splits = protocol.make_trials(jax.random.key(12), 2, small.num_prompts,
+                                small.num_models)
+  grid = (3, 4, 6)
+  kmeans, knn = routers(clusters=grid, neighbors=(5, 8, 13),
+                        names=("kmeans", "knn"))
+  searched, _ = protocol.run_trials(jax.random.key(13), small, splits,
+                                    curve_points=101, methods=(kmeans, knn))
+  arrays = protocol.dataset_arrays(small)
+  for t in range(2):
+    split = protocol.Split(*(part[t] for part in splits))
+    trial = protocol.gather_trial(arrays, split)
+    key = method_key(jax.random.fold_in(jax.random.key(13), t), kmeans)
+    areas, tests = [], []
+    for i, k in enumerate(grid):
+      fit = clustering.kmeans(jax.random.fold_in(key, i), trial.train_emb,
+                              num_clusters=k, max_iter=30)
+      val = clustering.assign_clusters(trial.val_emb, fit.centroids).cluster
+      test = clustering.assign_clusters(trial.test_emb, fit.centroids).cluster
+      train_psi = features.cluster_errors(fit.assignment, trial.train_loss,
+                                          mask=trial.train_mask, num_clusters=k).psi
+      test_psi = features.cluster_errors(val, trial.val_test_loss,
+                                         mask=trial.val_test_mask,
+                                         num_clusters=k).psi
+      areas.append(float(metrics.labelled_area(
+          routing.predicted_loss(val, train_psi), trial.val_train_loss,
+          trial.val_train_mask, trial.val_train_cost)))
+      tests.append(float(metrics.deferral_metrics(protocol.test_curve(
+          routing.predicted_loss(test, test_psi), trial)).area))
+    best = int(np.argmax(areas))
+    assert searched["kmeans"].chosen[t] == grid[best]
+    np.testing.assert_allclose(searched["kmeans"].area[t], tests[best], rtol=1e-6)
+    one = protocol.Split(*(part[t:t + 1] for part in splits))
+    alone, _ = protocol.run_trials(
+        jax.random.key(13), small, one, curve_points=101,
+        methods=(knn.replace(neighbors=(int(searched["knn"].chosen[t]),)),))
+    np.testing.assert_allclose(alone["knn"].area[0], searched["knn"].area[t],
+                               rtol=1e-6)
+
+
+def test_search_compiles_one_step_whatever_the_grid(small):
+  """The lowered program of a batch is the same size for 2 and 8 candidate
+  K (and k): the search is a loop over candidates, not unrolled."""
+  splits = protocol.make_trials(jax.random.key(1), 2, small.num_prompts,
+                                small.num_models)
+  arrays = protocol.dataset_arrays(small)
+  keys = jax.random.split(jax.random.key(2), 2)
+  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
+
+  def size(method):
+    method = method.resolve(n_train, n_val)
+    lowered = protocol.run_batch.lower(arrays, splits, keys, (method,),
+                                       curve_points=11, vectorize=1)
+    return len(lowered.as_text())
+
+  kmeans = protocol.KMeansRouter(max_iter=5)
+  assert size(kmeans.replace(clusters=(3, 9))) == size(
+      kmeans.replace(clusters=(2, 3, 4, 5, 6, 7, 8, 9)))
+  learned = protocol.LearnedMapRouter(max_iter=5, epochs=1, hidden=(4,))
+  assert size(learned.replace(clusters=(3, 6))) == size(
+      learned.replace(clusters=(2, 3, 4, 5, 6, 6, 6, 6)))
+  knn = protocol.KNN()
+  assert size(knn.replace(neighbors=(5, 30))) == size(
+      knn.replace(neighbors=(5, 8, 11, 15, 19, 22, 26, 30)))
+
+
+def test_hyperparameters_are_traced_not_recompiled(small):
+  """New values of the candidates (same largest), the Psi shrinkage, the
+  k-means tolerance and a learning rate reuse the compiled batch."""
+  splits = protocol.make_trials(jax.random.key(1), 1, small.num_prompts,
+                                small.num_models)
+  base = (protocol.KMeansRouter(clusters=(3, 6), max_iter=10),
+          protocol.LearnedMapRouter(clusters=(3, 6), max_iter=10, epochs=1,
+                                    hidden=()))
+  protocol.run_trials(jax.random.key(2), small, splits, methods=base,
+                      curve_points=11)
+  changed = (base[0].replace(clusters=(2, 6), prior_strength=2.0, tol=1e-2),
+             base[1].replace(clusters=(4, 6), learning_rate=0.02,
+                             prior_strength=1.0))
+  with no_retrace():
+    out, _ = protocol.run_trials(jax.random.key(2), small, splits,
+                                 methods=changed, curve_points=11)
+  assert out["kmeans"].chosen[0] in (2, 6)
+  assert out["learned_map"].chosen[0] in (4, 6)
+
+
+def test_methods_are_values_not_a_registry(small):
+  """Two variants of a method run side by side under their own names, and
+  a method's results do not depend on the others beside it."""
+  splits = protocol.make_trials(jax.random.key(3), 2, small.num_prompts,
+                                small.num_models)
+  a = protocol.KMeansRouter(clusters=(3,), max_iter=20)
+  b = a.replace(name="kmeans_shrunk", prior_strength=5.0)
+  both, _ = protocol.run_trials(jax.random.key(4), small, splits, methods=(a, b),
+                                curve_points=101)
+  alone, _ = protocol.run_trials(jax.random.key(4), small, splits, methods=(a,),
+                                 curve_points=101)
+  np.testing.assert_array_equal(both["kmeans"].area, alone["kmeans"].area)
+  assert not np.array_equal(both["kmeans"].area, both["kmeans_shrunk"].area)
+  with pytest.raises(ValueError, match="distinct names"):
+    protocol.run_trials(jax.random.key(4), small, splits, methods=(a, a))
 
 
 def test_test_llms_never_inform_selection_or_clustering(small):
@@ -82,18 +199,17 @@ def test_test_llms_never_inform_selection_or_clustering(small):
   scores do change)."""
   splits = protocol.make_trials(jax.random.key(4), 2, small.num_prompts,
                                 small.num_models)
-  settings = settings_for(splits, clusters=(3, 4, 6), neighbors=(5, 8, 13))
+  methods = routers(clusters=(3, 4, 6), neighbors=(5, 8, 13),
+                    names=("knn", "kmeans"))
   for t in range(2):
     one = protocol.Split(*(part[t:t + 1] for part in splits))
-    base, _ = protocol.run_trials(jax.random.key(5), small, one,
-                                  settings=settings, methods=("knn", "kmeans"))
+    base, _ = protocol.run_trials(jax.random.key(5), small, one, methods=methods)
     loss = small.loss.copy()
     loss[:, one.test_models[0]] = 1 - loss[:, one.test_models[0]]
     emb = small.embeddings.copy()
     emb[one.test[0]] = emb[one.test[0]][::-1]
     changed = small._replace(loss=loss, embeddings=emb)
-    out, _ = protocol.run_trials(jax.random.key(5), changed, one,
-                                 settings=settings, methods=("knn", "kmeans"))
+    out, _ = protocol.run_trials(jax.random.key(5), changed, one, methods=methods)
     for name in ("knn", "kmeans"):
       assert out[name].chosen[0] == base[name].chosen[0]
       assert out[name].area[0] != base[name].area[0]
@@ -102,7 +218,8 @@ def test_test_llms_never_inform_selection_or_clustering(small):
 def test_evaluate_is_seeded_and_orders_the_routers():
   data = make_synthetic(jax.random.key(0), num_prompts=3000, num_models=10)
   a = protocol.evaluate(jax.random.key(1), data, num_trials=4, curve_points=201)
-  b = protocol.evaluate(jax.random.key(1), data, num_trials=4, curve_points=201)
+  b = protocol.evaluate(jax.random.key(1), data, num_trials=4, curve_points=201,
+                        methods=[protocol.BUILT_IN[n] for n in protocol.DEFAULT_METHODS])
   for name in protocol.DEFAULT_METHODS:
     np.testing.assert_array_equal(a.methods[name].trials.area,
                                   b.methods[name].trials.area)
@@ -119,7 +236,7 @@ def test_evaluate_is_seeded_and_orders_the_routers():
 
 def test_oracle_dominates_every_router_in_every_trial(small):
   ev = protocol.evaluate(jax.random.key(7), small, num_trials=3, curve_points=101,
-                         cluster_grid=(3,), neighbor_grid=(5,))
+                         methods=routers(clusters=(3,), neighbors=(5,)))
   oracle = ev.methods["oracle"].trials.area
   for name in ("zero", "knn", "kmeans"):
     assert np.all(ev.methods[name].trials.area <= oracle + 1e-6)
@@ -189,13 +306,19 @@ def test_bad_split_arguments(kwargs, match):
     protocol.make_trials(jax.random.key(0), args.pop("num_trials"), 100, 6, **args)
 
 
-def test_bad_evaluate_arguments(small):
-  with pytest.raises(ValueError, match="methods must be among"):
-    protocol.evaluate(jax.random.key(0), small, num_trials=1, methods=("nope",))
-  with pytest.raises(ValueError, match="cluster_grid must be at most"):
-    protocol.evaluate(jax.random.key(0), small, num_trials=1, cluster_grid=(10 ** 6,))
-  with pytest.raises(ValueError, match="neighbor_grid must be at most"):
-    protocol.evaluate(jax.random.key(0), small, num_trials=1, neighbor_grid=(10 ** 6,))
+@pytest.mark.parametrize("method, match", [
+    ("nope", "methods must be Method values or names among"),
+    (protocol.KMeansRouter(clusters=(10 ** 6,)), "kmeans: clusters must be at most"),
+    (protocol.KMeansRouter(clusters=()), "kmeans: clusters must hold at least one"),
+    (protocol.KNN(neighbors=(10 ** 6,)), "knn: neighbors must be at most"),
+    (protocol.KMeansRouter(prior_strength=-1.0), "kmeans: prior_strength must be non-negative"),
+    (protocol.KMeansRouter(tol=np.nan), "kmeans: tol must be finite"),
+    (protocol.MLPRouter(learning_rate=0.0), "mlp: learning_rate must be positive"),
+])
+def test_bad_evaluate_arguments(small, method, match):
+  """Every method is resolved and checked on the host before any work."""
+  with pytest.raises(ValueError, match=match):
+    protocol.evaluate(jax.random.key(0), small, num_trials=1, methods=(method,))
 
 
 def test_matched_k_choice(small):
@@ -204,36 +327,35 @@ def test_matched_k_choice(small):
   splits = protocol.make_trials(jax.random.key(8), 2, small.num_prompts,
                                 small.num_models, val_frac=0.4, test_frac=0.2)
   assert splits.val.shape[1] >= splits.train.shape[1]
-  settings = settings_for(splits, clusters=(3, 5, 8), neighbors=(5,))
-  arrays = tuple(jax.numpy.asarray(a) for a in
-                 (small.embeddings, small.loss, small.mask, small.cost))
+  kmeans, matched = routers(clusters=(3, 5, 8),
+                            names=("kmeans", "kmeans_matched"))
+  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
+  kmeans, matched = kmeans.resolve(n_train, n_val), matched.resolve(n_train, n_val)
+  arrays = protocol.dataset_arrays(small)
   trial = protocol.gather_trial(arrays, protocol.Split(*(p[0] for p in splits)))
   key = jax.random.key(9)
-  paper = protocol.METHODS["kmeans"].run(trial, key, settings)
-  matched = protocol.METHODS["kmeans_matched"].run(trial, key, settings)
-  assert int(paper.chosen) == int(matched.chosen)
+  paper, same = kmeans.run(trial, key), matched.run(trial, key)
+  assert int(paper.chosen) == int(same.chosen)
   np.testing.assert_array_equal(np.asarray(paper.curve.quality),
-                                np.asarray(matched.curve.quality))
+                                np.asarray(same.curve.quality))
   # A method's results do not depend on the methods run beside it.
-  both, _ = protocol.run_trials(key, small, splits, settings=settings,
-                                methods=("kmeans", "kmeans_matched"))
-  alone, _ = protocol.run_trials(key, small, splits, settings=settings,
-                                 methods=("kmeans",))
+  both, _ = protocol.run_trials(key, small, splits, methods=(kmeans, matched))
+  alone, _ = protocol.run_trials(key, small, splits, methods=(kmeans,))
   for a, b in zip(both["kmeans"], alone["kmeans"]):
     np.testing.assert_array_equal(a, b)
   splits = protocol.make_trials(jax.random.key(8), 2, small.num_prompts,
                                 small.num_models)
-  out, _ = protocol.run_trials(jax.random.key(9), small, splits, settings=settings,
-                               methods=("kmeans_matched",))
+  out, _ = protocol.run_trials(jax.random.key(9), small, splits,
+                               methods=(matched,))
   assert set(out["kmeans_matched"].chosen.tolist()) <= {3, 5, 8}
 
 
 def test_learned_map_plugs_into_the_protocol(small):
   splits = protocol.make_trials(jax.random.key(10), 2, small.num_prompts,
                                 small.num_models)
-  settings = settings_for(splits, clusters=(3, 5), neighbors=(5,))
-  out, _ = protocol.run_trials(jax.random.key(11), small, splits, settings=settings,
-                               methods=("zero", "learned_map", "oracle"))
+  out, _ = protocol.run_trials(
+      jax.random.key(11), small, splits,
+      methods=routers(clusters=(3, 5), names=("zero", "learned_map", "oracle")))
   lm = out["learned_map"]
   assert set(lm.chosen.tolist()) <= {3, 5}
   assert np.all((lm.area > 0) & (lm.area <= out["oracle"].area + 1e-6))
@@ -243,18 +365,16 @@ def test_learned_map_options_are_the_documented_fit(small):
   """With every option on (Psi of the training LLMs from validation labels,
   best epoch on the validation area, soft Psi for the test LLMs), the
   protocol's LearnedMap equals the fit assembled by hand from the split."""
-  from uniroute_jax import cluster_map, clustering, features, metrics
+  from uniroute_jax import cluster_map, clustering, features, learn, metrics
   split = protocol.make_split(jax.random.key(15), small.num_prompts, small.num_models)
-  options = protocol.LearnedMapOptions(hidden=(8,), epochs=3, batch_size=32,
-                                       select_epoch=True, train_psi_from="val",
-                                       soft_psi=True)
-  settings = protocol.Settings(cluster_grid=(4,), neighbor_grid=(5,),
-                               kmeans_max_iter=20, learned_map=options)
-  arrays = tuple(jax.numpy.asarray(a) for a in
-                 (small.embeddings, small.loss, small.mask, small.cost))
+  method = protocol.LearnedMapRouter(
+      clusters=(4,), max_iter=20, hidden=(8,), epochs=3, batch_size=32,
+      select_epoch=True, train_psi_from="val", soft_psi=True)
+  method = method.resolve(split.train.shape[0], split.val.shape[0])
+  arrays = protocol.dataset_arrays(small)
   trial = protocol.gather_trial(arrays, split)
   key = jax.random.key(16)
-  out = protocol.METHODS["learned_map"].run(trial, key, settings)
+  out = method.run(trial, key)
 
   e, loss, mask, cost = small.embeddings, small.loss, small.mask, small.cost
   seen, unseen = split.train_models, split.test_models
@@ -264,7 +384,7 @@ def test_learned_map_options_are_the_documented_fit(small):
   val_clusters = clustering.assign_clusters(e[val], centroids).cluster
   train_psi = features.cluster_errors(val_clusters, loss[val][:, seen],
                                       mask=mask[val][:, seen], num_clusters=4).psi
-  select = cluster_map.CheckpointSelection(
+  select = learn.CheckpointSelection(
       e[val], loss[val][:, seen], cost[seen], np.arange(len(seen)),
       mask[val][:, seen])
   fit = cluster_map.fit_cluster_map(
@@ -282,6 +402,4 @@ def test_learned_map_options_are_the_documented_fit(small):
   np.testing.assert_allclose(metrics.deferral_metrics(out.curve).area,
                              metrics.deferral_metrics(curve).area, rtol=1e-9)
   with pytest.raises(ValueError, match="train_psi_from must be"):
-    protocol.LearnedMapOptions(train_psi_from="test")
-  with pytest.raises(ValueError, match="learned_map must be a protocol.LearnedMapOptions"):
-    protocol.evaluate(jax.random.key(0), small, num_trials=1, learned_map={})
+    protocol.LearnedMapRouter(train_psi_from="test")

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uniroute_jax import choose_models, predicted_loss, route, switch_path
+from conftest import no_retrace
+from uniroute_jax import checked, choose_models, predicted_loss, route, switch_path
 from uniroute_jax import routing
 
 
@@ -144,9 +145,7 @@ def test_vmap_over_pools_with_small_batches(n):
   psi, cost, cluster, rng = problem()
   pools = rng.random((n, 6)) < 0.7
   pools[:, 0] = True
-  f = jax.vmap(lambda pool: routing._route(jnp.asarray(cluster), jnp.asarray(psi),
-                                           jnp.asarray(cost), jnp.asarray(0.1),
-                                           pool).choice)
+  f = jax.vmap(lambda pool: route(cluster, psi, cost, 0.1, pool_mask=pool).choice)
   out = np.asarray(f(jnp.asarray(pools)))
   assert out.shape == (n, len(cluster))
   for b in range(n):
@@ -155,11 +154,11 @@ def test_vmap_over_pools_with_small_batches(n):
 
 def test_no_retrace_when_lambda_cost_or_pool_change():
   psi, cost, cluster, _ = problem()
+  route(cluster, psi, cost, LAMBDAS, pool_mask=np.ones(6, bool))
   route(cluster, psi, cost, LAMBDAS)
-  before = routing._route._cache_size()
-  route(cluster, psi * 0.5, cost * 3.0, LAMBDAS * 2.0)
-  route(cluster, psi, cost, LAMBDAS[::-1], pool_mask=np.arange(6) != 2)
-  assert routing._route._cache_size() == before
+  with no_retrace():
+    route(cluster, psi * 0.5, cost * 3.0, LAMBDAS * 2.0)
+    route(cluster, psi, cost, LAMBDAS[::-1], pool_mask=np.arange(6) != 2)
 
 
 def test_predicted_loss_hard_and_soft():
@@ -214,14 +213,13 @@ def test_switch_path_walks_cheaper_each_step():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(cost=-np.ones(3)), "cost must be non-negative"),
     (dict(cost=np.ones(4)), r"cost must have shape \[3\] or \[4, 3\]"),
-    (dict(lambdas=-1.0), "lambdas must be non-negative"),
-    (dict(pool_mask=np.zeros(3, bool)), "pool_mask must leave at least one"),
     (dict(pool_mask=np.ones(2, bool)), r"pool_mask must have shape \(3,\)"),
-    (dict(membership=np.array([0, 1, 2, 0])), r"membership must lie in \[0, 1\]"),
+    (dict(pool_mask=np.ones(3)), "pool_mask must be boolean"),
     (dict(membership=np.ones((4, 3))), "membership must have 2 columns"),
-    (dict(psi=np.full((2, 3), np.nan)), "psi must be finite"),
+    (dict(membership=np.ones(4)), "membership must hold integer cluster indices"),
+    (dict(lambdas=np.zeros((2, 2))), "lambdas must be a numeric 0-d or 1-d"),
+    (dict(psi=np.zeros((3, 0))), r"cost must have shape \[0\]"),
 ])
 def test_bad_input(bad, match):
   args = dict(membership=np.array([0, 1, 1, 0]), psi=np.full((2, 3), 0.5),
@@ -231,6 +229,48 @@ def test_bad_input(bad, match):
   with pytest.raises(ValueError, match=match):
     route(args["membership"], args["psi"], args["cost"], args["lambdas"],
           pool_mask=pool)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(cost=-np.ones(3)), "cost must be finite and non-negative"),
+    (dict(lambdas=-1.0), "lambdas must be non-negative"),
+    (dict(pool_mask=np.zeros(3, bool)), "pool_mask must leave an LLM available"),
+    (dict(membership=np.array([0, 1, 2, 0])), r"membership must hold cluster indices in \[0, 2\)"),
+    (dict(membership=-np.ones((4, 2))), "membership must be non-negative"),
+    (dict(psi=np.full((2, 3), np.nan)), "psi must be finite"),
+])
+def test_bad_values_are_caught_under_checkify(bad, match):
+  args = dict(membership=np.array([0, 1, 1, 0]), psi=np.full((2, 3), 0.5),
+              cost=np.ones(3), lambdas=0.5)
+  args.update(bad)
+  pool = args.pop("pool_mask", None)
+  with pytest.raises(ValueError, match=match):
+    checked(route)(args["membership"], args["psi"], args["cost"],
+                   args["lambdas"], pool_mask=pool)
+
+
+def test_no_choice_is_minus_one():
+  """A cluster index outside [0, k), inside the user's jit or not, and an
+  empty pool give the documented -1 (never an arbitrary index)."""
+  psi = jnp.array([[0.1, 0.4], [0.5, 0.6]])
+  cost = jnp.array([10.0, 1.0])
+  members = jnp.array([0, 1, 2, -1])
+  for fn in (route, jax.jit(route)):
+    out = fn(members, psi, cost, jnp.array([0.0, 0.1]))
+    np.testing.assert_array_equal(np.asarray(out.choice),
+                                  [[0, 0, -1, -1], [1, 1, -1, -1]])
+    assert np.isnan(np.asarray(out.predicted_loss)[2:]).all()
+  soft = jnp.eye(2)[jnp.array([0, 1])]
+  hard = jnp.array([0, 1])
+  for membership in (soft, hard):
+    none = route(membership, psi, cost, 0.0, pool_mask=jnp.zeros(2, bool))
+    np.testing.assert_array_equal(np.asarray(none.choice), [-1, -1])
+  gamma = jnp.array([[jnp.nan, jnp.nan], [0.2, jnp.nan]])
+  np.testing.assert_array_equal(
+      np.asarray(choose_models(gamma, cost, 0.0)), [-1, 0])
+  path = switch_path(jnp.ones((3, 2)), cost, pool_mask=jnp.zeros(2, bool))
+  np.testing.assert_array_equal(np.asarray(path.start), [-1, -1, -1])
+  assert not np.isfinite(np.asarray(path.lambdas)).any()
 
 
 @pytest.mark.parametrize("per_prompt_cost", [False, True])
@@ -251,3 +291,11 @@ def test_both_selection_kernels_agree_with_brute_force(per_prompt_cost):
     choice = np.asarray(jax.jit(kernel)(*args))
     for l, lam in enumerate(lambdas):
       np.testing.assert_array_equal(choice[l], brute_choice(gamma, cost, lam, pool))
+    # Unavailable LLMs and NaN scores are never chosen; nothing left: -1.
+    nan_gamma = gamma.copy()
+    nan_gamma[:5] = np.nan
+    nan_gamma[5:10, 0] = np.nan
+    choice = np.asarray(jax.jit(kernel)(jnp.asarray(nan_gamma), *args[1:]))
+    assert (choice[:, :5] == -1).all() and (choice[:, 5:10] != 0).all()
+    choice = np.asarray(jax.jit(kernel)(*args[:3], jnp.zeros(m, bool)))
+    assert (choice == -1).all()

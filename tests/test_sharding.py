@@ -24,30 +24,32 @@ CHILD = textwrap.dedent("""
                          cost=data.cost.astype(np.float64))
     splits = protocol.make_trials(jax.random.key(1), 5, data.num_prompts,
                                   data.num_models)
-    settings = protocol.Settings(cluster_grid=(3, 5), neighbor_grid=(5, 9),
-                                 kmeans_max_iter=20, curve_points=101)
-    methods = ("zero", "knn", "kmeans", "oracle")
+    methods = (protocol.ZeroRouter(), protocol.KNN(neighbors=(5, 9)),
+               protocol.KMeansRouter(clusters=(3, 5), max_iter=20),
+               protocol.Oracle())
     mesh = jax.make_mesh((4,), ("trials",))
     one, _ = protocol.run_trials(jax.random.key(2), data, splits, methods=methods,
-                                 settings=settings, batch_size=4)
-    many, pool = protocol.run_trials(jax.random.key(2), data, splits,
-                                     methods=methods, settings=settings,
-                                     batch_size=3, mesh=mesh)
-    assert pool.quality.shape[0] == 5
-    for name in methods:
-        for a, b in zip(one[name], many[name]):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+                                 curve_points=101, batch_size=4)
+    for vectorize in (None, 1):
+        many, pool = protocol.run_trials(jax.random.key(2), data, splits,
+                                         methods=methods, curve_points=101,
+                                         batch_size=3, mesh=mesh,
+                                         vectorize=vectorize)
+        assert pool.quality.shape[0] == 5
+        for m in methods:
+            for a, b in zip(one[m.name], many[m.name]):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
     # The compiled batch really is split: each device holds its own trials.
     batch = protocol.Split(*(np.asarray(p)[:4] for p in splits))
     keys = jax.random.split(jax.random.key(0), 4)
-    arrays = tuple(jax.numpy.asarray(a) for a in
-                   (data.embeddings, data.loss, data.mask, data.cost))
-    mesh = jax.make_mesh((4,), ("trials",), axis_types=(jax.sharding.AxisType.Auto,))
-    arrays = jax.device_put(arrays, protocol._replicated(mesh))
-    batch, keys = jax.device_put((batch, keys), protocol._by_trial(mesh))
-    out = protocol._run_batch(arrays, batch, keys, methods=methods,
-                              settings=settings)
+    mesh, replicated, by_trial = protocol.trial_mesh(mesh)
+    arrays = jax.device_put(protocol.dataset_arrays(data), replicated)
+    batch, keys = jax.device_put((batch, keys), by_trial)
+    n_train, n_val = batch.train.shape[1], batch.val.shape[1]
+    resolved = tuple(m.resolve(n_train, n_val) for m in methods)
+    out = protocol.run_batch(arrays, batch, keys, resolved, curve_points=101,
+                             vectorize=4)
     area = out["kmeans"].area
     assert len(area.sharding.device_set) == 4, area.sharding
     assert {s.data.shape for s in area.addressable_shards} == {(1,)}

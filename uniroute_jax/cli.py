@@ -50,12 +50,25 @@ def _fraction(text: str) -> float:
 def _method_list(text: str) -> tuple[str, ...]:
   from uniroute_jax import protocol
   names = tuple(n.strip() for n in text.split(",") if n.strip())
-  unknown = [n for n in names if n not in protocol.METHODS]
+  unknown = [n for n in names if n not in protocol.BUILT_IN]
   if not names or unknown:
     raise argparse.ArgumentTypeError(
-        f"expected a comma-separated list of {','.join(protocol.METHODS)}, "
+        f"expected a comma-separated list of {','.join(protocol.BUILT_IN)}, "
         f"got {text!r}")
+  if len(set(names)) != len(names):
+    raise argparse.ArgumentTypeError(f"each router may be named once, got {text!r}")
   return names
+
+
+def _nonnegative_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected a non-negative number, got {text!r}") from None
+  if not 0.0 <= value < float("inf"):
+    raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value}")
+  return value
 
 
 def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
@@ -71,7 +84,7 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
   from uniroute_jax import protocol
   p.add_argument("--methods", type=_method_list,
                  default=protocol.DEFAULT_METHODS,
-                 help=f"comma-separated routers among {','.join(protocol.METHODS)}"
+                 help=f"comma-separated routers among {','.join(protocol.BUILT_IN)}"
                       f" (default {','.join(protocol.DEFAULT_METHODS)}); mlp and "
                       "matfac are clairvoyant upper bounds")
   p.add_argument("--clusters", type=_positive_int, default=None,
@@ -80,6 +93,10 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
   p.add_argument("--neighbors", type=_positive_int, default=None,
                  help="fix k for K-NN (default: chosen per trial from 5 .. "
                       "validation prompts / 3)")
+  p.add_argument("--psi-prior-strength", type=_nonnegative_float, default=0.0,
+                 help="shrink every cluster's error towards the LLM's overall "
+                      "error by this many pseudo-prompts (default 0: the "
+                      "paper's plain cluster means)")
   p.add_argument("--json", metavar="OUT", default=None,
                  help="write every number to this JSON file (must not exist)")
   p.add_argument("--plot", metavar="OUT.png", default=None,
@@ -194,30 +211,47 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 def _new_file(flag: str, path: str) -> None:
   """Fails before any work when ``path`` cannot be created."""
-  if os.path.exists(path):
+  if os.path.lexists(path):
     raise ValueError(f"{flag}: {path} already exists; it is never overwritten")
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
     raise ValueError(f"{flag}: folder {folder} does not exist")
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise ValueError(f"{flag}: folder {folder} is not writable")
 
 
 def _check_outputs(args) -> None:
   """Fails before any work when an output cannot be written."""
-  for flag, path in (("--json", args.json), ("--plot", args.plot)):
-    if path is not None:
-      _new_file(flag, path)
+  outputs = [(flag, path) for flag, path in (("--json", args.json),
+                                              ("--plot", args.plot))
+             if path is not None]
+  for flag, path in outputs:
+    _new_file(flag, path)
+  if len(outputs) == 2 and (os.path.abspath(args.json)
+                            == os.path.abspath(args.plot)):
+    raise ValueError(f"--json and --plot name the same file {args.json}")
   if args.plot is not None:
     try:
       import matplotlib  # noqa: F401
     except ImportError:
       raise ValueError("--plot needs matplotlib: pip install "
                        "'uniroute_jax[plot]'") from None
+    from uniroute_jax import report
+    suffix = os.path.splitext(args.plot)[1].lower().lstrip(".")
+    if suffix not in report.PLOT_FORMATS:
+      raise ValueError(f"--plot must end in one of "
+                       f"{', '.join('.' + f for f in report.PLOT_FORMATS)}, "
+                       f"got {args.plot}")
 
 
-def _write_new(path: str, text: str) -> None:
-  """Writes a file that must not exist yet (exclusive create)."""
-  with open(path, "x", encoding="utf-8") as f:
-    f.write(text)
+def _write_new(flag: str, path: str, text: str) -> None:
+  """Writes a new file whole or not at all (never over an existing one)."""
+  from uniroute_jax import io
+  try:
+    io.atomic_write(path, lambda f: f.write(text), binary=False)
+  except FileExistsError:
+    raise ValueError(f"{flag}: {path} appeared while running; it is never "
+                     f"overwritten") from None
 
 
 def _load(args):
@@ -264,16 +298,19 @@ def _run(args, source: str) -> int:
   n_train, n_val, n_test = protocol.split_sizes(data.num_prompts, args.val_frac,
                                                 args.test_frac)
   m_train, m_test = protocol.model_split_sizes(data.num_models, args.test_llm_frac)
+  if args.clusters and args.clusters > n_train:
+    raise ValueError(f"--clusters must be at most the {n_train} training "
+                     f"prompts of a trial, got {args.clusters}")
+  if args.neighbors and args.neighbors > min(n_train, n_val):
+    raise ValueError(f"--neighbors must be at most the {min(n_train, n_val)} "
+                     f"validation prompts of a trial, got {args.neighbors}")
   print(f"[2/3] {args.trials} trial(s): {n_train}/{n_val}/{n_test} "
         f"train/validation/test prompts, {m_train} training and {m_test} "
         f"unseen test LLMs per trial ...", file=sys.stderr, flush=True)
   evaluation = protocol.evaluate(
       jax.random.key(args.seed), data, num_trials=args.trials,
-      methods=args.methods, val_frac=args.val_frac, test_frac=args.test_frac,
-      test_model_frac=args.test_llm_frac,
-      cluster_grid=(args.clusters,) if args.clusters else None,
-      neighbor_grid=(args.neighbors,) if args.neighbors else None,
-      on_progress=_progress_printer())
+      methods=_methods(args), val_frac=args.val_frac, test_frac=args.test_frac,
+      test_model_frac=args.test_llm_frac, on_progress=_progress_printer())
   elapsed = time.perf_counter() - start
   print(f"[3/3] done in {elapsed:.1f}s", file=sys.stderr, flush=True)
 
@@ -298,12 +335,35 @@ def _run(args, source: str) -> int:
                              "model_names": list(data.model_names),
                              "missing_labels": missing_labels(data)},
         seed=args.seed, wall_time_s=elapsed)
-    _write_new(args.json, json.dumps(document, indent=1) + "\n")
+    _write_new("--json", args.json, json.dumps(document, indent=1) + "\n")
     print(f"Wrote {args.json}")
   if args.plot:
-    report.plot(evaluation, args.plot, title=f"{source}: mean deferral curves")
+    try:
+      report.plot(evaluation, args.plot, title=f"{source}: mean deferral curves")
+    except FileExistsError:
+      raise ValueError(f"--plot: {args.plot} appeared while running; it is "
+                       f"never overwritten") from None
     print(f"Wrote {args.plot}")
   return 0
+
+
+def _methods(args):
+  """The routers to evaluate, with the flags that set their options."""
+  from uniroute_jax import protocol
+  methods = []
+  for name in args.methods:
+    method = protocol.BUILT_IN[name]
+    changes = {}
+    if args.clusters and hasattr(method, "clusters"):
+      changes["clusters"] = (args.clusters,)
+    if args.clusters and hasattr(method, "ranks"):
+      changes["ranks"] = (args.clusters,)
+    if args.neighbors and hasattr(method, "neighbors"):
+      changes["neighbors"] = (args.neighbors,)
+    if hasattr(method, "prior_strength"):
+      changes["prior_strength"] = args.psi_prior_strength
+    methods.append(method.replace(**changes) if changes else method)
+  return methods
 
 
 def _build_router(args) -> int:
@@ -345,8 +405,8 @@ def _read_prompts(path: str):
   """(prompt ids, [n, d] embeddings) of an embeddings file, no pickle; a file
   without ids numbers its rows from 0."""
   import numpy as np
-  from uniroute_jax.data import embeddings as files
-  ids, matrix, _ = files._read(path)
+  from uniroute_jax.data import read_embeddings
+  ids, matrix = read_embeddings(path)
   return (np.arange(matrix.shape[0]) if ids is None else ids), matrix
 
 
@@ -373,7 +433,7 @@ def _route(args) -> int:
     for prompt_id, model, loss in zip(ids.tolist(), names[chosen],
                                       gamma[rows, chosen]):
       writer.writerow([prompt_id, repr(lam), model, f"{loss:.6g}"])
-  _write_new(args.out, text.getvalue())
+  _write_new("--out", args.out, text.getvalue())
   shares = ", ".join(
       f"{name} {np.mean(choice[-1] == j):.0%}" for j, name in enumerate(names)
       if np.any(choice[-1] == j))

@@ -9,27 +9,25 @@ validation prompts: its predicted loss is Phi(x)^T Psi(h), with nothing
 retrained.
 
 Training runs as one jitted program (``lax.scan`` over epochs and
-mini-batches of a split (graphdef, params, batch statistics) module and an
-optax Adam state), so whole fits can be ``jax.vmap``-ed over trials.
+mini-batches, the library's one training stack in ``learn``), so whole fits
+can be ``jax.vmap``-ed over trials. The map's K output slots may hold fewer
+clusters (``cluster_mask``): padding slots get probability 0 and no
+gradient, so one compiled fit serves every candidate K.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from uniroute_jax import _training
-from uniroute_jax import _validation as check
-from uniroute_jax import routing
-from uniroute_jax._training import CheckpointSelection
-from uniroute_jax.types import Array
-
-_HIGHEST = jax.lax.Precision.HIGHEST
+from uniroute_jax import checks, routing
+from uniroute_jax.learn import models, training
+from uniroute_jax.learn.models import FittedModel, Mask
+from uniroute_jax.learn.training import CheckpointSelection
+from uniroute_jax.types import PRECISION, Array
 
 
 class ClusterMap(nnx.Module):
@@ -56,6 +54,10 @@ class ClusterMap(nnx.Module):
     dtype: compute dtype; None promotes the input and parameter dtypes.
     param_dtype: dtype of the weights and of the running statistics.
 
+  Attributes:
+    cluster_mask: a :class:`~uniroute_jax.learn.Mask` [k] bool, all True
+      unless set: False slots are padding (probability 0).
+
   Examples:
     >>> from flax import nnx
     >>> import jax.numpy as jnp
@@ -69,9 +71,9 @@ class ClusterMap(nnx.Module):
                hidden: Sequence[int] = (128, 128), batch_norm: bool = True,
                momentum: float = 0.99, rngs: nnx.Rngs, dtype=None,
                param_dtype=jnp.float32):
-    self.dim = check.positive_int("dim", dim)
-    self.num_clusters = check.positive_int("num_clusters", num_clusters)
-    self.hidden = check.widths("hidden", hidden)
+    self.dim = checks.positive_int("dim", dim)
+    self.num_clusters = checks.positive_int("num_clusters", num_clusters)
+    self.hidden = checks.widths("hidden", hidden)
     self.batch_norm = bool(batch_norm)
     momentum = _check_momentum(momentum)
 
@@ -102,6 +104,7 @@ class ClusterMap(nnx.Module):
     self.norms = nnx.List(
         [norm(w) for w in self.hidden] if self.batch_norm else [])
     self.output = dense(widths[-1], self.num_clusters)
+    self.cluster_mask = Mask(jnp.ones((self.num_clusters,), bool))
 
   def __call__(self, x, *, use_running_average: bool | None = None) -> Array:
     """[n, k] cluster probabilities of the prompts ``x`` [n, d].
@@ -122,57 +125,14 @@ class ClusterMap(nnx.Module):
       if self.batch_norm:
         h = self.norms[i](h, use_running_average=use_running_average)
       h = jax.nn.relu(h)
-    return jax.nn.softmax(self.output(h), axis=-1)
-
-
-class FittedClusterMap(NamedTuple):
-  """A trained :class:`ClusterMap`, split into its static graph and arrays.
-
-  A pytree whose only leaves are arrays (the graph definition has none), so
-  it passes through ``jax.jit`` and ``jax.vmap``; a vmapped fit gives every
-  array a leading trial axis. ``nnx.merge(graphdef, params, batch_stats)``
-  rebuilds the module.
-
-  Attributes:
-    graphdef: the ``nnx.GraphDef`` of the module (static).
-    params: ``nnx.State`` of the ``nnx.Param`` weights.
-    batch_stats: ``nnx.State`` of the BatchNorm running averages (empty
-      without BatchNorm).
-    loss_history: [epochs] mean training loss of each epoch: the mean of its
-      mini-batch losses, each taken before that step's update, with batch
-      statistics (training mode).
-    validation_area: [epochs] the checkpoint-selection area after each epoch
-      (NaN when the fit had no ``select``); None for a map not made by
-      :func:`fit_cluster_map`.
-    best_epoch: [] index of the kept epoch (the last without ``select``), or
-      None.
-  """
-
-  graphdef: Any
-  params: Any
-  batch_stats: Any
-  loss_history: Array
-  validation_area: Array | None = None
-  best_epoch: Array | None = None
-
-  @property
-  def num_clusters(self) -> int:
-    """k, the width of the output layer."""
-    return int(self.params["output"]["kernel"].shape[-1])
-
-  @property
-  def dim(self) -> int:
-    """d, the embedding size the first Dense layer takes."""
-    # An empty layer list leaves no "dense" entry in the state.
-    dense = self.params.get("dense") or {}
-    first = dense[0] if 0 in dense else self.params["output"]
-    return int(first["kernel"].shape[-2])
+    logits = jnp.where(self.cluster_mask[...], self.output(h), -jnp.inf)
+    return jax.nn.softmax(logits, axis=-1)
 
 
 # ----------------------------------------------------------------- the loss
 
 
-def cluster_map_loss(phi, psi, errors, mask=None, *, eps=1e-6) -> Array:
+def cluster_map_loss(phi, psi, errors, mask=None, *, eps=None) -> Array:
   """Binary cross-entropy of gamma = Phi Psi against the error labels.
 
     L = -mean_{(i, j) observed} [e_ij log gamma_ij + (1 - e_ij) log(1 - gamma_ij)]
@@ -186,7 +146,8 @@ def cluster_map_loss(phi, psi, errors, mask=None, *, eps=1e-6) -> Array:
     errors: [n, m] loss of each LLM on each prompt, in [0, 1] (1 = wrong).
       Unobserved entries are ignored and may hold anything, NaN included.
     mask: optional [n, m] bool, False where a label is missing.
-    eps: clipping margin in [0, 0.5) keeping the logarithms finite (traced).
+    eps: clipping margin in [0, 0.5) keeping the logarithms finite (traced;
+      default 1e-6).
 
   Returns:
     [] the mean over observed entries; 0 when no entry is observed.
@@ -199,10 +160,9 @@ def cluster_map_loss(phi, psi, errors, mask=None, *, eps=1e-6) -> Array:
     >>> cluster_map_loss(phi, psi, errors)   # log 2
     Array(0.6931472, dtype=float32)
   """
-  dtype = check.compute_dtype(phi, psi, errors)
-  phi = check.array("phi", phi, ndim=2, dtype=dtype, shape_doc="[n, k]")
-  psi = check.array("psi", psi, ndim=2, dtype=dtype, shape_doc="[k, m]")
-  errors = check.array("errors", errors, ndim=2, dtype=dtype, shape_doc="[n, m]")
+  phi = checks.float_array("phi", phi, ndim=2, shape_doc="[n, k]")
+  psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
+  errors = checks.float_array("errors", errors, ndim=2, shape_doc="[n, m]")
   n, k = phi.shape
   if psi.shape[0] != k:
     raise ValueError(
@@ -212,15 +172,25 @@ def cluster_map_loss(phi, psi, errors, mask=None, *, eps=1e-6) -> Array:
     raise ValueError(
         f"errors must have shape {(n, m)} ([n, m] from phi and psi), "
         f"got {errors.shape}")
-  mask = check.bool_mask("mask", mask, (n, m))
-  check.finite("psi", psi)
-  check.in_range("errors", errors, 0.0, 1.0, where=mask)
-  eps = _check_eps(eps, dtype)
+  mask = checks.mask("mask", mask, (n, m))
+  _check_eps(eps)
+  return _loss_kernel(phi, psi, errors, mask, eps,
+                      dtype=checks.compute_dtype(phi, psi, errors))
+
+
+@checks.kernel(static_argnames=("dtype",))
+def _loss_kernel(phi, psi, errors, mask, eps, *, dtype):
+  phi, psi, errors = (a.astype(dtype) for a in (phi, psi, errors))
+  mask = jnp.ones(errors.shape, bool) if mask is None else mask.astype(bool)
+  eps = _eps(eps, dtype)
+  checks.require(jnp.all(jnp.isfinite(psi)), "cluster_map_loss: psi must be finite")
+  checks.require(jnp.all(jnp.where(mask, (errors >= 0) & (errors <= 1), True)),
+                 "cluster_map_loss: errors must lie in [0, 1] where labelled")
   return _loss(phi, psi, errors, mask, eps)
 
 
 def _loss(phi, psi, errors, mask, eps):
-  gamma = jnp.matmul(phi, jax.lax.stop_gradient(psi), precision=_HIGHEST)
+  gamma = jnp.matmul(phi, jax.lax.stop_gradient(psi), precision=PRECISION)
   gamma = jnp.clip(gamma, eps, 1 - eps)
   # Missing labels may be NaN; zero them before they meet a log, or their
   # NaN would leak into the gradient through 0 * NaN.
@@ -233,34 +203,50 @@ def _loss(phi, psi, errors, mask, eps):
 # ----------------------------------------------------------------- training
 
 
-class _Config(NamedTuple):
-  """What fixes the module's structure (hashable: a static jit argument)."""
+class ClusterMapConfig(NamedTuple):
+  """What fixes a :class:`ClusterMap`'s structure (hashable: static in jit)."""
 
   dim: int
   num_clusters: int
-  hidden: tuple[int, ...]
-  batch_norm: bool
-  momentum: float
-  dtype: Any
+  hidden: tuple[int, ...] = (128, 128)
+  batch_norm: bool = True
+  momentum: float = 0.99
+  dtype: Any = jnp.float32
+
+  def build(self, key) -> ClusterMap:
+    return ClusterMap(self.dim, self.num_clusters, hidden=self.hidden,
+                      batch_norm=self.batch_norm, momentum=self.momentum,
+                      dtype=self.dtype, param_dtype=self.dtype,
+                      rngs=nnx.Rngs(params=key))
+
+  @classmethod
+  def of(cls, fitted: FittedModel) -> "ClusterMapConfig":
+    """The configuration a fitted map was built from (checked to rebuild
+    its graph exactly)."""
+    fitted = models.check_fitted("cluster_map", fitted, ClusterMap)
+    module = fitted.module
+    momentum = module.input_norm.momentum if module.batch_norm else 0.99
+    config = cls(module.dim, module.num_clusters, tuple(module.hidden),
+                 bool(module.batch_norm), float(momentum),
+                 jnp.dtype(module.output.param_dtype))
+    if models.graphdef(config) != fitted.graphdef:
+      raise ValueError(
+          "cluster_map must come from fit_cluster_map (or be a ClusterMap "
+          "whose dtype equals its param_dtype), so that it can be rebuilt")
+    return config
 
 
-def _build(config: _Config, key) -> ClusterMap:
-  return ClusterMap(config.dim, config.num_clusters, hidden=config.hidden,
-                    batch_norm=config.batch_norm, momentum=config.momentum,
-                    dtype=config.dtype, param_dtype=config.dtype,
-                    rngs=nnx.Rngs(params=key))
-
-
-def _graphdef(config: _Config):
-  return _training.graphdef(_build, config, nnx.Param, nnx.BatchStat)
+_DEFAULT_LEARNING_RATE = 5e-3
+_DEFAULT_EPS = 1e-6
 
 
 def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
-                    hidden: Sequence[int] = (128, 128), batch_norm: bool = True,
-                    learning_rate=5e-3, batch_size: int = 64, epochs: int = 5,
-                    momentum: float = 0.99, eps=1e-6,
+                    cluster_mask=None, hidden: Sequence[int] = (128, 128),
+                    batch_norm: bool = True, learning_rate=None,
+                    batch_size: int = 64, epochs: int = 5,
+                    momentum: float = 0.99, eps=None,
                     select: CheckpointSelection | None = None, dtype=None
-                    ) -> FittedClusterMap:
+                    ) -> FittedModel:
   """Trains a :class:`ClusterMap` with Adam on :func:`cluster_map_loss`.
 
   Each epoch visits the prompts in a fresh random order in n // batch_size
@@ -284,14 +270,18 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
     errors: [n, m] loss of each training LLM on each prompt, in [0, 1].
     psi: [k, m] per-cluster loss of each training LLM, held fixed.
     mask: optional [n, m] bool, False where a label is missing.
+    cluster_mask: optional [k] bool (traced), False for padding clusters:
+      their probability is 0 and their weights get no gradient, so the
+      active clusters train as in a map with only them (the protocol fits
+      every candidate K with one program this way).
     hidden: hidden widths (static); () is a single softmax-dense layer.
     batch_norm: BatchNorm on the input and hidden layers (static).
-    learning_rate: Adam step size (traced).
+    learning_rate: Adam step size (traced; default 5e-3, the paper's).
     batch_size: prompts per step (static); clamped to n. At least 1, and
       at least 2 with ``batch_norm``.
     epochs: passes over the data (static), at least 1; the paper uses 5.
     momentum: BatchNorm running-average decay (static).
-    eps: the loss's clipping margin (traced).
+    eps: the loss's clipping margin (traced; default 1e-6).
     select: optional held-out prompts with labels of LLMs whose Psi columns
       ``select.models`` names: after each epoch the map (in inference mode)
       routes them by Phi(x)^T Psi, and the weights and running averages of
@@ -301,8 +291,8 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
       inputs' promoted float, at least float32.
 
   Returns:
-    A :class:`FittedClusterMap`, to use with :func:`apply_cluster_map` or
-    :func:`learned_map_predicted_loss`.
+    A :class:`~uniroute_jax.learn.FittedModel` holding the map, to use with
+    :func:`apply_cluster_map` or :func:`learned_map_predicted_loss`.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -314,111 +304,91 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
     >>> fit.loss_history.shape, apply_cluster_map(fit, x).shape
     ((2,), (32, 2))
   """
-  dtype = check.float_dtype(dtype, embeddings, errors, psi)
-  psi = check.array("psi", psi, ndim=2, dtype=dtype, shape_doc="[k, m]")
-  fit = _training.check_fit_inputs(
-      key, embeddings, errors, mask=mask, dtype=dtype,
-      learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
-      select=select)
-  check.same_size("errors", fit.errors.shape[1], "psi", psi.shape[1], "LLMs")
+  dtype = checks.float_dtype(dtype, embeddings, errors, psi)
+  psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
+  fit = training.check_fit_inputs(
+      key, embeddings, errors, mask=mask, learning_rate=learning_rate,
+      batch_size=batch_size, epochs=epochs, select=select)
+  checks.same_size("errors", fit.errors.shape[1], "psi", psi.shape[1], "LLMs")
   n, d = fit.embeddings.shape
-  if n < 1 or d < 1 or psi.shape[0] < 1:
-    raise ValueError(
-        f"embeddings [n, d] and psi [k, m] must be non-empty, got "
-        f"{fit.embeddings.shape} and {psi.shape}")
-  check.finite("psi", psi)
+  if psi.shape[0] < 1:
+    raise ValueError(f"psi [k, m] must have at least one row, got {psi.shape}")
+  cluster_mask = checks.mask("cluster_mask", cluster_mask, psi.shape[:1])
+  _check_eps(eps)
   if batch_norm and fit.batch_size < 2:
     raise ValueError(
         f"batch_size must be at least 2 with batch_norm (a batch of one has "
         f"no variance to normalise by), got {fit.batch_size} for {n} prompts")
-  config = _Config(d, psi.shape[0], check.widths("hidden", hidden), bool(batch_norm),
-                   _check_momentum(momentum), dtype)
-  (params, stats), history, areas, best_epoch = _fit(
-      key, fit.embeddings, fit.errors, fit.mask, psi, fit.learning_rate,
-      _check_eps(eps, dtype), fit.select, config=config,
-      batch_size=fit.batch_size, epochs=fit.epochs)
-  return FittedClusterMap(_graphdef(config), params, stats, history, areas,
-                          best_epoch)
+  config = ClusterMapConfig(d, psi.shape[0], checks.widths("hidden", hidden),
+                            bool(batch_norm), _check_momentum(momentum), dtype)
+  return _fit(key, fit.embeddings, fit.errors, fit.mask, psi, cluster_mask,
+              fit.learning_rate, eps, fit.select, config=config,
+              batch_size=fit.batch_size, epochs=fit.epochs)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "batch_size", "epochs"))
-def _fit(key, x, errors, mask, psi, learning_rate, eps, select, *,
-         config: _Config, batch_size: int, epochs: int):
+@checks.kernel(static_argnames=("config", "batch_size", "epochs"))
+def _fit(key, x, errors, mask, psi, cluster_mask, learning_rate, eps, select,
+         *, config: ClusterMapConfig, batch_size: int, epochs: int):
+  dtype = config.dtype
+  x, errors, psi = (a.astype(dtype) for a in (x, errors, psi))
+  mask = jnp.ones(errors.shape, bool) if mask is None else mask.astype(bool)
+  learning_rate = jnp.asarray(
+      _DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate, dtype)
+  eps = _eps(eps, dtype)
+  training.require_fit_values(x, errors, mask, learning_rate, "fit_cluster_map")
+  checks.require(jnp.all(jnp.isfinite(psi)), "fit_cluster_map: psi must be finite")
+  if select is not None:
+    select = training.require_selection(
+        jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(
+            a.dtype, jnp.floating) else a, select), psi.shape[1],
+        "fit_cluster_map")
   init_key, order_key = jax.random.split(key)
-  graphdef, params, stats = nnx.split(_build(config, init_key), nnx.Param,
-                                      nnx.BatchStat)
-  optimizer = optax.adam(learning_rate)
+  model = config.build(init_key)
+  if cluster_mask is not None:
+    model.cluster_mask[...] = cluster_mask.astype(bool)
 
-  def step(carry, rows):
-    (params, stats), opt_state = carry
-    params, stats, opt_state, loss = _train_step(
-        graphdef, optimizer, params, stats, opt_state, x[rows], errors[rows],
-        mask[rows], psi, eps)
-    return ((params, stats), opt_state), loss
+  def batch_loss(module, rows):
+    phi = module(x[rows], use_running_average=False)
+    return _loss(phi, psi, errors[rows], mask[rows], eps)
 
-  def predict(state, embeddings):
-    phi = _apply(graphdef, *state, embeddings)
-    return routing._predicted_loss(phi, psi)
+  def predict(module, embeddings):
+    phi = module(embeddings, use_running_average=True)
+    return routing.predicted_loss(phi, psi)
 
-  return _training.train(
-      order_key, (params, stats), optimizer.init(params), step,
-      num_rows=x.shape[0], batch_size=batch_size, epochs=epochs, dtype=x.dtype,
-      select=select, predict=predict)
-
-
-def _train_step(graphdef, optimizer, params, stats, opt_state, x, errors, mask,
-                psi, eps):
-  """One Adam step on a mini-batch; pure in the split (params, stats) state.
-
-  Returns the new params, running statistics, optimiser state, and the
-  batch loss before the update.
-  """
-
-  def loss_fn(params):
-    # Fresh Variables at this trace level: the forward pass writes the
-    # running averages into them, which the carried ones do not allow.
-    model = nnx.merge(graphdef, params, stats, copy=True)
-    phi = model(x, use_running_average=False)
-    # The forward pass updated the running averages inside ``model``.
-    return _loss(phi, psi, errors, mask, eps), nnx.state(model, nnx.BatchStat)
-
-  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), new_stats, opt_state, loss
+  return models.fit_model(
+      order_key, model, batch_loss=batch_loss, predict=predict,
+      num_rows=x.shape[0], batch_size=batch_size, epochs=epochs,
+      learning_rate=learning_rate, dtype=dtype, select=select)
 
 
 # ---------------------------------------------------------------- inference
 
 
-def apply_cluster_map(fitted: FittedClusterMap, x) -> Array:
+def apply_cluster_map(fitted: FittedModel, x) -> Array:
   """[n, k] cluster probabilities Phi(x) of a fitted map, in inference mode.
 
   BatchNorm uses the running averages, so each prompt's row depends on that
-  prompt alone (a batch of one gives the same row).
+  prompt alone (a batch of one gives the same row). Padding clusters get 0.
 
   Args:
-    fitted: a :class:`FittedClusterMap` from :func:`fit_cluster_map`.
+    fitted: a fitted map from :func:`fit_cluster_map`.
     x: [n, d] prompt embeddings.
   """
-  dtype = check.compute_dtype(x, _param_dtype(fitted))
-  x = check.array("x", x, ndim=2, dtype=dtype, shape_doc="[n, d]")
-  if x.shape[1] != fitted.dim:
+  module = models.check_fitted("fitted", fitted, ClusterMap).module
+  x = checks.float_array("x", x, ndim=2, shape_doc="[n, d]")
+  if x.shape[1] != module.dim:
     raise ValueError(
-        f"x must have {fitted.dim} columns (the embedding size the map was "
+        f"x must have {module.dim} columns (the embedding size the map was "
         f"fitted on), got shape {x.shape}")
-  return _apply(fitted.graphdef, fitted.params, fitted.batch_stats, x)
+  return _apply(fitted, x, dtype=checks.compute_dtype(x, fitted.param_dtype))
 
 
-def _param_dtype(fitted: FittedClusterMap):
-  return jnp.zeros((), fitted.params["output"]["kernel"].dtype)
+@checks.kernel(static_argnames=("dtype",))
+def _apply(fitted, x, *, dtype):
+  return fitted.module(x.astype(dtype), use_running_average=True)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(graphdef, params, stats, x):
-  return nnx.merge(graphdef, params, stats)(x, use_running_average=True)
-
-
-def learned_map_predicted_loss(fitted: FittedClusterMap, x, psi) -> Array:
+def learned_map_predicted_loss(fitted: FittedModel, x, psi) -> Array:
   """gamma = Phi(x) Psi: [n, m] predicted loss of each LLM (eq. 9).
 
   ``psi`` may describe any pool, in particular test LLMs unseen in training
@@ -426,35 +396,36 @@ def learned_map_predicted_loss(fitted: FittedClusterMap, x, psi) -> Array:
   universal.
 
   Args:
-    fitted: a :class:`FittedClusterMap`.
+    fitted: a fitted map from :func:`fit_cluster_map`.
     x: [n, d] prompt embeddings.
     psi: [k, m] per-cluster loss of each LLM in the pool.
   """
-  psi = check.array("psi", psi, ndim=2, shape_doc="[k, m]")
-  k = fitted.num_clusters
+  psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
+  k = models.check_fitted("fitted", fitted, ClusterMap).module.num_clusters
   if psi.shape[0] != k:
     raise ValueError(
         f"psi must have {k} rows (the map's num_clusters), got shape "
         f"{psi.shape}")
-  check.finite("psi", psi)
-  phi = apply_cluster_map(fitted, x)
-  dtype = check.compute_dtype(phi, psi)
-  return routing._predicted_loss(phi.astype(dtype), psi.astype(dtype))
+  return routing.predicted_loss(apply_cluster_map(fitted, x), psi)
 
 
 # --------------------------------------------------------------- validation
 
 
 def _check_momentum(momentum) -> float:
-  if not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+  if (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+      or not 0 <= momentum < 1):
     raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
   return float(momentum)
 
 
-def _check_eps(eps, dtype):
-  eps = jnp.asarray(eps, dtype)
-  if eps.ndim != 0:
-    raise ValueError(f"eps must be a scalar, got shape {eps.shape}")
-  if check.is_concrete(eps) and not bool((eps >= 0) & (eps < 0.5)):
-    raise ValueError(f"eps must lie in [0, 0.5), got {float(eps)!r}")
+def _check_eps(eps) -> None:
+  if eps is not None:
+    checks.scalar("eps", eps)
+
+
+def _eps(eps, dtype):
+  eps = jnp.asarray(_DEFAULT_EPS if eps is None else eps, dtype)
+  checks.require((eps >= 0) & (eps < 0.5), "eps must lie in [0, 0.5), got {}",
+                 eps)
   return eps

@@ -12,10 +12,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from uniroute_jax import _validation as check
-from uniroute_jax.types import Array
-
-_HIGHEST = jax.lax.Precision.HIGHEST
+from uniroute_jax import checks
+from uniroute_jax.types import PRECISION, Array
 
 
 class ClusterErrors(NamedTuple):
@@ -33,7 +31,7 @@ class ClusterErrors(NamedTuple):
 
 
 def cluster_errors(membership, loss, *, num_clusters: int | None = None,
-                   mask=None, weights=None, prior_strength=0.0
+                   mask=None, weights=None, prior_strength=None
                    ) -> ClusterErrors:
   """Per-cluster mean loss Psi [k, m] of each LLM (eq. 13 of the paper).
 
@@ -57,12 +55,13 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
     num_clusters: k (static); required with a hard assignment.
     mask: optional [n, m] bool, False where a label is missing.
     weights: optional [n] non-negative prompt weights.
-    prior_strength: a >= 0 above (traced).
+    prior_strength: a >= 0 above (traced; default 0).
 
   Returns:
-    A :class:`ClusterErrors`. An LLM with no labelled prompt at all is an
-    error on concrete inputs; traced (e.g. inside a vmapped protocol) it
-    gets ``overall`` and ``psi`` 1, as :func:`mean_loss` says.
+    A :class:`ClusterErrors`. An LLM with no labelled prompt at all is
+    assumed always wrong: ``overall`` and its ``psi`` are 1
+    (:func:`mean_loss`). A hard cluster index outside [0, k) leaves its
+    prompt out. Values are not checked (see :mod:`uniroute_jax.checks`).
 
   Examples:
     >>> import numpy as np
@@ -71,37 +70,33 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
     Array([[0.5, 1. ],
            [0. , 0. ]], dtype=float32)
   """
-  dtype = check.compute_dtype(loss, membership if _is_soft(membership) else None)
-  loss = check.array("loss", loss, ndim=2, dtype=dtype, shape_doc="[n, m]")
+  loss = checks.float_array("loss", loss, ndim=2, shape_doc="[n, m]")
   n, m = loss.shape
-  mask = check.bool_mask("mask", mask, (n, m))
-  check.in_range("loss", loss, 0.0, 1.0, where=mask)
-  if check.is_concrete(mask) and m and not bool(jnp.all(jnp.any(mask, axis=0))):
-    missing = int(jnp.argmin(jnp.any(mask, axis=0)))
-    raise ValueError(f"mask: LLM {missing} has no labelled prompt")
-  w = check.weights("weights", weights, n, dtype)
-  check.nonnegative("prior_strength", jnp.asarray(prior_strength))
-  if _is_soft(membership):
-    phi = check.array("membership", membership, ndim=2, dtype=dtype,
-                      shape_doc="[n, k]")
-    check.same_size("membership", phi.shape[0], "loss", n, "prompts")
-    check.nonnegative("membership", phi)
-    if num_clusters is not None and num_clusters != phi.shape[1]:
+  mask = checks.mask("mask", mask, (n, m))
+  weights = checks.weights("weights", weights, n)
+  if prior_strength is not None:
+    checks.scalar("prior_strength", prior_strength)
+  membership = checks.array(
+      "membership", membership, ndim=(1, 2),
+      shape_doc="[n] (clusters) or [n, k] (probabilities)")
+  checks.same_size("membership", membership.shape[0], "loss", n, "prompts")
+  if membership.ndim == 2:
+    membership = checks.float_array("membership", membership, ndim=2,
+                                    shape_doc="[n, k]")
+    k = membership.shape[1]
+    if num_clusters is not None and num_clusters != k:
       raise ValueError(
-          f"num_clusters={num_clusters} but membership has {phi.shape[1]} columns")
+          f"num_clusters={num_clusters} but membership has {k} columns")
+    dtype = checks.compute_dtype(loss, membership)
   else:
-    cluster = check.array("membership", membership, ndim=1, shape_doc="[n]")
-    check.same_size("membership", cluster.shape[0], "loss", n, "prompts")
+    checks.integer_array("membership", membership, ndim=1,
+                         shape_doc="[n] (cluster indices)")
     if num_clusters is None:
       raise ValueError("num_clusters must be given with a hard assignment")
-    k = check.positive_int("num_clusters", num_clusters)
-    check.in_range("membership", cluster, 0, k - 1)
-    phi = jax.nn.one_hot(cluster, k, dtype=dtype)
-  return _cluster_errors(phi, loss, mask, w, jnp.asarray(prior_strength, dtype))
-
-
-def _is_soft(membership) -> bool:
-  return membership is not None and jnp.ndim(membership) == 2
+    k = checks.positive_int("num_clusters", num_clusters)
+    dtype = checks.compute_dtype(loss)
+  return _cluster_errors(membership, loss, mask, weights, prior_strength,
+                         num_clusters=k, dtype=dtype)
 
 
 def mean_loss(loss, mask, w=None):
@@ -110,7 +105,7 @@ def mean_loss(loss, mask, w=None):
   An LLM with no labelled prompt at all is assumed always wrong (loss 1):
   nothing is known of it, and routing must never prefer it for a quality it
   has not shown. Every router of the library (Psi, K-NN's fallback,
-  ZeroRouter's hull) applies this one rule.
+  ZeroRouter's hull) applies this one rule. Traceable; no checks.
   """
   if w is None:
     w = jnp.ones(loss.shape[:1], loss.dtype)
@@ -120,12 +115,33 @@ def mean_loss(loss, mask, w=None):
   return jnp.where(total > 0, sums / jnp.where(total > 0, total, 1.0), 1.0)
 
 
-@jax.jit
-def _cluster_errors(phi, loss, mask, w, prior_strength):
+@checks.kernel(static_argnames=("num_clusters", "dtype"))
+def _cluster_errors(membership, loss, mask, w, prior_strength, *,
+                    num_clusters: int, dtype):
+  n = loss.shape[0]
+  loss = loss.astype(dtype)
+  mask = jnp.ones(loss.shape, bool) if mask is None else mask.astype(bool)
+  w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
+  prior_strength = jnp.asarray(0.0 if prior_strength is None else prior_strength,
+                               dtype)
+  if membership.ndim == 1:
+    checks.require(jnp.all((membership >= 0) & (membership < num_clusters)),
+                   f"cluster_errors: membership must hold cluster indices in "
+                   f"[0, {num_clusters})")
+    phi = jax.nn.one_hot(membership, num_clusters, dtype=dtype)
+  else:
+    phi = membership.astype(dtype)
+    checks.require(jnp.all(phi >= 0), "cluster_errors: membership must be "
+                   "non-negative")
+  checks.require(jnp.all(jnp.where(mask, (loss >= 0) & (loss <= 1), True)),
+                 "cluster_errors: loss must lie in [0, 1] where labelled")
+  checks.require(jnp.all(w >= 0), "cluster_errors: weights must be non-negative")
+  checks.require(prior_strength >= 0, "cluster_errors: prior_strength must be "
+                 "non-negative, got {}", prior_strength)
   labelled = mask * w[:, None]
-  counts = jnp.matmul(phi.T, labelled, precision=_HIGHEST)
+  counts = jnp.matmul(phi.T, labelled, precision=PRECISION)
   sums = jnp.matmul(phi.T, jnp.where(mask, loss, 0.0) * w[:, None],
-                    precision=_HIGHEST)
+                    precision=PRECISION)
   overall = mean_loss(loss, mask, w)
   overall_row = overall[None, :]
   denom = counts + prior_strength

@@ -6,7 +6,10 @@ Conventions (the paper leaves the normalisation open; these are ours):
   is exact: it visits every switch point (see ``routing.switch_path``), and
   prompts that switch at the same lambda switch together.
 - Relative cost = cost / the largest mean cost per prompt of any LLM in the
-  pool, so relative cost 1 is "always the dearest LLM".
+  pool, so relative cost 1 is "always the dearest LLM". When every LLM of
+  the pool is free (largest cost 0), every point has relative cost 0: the
+  curve is its best point, Area = peak quality, and QNC is 0 when the best
+  single LLM's quality is reached, +inf otherwise.
 - The curve is made monotone and then interpolated linearly: a point counts
   only if its quality beats every cheaper point (the upper envelope); left of
   the cheapest point the curve is flat at that point's quality, right of the
@@ -17,6 +20,10 @@ Conventions (the paper leaves the normalisation open; these are ours):
   the most accurate single LLM of the pool (with the flat extension on the
   left, so 0 when the cheapest point already reaches it); +inf when never.
 - Peak quality = the highest quality on the curve.
+- A curve without any valid point (an empty pool) has NaN metrics.
+
+Every function here is pure and jit / vmap safe; values are not checked
+(see :mod:`uniroute_jax.checks`).
 """
 
 from __future__ import annotations
@@ -26,8 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from uniroute_jax import _validation as check
-from uniroute_jax import routing
+from uniroute_jax import checks, routing
 from uniroute_jax.types import Array
 
 
@@ -53,7 +59,8 @@ class DeferralCurve(NamedTuple):
 
   @property
   def relative_cost(self) -> Array:
-    return self.cost / self.max_cost
+    """[p] cost / max_cost (0 everywhere when the whole pool is free)."""
+    return _relative(self.cost, self.max_cost)
 
 
 class DeferralMetrics(NamedTuple):
@@ -77,20 +84,38 @@ class Envelope(NamedTuple):
   quality: Array
 
 
-def _single_llm_points(true_loss, cost, w):
-  """([m] mean cost, [m] quality) of each LLM answering every prompt alone."""
-  share = w[:, None] / jnp.sum(w)
+class SingleLLMPoints(NamedTuple):
+  """Each LLM answering every prompt alone.
+
+  Attributes:
+    cost: [m] mean cost per prompt.
+    quality: [m] mean quality, 1 - mean loss.
+  """
+
+  cost: Array
+  quality: Array
+
+  def extremes(self, pool):
+    """(largest mean cost, best quality) over the available LLMs ``pool``."""
+    return (jnp.max(jnp.where(pool, self.cost, -jnp.inf)),
+            jnp.max(jnp.where(pool, self.quality, -jnp.inf)))
+
+
+def _relative(cost, max_cost):
+  positive = max_cost > 0
+  return jnp.where(positive, cost / jnp.where(positive, max_cost, 1.0), 0.0)
+
+
+def single_llm_points(true_loss, cost, weights) -> SingleLLMPoints:
+  """Mean (cost, quality) of each LLM alone on the prompts, weighted.
+
+  Traceable helper of the curves: ``true_loss`` [n, m], ``cost`` [m] or
+  [n, m], ``weights`` [n] (not all zero).
+  """
+  share = weights[:, None] / jnp.sum(weights)
   per_model_cost = jnp.sum(share * jnp.broadcast_to(cost, true_loss.shape), axis=0)
   per_model_quality = 1.0 - jnp.sum(share * true_loss, axis=0)
-  return per_model_cost, per_model_quality
-
-
-def _pool_summaries(true_loss, cost, pool, w):
-  """(max mean cost, best quality) over the available LLMs."""
-  per_model_cost, per_model_quality = _single_llm_points(true_loss, cost, w)
-  max_cost = jnp.max(jnp.where(pool, per_model_cost, -jnp.inf))
-  best_quality = jnp.max(jnp.where(pool, per_model_quality, -jnp.inf))
-  return max_cost, best_quality
+  return SingleLLMPoints(per_model_cost, per_model_quality)
 
 
 def deferral_curve(predicted_loss, true_loss, cost, *, pool_mask=None,
@@ -98,14 +123,15 @@ def deferral_curve(predicted_loss, true_loss, cost, *, pool_mask=None,
   """The exact deferral curve of the rule argmin_m gamma_m(x) + lambda c_m.
 
   Args:
-    predicted_loss: [n, m] gamma the router ranks LLMs by (for the
+    predicted_loss: [n, m] finite gamma the router ranks LLMs by (for the
       per-prompt oracle, the true loss itself).
-    true_loss: [n, m] the loss actually incurred, in [0, 1].
+    true_loss: [n, m] the loss actually incurred, in [0, 1] (rows of zero
+      weight may hold anything).
     cost: [m] or [n, m] non-negative costs actually paid.
     pool_mask: optional [m] bool; only available LLMs are routed to and
       count for ``max_cost`` and ``best_quality``.
-    weights: optional [n] non-negative prompt weights (0 leaves a prompt
-      out, e.g. one without labels for the whole pool).
+    weights: optional [n] non-negative prompt weights, not all zero (0
+      leaves a prompt out, e.g. one without labels for the whole pool).
     routing_cost: optional [m] or [n, m] costs the rule ranks LLMs by;
       default ``cost``. A prompt's own cost (which depends on the answer's
       length) is unknown before routing, so a real router ranks by an
@@ -114,56 +140,55 @@ def deferral_curve(predicted_loss, true_loss, cost, *, pool_mask=None,
 
   Returns:
     A :class:`DeferralCurve` with 1 + n (m - 1) points (the point at
-    lambda = 0, then one per possible switch).
+    lambda = 0, then one per possible switch); no point is valid when the
+    pool is empty.
   """
-  dtype = check.compute_dtype(predicted_loss, true_loss, cost)
-  gamma = check.array("predicted_loss", predicted_loss, ndim=2, dtype=dtype,
-                      shape_doc="[n, m]")
-  truth = check.array("true_loss", true_loss, ndim=2, dtype=dtype,
-                      shape_doc="[n, m]")
+  gamma = checks.float_array("predicted_loss", predicted_loss, ndim=2,
+                             shape_doc="[n, m]")
+  truth = checks.float_array("true_loss", true_loss, ndim=2, shape_doc="[n, m]")
   if truth.shape != gamma.shape:
     raise ValueError(f"true_loss must have shape {gamma.shape} like "
                      f"predicted_loss, got {truth.shape}")
   n, m = gamma.shape
-  check.finite("predicted_loss", gamma)
-  w = check.weights("weights", weights, n, dtype)
-  check.in_range("true_loss", truth, 0.0, 1.0,
-                 where=None if weights is None else (w > 0)[:, None])
-  cost, pool = routing._check_cost_and_pool(cost, pool_mask, n, m, dtype)
-  if routing_cost is None:
-    routing_cost = cost
-  else:
-    routing_cost = check.array("routing_cost", routing_cost, ndim=(1, 2),
-                               dtype=dtype, shape_doc="[m] or [n, m]")
-    if routing_cost.shape not in ((m,), (n, m)):
-      raise ValueError(f"routing_cost must have shape [{m}] or [{n}, {m}], "
-                       f"got {routing_cost.shape}")
-    check.nonnegative("routing_cost", routing_cost)
-  if check.is_concrete(cost) and check.is_concrete(pool):
-    max_cost, _ = _pool_summaries(jnp.zeros_like(truth), cost, pool, w)
-    if not float(max_cost) > 0:
-      raise ValueError("cost must be positive for at least one available LLM")
-  return _deferral_curve(gamma, truth, cost, pool, w, routing_cost)
+  if m < 1:
+    raise ValueError("predicted_loss must have at least one LLM (column), "
+                     f"got shape {gamma.shape}")
+  cost = checks.cost("cost", cost, n, m)
+  if routing_cost is not None:
+    routing_cost = checks.cost("routing_cost", routing_cost, n, m)
+  return _deferral_curve(
+      gamma, truth, cost, checks.mask("pool_mask", pool_mask, (m,)),
+      checks.weights("weights", weights, n), routing_cost,
+      dtype=checks.compute_dtype(gamma, truth, cost))
 
 
-@jax.jit
-def _deferral_curve(gamma, truth, cost, pool, w, routing_cost=None):
+@checks.kernel(static_argnames=("dtype",))
+def _deferral_curve(gamma, truth, cost, pool_mask, w, routing_cost, *, dtype):
   n, m = gamma.shape
+  gamma, truth, cost = (a.astype(dtype) for a in (gamma, truth, cost))
+  w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
+  pool = jnp.ones((m,), bool) if pool_mask is None else pool_mask.astype(bool)
+  checks.require(jnp.all(w >= 0) & jnp.any(w > 0), "deferral_curve: weights "
+                 "must be non-negative with a positive entry")
+  checks.require(jnp.all(jnp.where(w[:, None] > 0, (truth >= 0) & (truth <= 1),
+                                   True)),
+                 "deferral_curve: true_loss must lie in [0, 1]")
   truth = jnp.where(w[:, None] > 0, truth, 0.0)
   cost = jnp.broadcast_to(cost, gamma.shape)
-  if routing_cost is None:
-    routing_cost = cost
-  path = routing._switch_path(gamma, routing_cost, pool)
+  routing_cost = cost if routing_cost is None else routing_cost.astype(dtype)
+  path = routing.switch_path(gamma, routing_cost, pool_mask=pool)
   rows = jnp.arange(n)
   total = jnp.sum(w)
+  # An empty pool leaves start at -1: no LLM answers, no point is valid.
+  start = jnp.maximum(path.start, 0)
 
   def at(values, choice):
     return values[rows, choice]
 
   take = jax.vmap(at, in_axes=(None, 0))
-  start_cost = jnp.sum(w * at(cost, path.start)) / total
-  start_loss = jnp.sum(w * at(truth, path.start)) / total
-  previous = jnp.concatenate([path.start[None], path.choice[:-1]], axis=0)
+  start_cost = jnp.sum(w * at(cost, start)) / total
+  start_loss = jnp.sum(w * at(truth, start)) / total
+  previous = jnp.concatenate([start[None], path.choice[:-1]], axis=0)
   moved = jnp.isfinite(path.lambdas)
   d_cost = jnp.where(moved, w[None, :] * (take(cost, path.choice) - take(cost, previous)), 0.0)
   d_loss = jnp.where(moved, w[None, :] * (take(truth, path.choice) - take(truth, previous)), 0.0)
@@ -176,42 +201,82 @@ def _deferral_curve(gamma, truth, cost, pool, w, routing_cost=None):
   # state after the last of them.
   last_of_group = jnp.append(lambdas[1:] != lambdas[:-1], True)
   valid = jnp.isfinite(lambdas) & last_of_group
-  max_cost, best_quality = _pool_summaries(truth, cost, pool, w)
+  max_cost, best_quality = single_llm_points(truth, cost, w).extremes(pool)
   zero = jnp.zeros((1,), gamma.dtype)
   return DeferralCurve(
       lambdas=jnp.concatenate([zero, lambdas]),
       cost=jnp.concatenate([start_cost[None], cost_curve]),
       quality=1.0 - jnp.concatenate([start_loss[None], loss_curve]),
-      valid=jnp.concatenate([jnp.ones((1,), bool), valid]),
+      valid=jnp.concatenate([jnp.ones((1,), bool), valid]) & jnp.any(pool),
       max_cost=max_cost, best_quality=best_quality)
 
 
-def _labelled_area(gamma, loss, mask, cost):
-  """Area of routing a pool by ``gamma`` on prompts with partial labels.
+def labelled_area(predicted_loss, loss, mask, cost) -> Array:
+  """[] Area of routing a pool by ``predicted_loss`` on partly labelled prompts.
 
   Only prompts labelled for every LLM are scored (an unlabelled choice has
   no known loss); LLMs are ranked by their mean cost over the prompts, the
   cost a router knows before an answer, while the curve accounts the cost
-  paid. ``cost`` is [m] or [n, m].
+  paid. Used to choose hyper-parameters and checkpoints on validation
+  prompts.
+
+  Args:
+    predicted_loss: [n, m] gamma.
+    loss: [n, m] true losses (anything where ``mask`` is False).
+    mask: [n, m] bool, True where labelled; some prompt must be labelled
+      for every LLM.
+    cost: [m] or [n, m] costs paid.
   """
+  gamma = checks.float_array("predicted_loss", predicted_loss, ndim=2,
+                             shape_doc="[n, m]")
+  n, m = gamma.shape
+  loss = checks.float_array("loss", loss, ndim=2, shape_doc="[n, m]")
+  if loss.shape != gamma.shape:
+    raise ValueError(f"loss must have shape {gamma.shape} like predicted_loss, "
+                     f"got {loss.shape}")
+  mask = checks.mask("mask", mask, (n, m))
+  cost = checks.cost("cost", cost, n, m)
+  return _labelled_area(gamma, loss, mask, cost,
+                        dtype=checks.compute_dtype(gamma, loss, cost))
+
+
+@checks.kernel(static_argnames=("dtype",))
+def _labelled_area(gamma, loss, mask, cost, *, dtype):
+  mask = jnp.ones(gamma.shape, bool) if mask is None else mask.astype(bool)
   route_cost = jnp.mean(cost, axis=0) if cost.ndim == 2 else cost
-  curve = _deferral_curve(
-      gamma, jnp.where(mask, loss, 0.0), cost, jnp.ones(gamma.shape[1], bool),
-      jnp.all(mask, axis=1).astype(gamma.dtype), route_cost)
+  curve = deferral_curve(gamma, jnp.where(mask, loss, 0.0), cost,
+                         weights=jnp.all(mask, axis=1).astype(dtype),
+                         routing_cost=route_cost)
   return _deferral_metrics(curve, None).area
 
 
 def curve_from_points(cost, quality, *, max_cost, best_quality, valid=None
                       ) -> DeferralCurve:
   """A :class:`DeferralCurve` from explicit (cost, quality) points [p]."""
-  dtype = check.compute_dtype(cost, quality)
-  cost = check.array("cost", cost, ndim=1, dtype=dtype, shape_doc="[p]")
-  quality = check.array("quality", quality, ndim=1, dtype=dtype, shape_doc="[p]")
-  check.same_size("cost", cost.shape[0], "quality", quality.shape[0], "points")
-  valid = check.bool_mask("valid", valid, cost.shape)
-  return DeferralCurve(jnp.full(cost.shape, jnp.nan, dtype), cost, quality,
-                       valid, jnp.asarray(max_cost, dtype),
+  cost = checks.float_array("cost", cost, ndim=1, shape_doc="[p]")
+  quality = checks.float_array("quality", quality, ndim=1, shape_doc="[p]")
+  checks.same_size("cost", cost.shape[0], "quality", quality.shape[0], "points")
+  checks.scalar("max_cost", max_cost)
+  checks.scalar("best_quality", best_quality)
+  valid = checks.mask("valid", valid, cost.shape)
+  return _curve_from_points(cost, quality, max_cost, best_quality, valid,
+                            dtype=checks.compute_dtype(cost, quality))
+
+
+@checks.kernel(static_argnames=("dtype",))
+def _curve_from_points(cost, quality, max_cost, best_quality, valid, *, dtype):
+  valid = jnp.ones(cost.shape, bool) if valid is None else valid.astype(bool)
+  return DeferralCurve(jnp.full(cost.shape, jnp.nan, dtype), cost.astype(dtype),
+                       quality.astype(dtype), valid,
+                       jnp.asarray(max_cost, dtype),
                        jnp.asarray(best_quality, dtype))
+
+
+def _check_curve(curve) -> DeferralCurve:
+  if not isinstance(curve, DeferralCurve):
+    raise ValueError(f"curve must be a DeferralCurve (from deferral_curve or "
+                     f"curve_from_points), got {type(curve).__name__}")
+  return curve
 
 
 def upper_envelope(curve: DeferralCurve) -> Envelope:
@@ -222,12 +287,12 @@ def upper_envelope(curve: DeferralCurve) -> Envelope:
   are replaced by the last envelope point before them, so the polyline keeps
   the curve's static length.
   """
-  return _upper_envelope(curve)
+  return _upper_envelope(_check_curve(curve))
 
 
-@jax.jit
+@checks.kernel
 def _upper_envelope(curve):
-  rel = jnp.where(curve.valid, curve.cost / curve.max_cost, jnp.inf)
+  rel = jnp.where(curve.valid, _relative(curve.cost, curve.max_cost), jnp.inf)
   quality = jnp.where(curve.valid, curve.quality, -jnp.inf)
   order = jnp.lexsort((-quality, rel))
   rel, quality = rel[order], quality[order]
@@ -237,7 +302,7 @@ def _upper_envelope(curve):
   on_envelope = (quality > best_before) & jnp.isfinite(rel)
   index = jnp.arange(rel.shape[0])
   last = jax.lax.cummax(jnp.where(on_envelope, index, -1))
-  # The first point is always on the envelope (curves have >= 1 valid point).
+  # The first point is on the envelope whenever the curve has a valid point.
   last = jnp.maximum(last, 0)
   return Envelope(rel[last], quality[last])
 
@@ -289,6 +354,9 @@ def deferral_metrics(curve: DeferralCurve, *, rtol=None) -> DeferralMetrics:
       single LLM's quality; both are means accumulated in floating point, so
       an exact tie can land a few ulps short. Default: 64 ulps of the dtype.
 
+  Returns:
+    :class:`DeferralMetrics`, NaN when the curve has no valid point.
+
   Examples:
     The per-prompt oracle on two prompts; the cheap LLM fails the first:
 
@@ -299,18 +367,23 @@ def deferral_metrics(curve: DeferralCurve, *, rtol=None) -> DeferralMetrics:
     >>> [round(float(v), 4) for v in (m.area, m.area50, m.qnc, m.peak_quality)]
     [0.6875, 0.25, 0.75, 1.0]
   """
+  curve = _check_curve(curve)
+  if rtol is not None:
+    checks.scalar("rtol", rtol)
   return _deferral_metrics(curve, rtol)
 
 
-@jax.jit
+@checks.kernel
 def _deferral_metrics(curve, rtol):
   env = _upper_envelope(curve)
   dtype = env.quality.dtype
   if rtol is None:
     rtol = 64 * jnp.finfo(dtype).eps
   slack = rtol * jnp.abs(curve.best_quality)
-  return DeferralMetrics(
+  metrics = DeferralMetrics(
       area=_area(env, jnp.asarray(1.0, dtype)),
       area50=_area(env, jnp.asarray(0.5, dtype)),
       qnc=_reach(env, curve.best_quality, slack),
       peak_quality=jnp.max(env.quality))
+  defined = jnp.any(curve.valid)
+  return DeferralMetrics(*(jnp.where(defined, v, jnp.nan) for v in metrics))

@@ -6,11 +6,12 @@ Nothing here computes a metric; it only presents :class:`protocol.Evaluation`.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
 
-from uniroute_jax import protocol
+from uniroute_jax import io, protocol
 
 
 def _number(x) -> float | None:
@@ -30,7 +31,7 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
   """
   methods = {}
   for name, s in evaluation.methods.items():
-    method = protocol.METHODS[name]
+    method = s.method
     entry = {
         "title": s.title,
         "reference": method.reference,
@@ -50,13 +51,15 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
     if method.hyperparameter:
       entry["hyperparameter"] = method.hyperparameter
       entry["chosen"] = [int(v) for v in np.asarray(s.trials.chosen)]
+      candidates = _candidates(method)
+      if candidates is not None:
+        entry["candidates"] = candidates
     if s.versus_best is not None:
       entry["sign_test_vs_best"] = {
           "wins": s.versus_best.wins, "losses": s.versus_best.losses,
           "ties": s.versus_best.ties, "p_value": s.versus_best.p_value,
           "significantly_worse": s.significantly_worse}
     methods[name] = entry
-  settings = evaluation.settings
   return {
       "methods": methods,
       "best_method": evaluation.best,
@@ -68,10 +71,17 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
           "test_prompts": int(evaluation.splits.test.shape[1]),
           "train_llms": int(evaluation.splits.train_models.shape[1]),
           "test_llms": int(evaluation.splits.test_models.shape[1])},
-      "candidates": {"K": list(settings.cluster_grid),
-                     "k": list(settings.neighbor_grid)},
       **extra,
   }
+
+
+def _candidates(method) -> list[int] | None:
+  """The candidate values a method chose its hyper-parameter from."""
+  for field in ("clusters", "neighbors", "ranks"):
+    values = getattr(method, field, None)
+    if values is not None:
+      return [int(v) for v in np.asarray(values).ravel()]
+  return None
 
 
 def format_table(evaluation: protocol.Evaluation) -> str:
@@ -81,7 +91,7 @@ def format_table(evaluation: protocol.Evaluation) -> str:
             f"{'QNC':>7} {'peak':>6} {'chosen':>9}  vs best")
   lines = [header, "-" * len(header)]
   for name, s in evaluation.methods.items():
-    method = protocol.METHODS[name]
+    method = s.method
     qnc = "never" if math.isinf(s.qnc) else f"{100 * s.qnc:.1f}%"
     chosen = ""
     if method.hyperparameter:
@@ -102,6 +112,10 @@ def format_table(evaluation: protocol.Evaluation) -> str:
   return "\n".join(lines)
 
 
+PLOT_FORMATS = ("png", "svg", "pdf")
+"""The file formats :func:`plot` writes, by suffix."""
+
+
 def plot(evaluation: protocol.Evaluation, path: str | None = None, *,
          title: str = "", ax=None):
   """Draws the mean deferral curves, with each test LLM as a point.
@@ -109,7 +123,8 @@ def plot(evaluation: protocol.Evaluation, path: str | None = None, *,
   Args:
     evaluation: from :func:`protocol.evaluate`.
     path: where to save the figure (PNG, SVG, PDF by extension); None to
-      only draw it.
+      only draw it. The file is written whole or not at all, and never over
+      an existing one (``FileExistsError``).
     title: the axes' title; default names the number of trials.
     ax: matplotlib axes to draw into (e.g. in a notebook); default a new
       figure.
@@ -135,7 +150,7 @@ def plot(evaluation: protocol.Evaluation, path: str | None = None, *,
              color="0.6", alpha=min(1.0, 8.0 / pool.quality.shape[0]),
              label="single test LLMs", zorder=1)
   for name, s in evaluation.methods.items():
-    method = protocol.METHODS[name]
+    method = s.method
     style = ":" if method.clairvoyant else "--" if method.reference else "-"
     ax.plot(s.relative_cost, s.quality, style, label=f"{s.title} ({s.area:.3f})",
             zorder=2)
@@ -148,6 +163,11 @@ def plot(evaluation: protocol.Evaluation, path: str | None = None, *,
   ax.grid(alpha=0.3)
   fig.tight_layout()
   if path is not None:
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    suffix = os.path.splitext(str(path))[1].lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+      raise ValueError(f"path must end in one of {PLOT_FORMATS}, got {path}")
+    try:
+      io.atomic_write(path, lambda f: fig.savefig(f, format=suffix, dpi=120))
+    finally:
+      plt.close(fig)
   return fig

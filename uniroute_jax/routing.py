@@ -7,6 +7,11 @@ lambdas, and takes a pool mask, so the pool can change without retracing.
 Ties are broken towards the cheaper LLM (then the lower index): at a
 break-even lambda the rule already takes the cheaper side, so the routing at
 lambda equals the state that :func:`switch_path` records as starting there.
+
+Values are never inspected (see :mod:`uniroute_jax.checks`). Where no LLM
+can be chosen, the choice is -1: a prompt whose hard cluster index lies
+outside [0, k) (its predicted losses are NaN), one whose predicted losses
+are all NaN, or any prompt when the pool mask leaves no LLM.
 """
 
 from __future__ import annotations
@@ -16,11 +21,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from uniroute_jax import _blocks
-from uniroute_jax import _validation as check
-from uniroute_jax.types import Array
-
-_HIGHEST = jax.lax.Precision.HIGHEST
+from uniroute_jax import _blocks, checks
+from uniroute_jax.types import PRECISION, Array
 
 
 class RoutingResult(NamedTuple):
@@ -28,7 +30,7 @@ class RoutingResult(NamedTuple):
 
   Attributes:
     choice: int32 index of the chosen LLM, [n] for a scalar lambda or
-      [L, n] for L lambdas.
+      [L, n] for L lambdas; -1 where no LLM can be chosen.
     membership: the [n] clusters or [n, k] cluster probabilities routed.
     psi: the [k, m] feature vectors routed with.
   """
@@ -41,14 +43,14 @@ class RoutingResult(NamedTuple):
   def predicted_loss(self) -> Array:
     """[n, m] gamma = Phi^T Psi, computed on access (the choice never needs
     the [n, m] matrix when clusters are hard)."""
-    return _predicted_loss(self.membership, self.psi)
+    return predicted_loss(self.membership, self.psi)
 
 
 class SwitchPath(NamedTuple):
   """How each prompt's choice changes as lambda grows from 0 to infinity.
 
   Attributes:
-    start: [n] int32 choice at lambda = 0.
+    start: [n] int32 choice at lambda = 0 (-1 where no LLM can be chosen).
     lambdas: [s, n] the lambda at which step t begins, ascending in t;
       +inf for steps that never happen (s = m - 1 is the most there can be).
     choice: [s, n] int32 choice from ``lambdas[t]`` on (the previous choice
@@ -86,23 +88,26 @@ def lexicographic_argmin(primary, secondary):
   return jnp.minimum(best, size - 1)
 
 
-def _check_cost_and_pool(cost, pool_mask, n: int, m: int, dtype):
-  cost = check.array("cost", cost, ndim=(1, 2), dtype=dtype,
-                     shape_doc="[m] or [n, m]")
-  if cost.shape not in ((m,), (n, m)):
-    raise ValueError(f"cost must have shape [{m}] or [{n}, {m}], got {cost.shape}")
-  check.nonnegative("cost", cost)
-  pool = check.bool_mask("pool_mask", pool_mask, (m,))
-  if check.is_concrete(pool) and m and not bool(jnp.any(pool)):
-    raise ValueError("pool_mask must leave at least one LLM available")
-  return cost, pool
+def _check_pool(pool_mask, m: int):
+  return checks.mask("pool_mask", pool_mask, (m,))
 
 
-def _check_lambdas(lambdas, dtype):
-  lambdas = check.array("lambdas", lambdas, ndim=(0, 1), dtype=dtype,
-                        shape_doc="(a scalar or [L])")
-  check.nonnegative("lambdas", lambdas)
-  return lambdas
+def _check_lambdas(lambdas):
+  return checks.float_array("lambdas", lambdas, ndim=(0, 1),
+                            shape_doc="(a scalar or [L])")
+
+
+def _require_costs(cost, lambdas=None, where: str = "route"):
+  checks.require(jnp.all(cost >= 0) & jnp.all(jnp.isfinite(cost)),
+                 f"{where}: cost must be finite and non-negative")
+  if lambdas is not None:
+    checks.require(jnp.all(lambdas >= 0),
+                   f"{where}: lambdas must be non-negative")
+
+
+def _pool(pool_mask, m: int):
+  """[m] bool availability (all True for None)."""
+  return jnp.ones((m,), bool) if pool_mask is None else pool_mask.astype(bool)
 
 
 def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
@@ -115,15 +120,17 @@ def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
     pool_mask: optional [m] bool, False for LLMs that are not available.
 
   Returns:
-    int32 choices, [n] for a scalar lambda, [L, n] for a grid.
+    int32 choices, [n] for a scalar lambda, [L, n] for a grid; -1 where no
+    available LLM has a predicted loss that is not NaN.
   """
-  dtype = check.compute_dtype(predicted_loss, cost)
-  gamma = check.array("predicted_loss", predicted_loss, ndim=2, dtype=dtype,
-                      shape_doc="[n, m]")
+  gamma = checks.float_array("predicted_loss", predicted_loss, ndim=2,
+                             shape_doc="[n, m]")
   n, m = gamma.shape
-  cost, pool = _check_cost_and_pool(cost, pool_mask, n, m, dtype)
-  lambdas = _check_lambdas(lambdas, dtype)
-  return _choose(gamma, cost, lambdas, pool)
+  cost = checks.cost("cost", cost, n, m)
+  lambdas = _check_lambdas(lambdas)
+  pool_mask = _check_pool(pool_mask, m)
+  return _choose_jit(gamma, cost, lambdas, pool_mask,
+                     dtype=checks.compute_dtype(gamma, cost))
 
 
 def _choose_by_reduction(gamma, cost, lambdas, pool):
@@ -132,8 +139,11 @@ def _choose_by_reduction(gamma, cost, lambdas, pool):
   available = pool[None, :]
 
   def one(lam):
-    score = jnp.where(available, gamma + lam * cost, jnp.inf)
-    return lexicographic_argmin(score, jnp.where(available, cost, jnp.inf))
+    score = gamma + lam * cost
+    eligible = available & ~jnp.isnan(score)
+    best = lexicographic_argmin(jnp.where(eligible, score, jnp.inf),
+                                jnp.where(eligible, cost, jnp.inf))
+    return jnp.where(jnp.any(eligible, axis=1), best, -1)
 
   return jax.vmap(one)(lambdas)
 
@@ -163,29 +173,37 @@ def _choose_by_columns(gamma, cost, lambdas, pool):
 
     def visit(j, state):
       best, best_cost, choice = state
-      cj = jnp.where(pool[j], c[j], jnp.inf)[None, :]
-      score = jnp.where(pool[j], g[j][None, :] + lam * cj, jnp.inf)
-      better = (score < best) | ((score == best) & (cj < best_cost))
+      cj = c[j][None, :]
+      score = g[j][None, :] + lam * cj
+      better = pool[j] & ~jnp.isnan(score) & (
+          (score < best) | ((score == best) & (cj < best_cost)))
       return (jnp.where(better, score, best),
               jnp.where(better, cj, best_cost),
               jnp.where(better, j, choice))
 
     start = (jnp.full((num_lambdas, rows), jnp.inf, g.dtype),
              jnp.full((num_lambdas, rows), jnp.inf, c.dtype),
-             jnp.full((num_lambdas, rows), m - 1, jnp.int32))
+             jnp.full((num_lambdas, rows), -1, jnp.int32))
     _, _, choice = jax.lax.fori_loop(0, m, visit, start)
     return choice.T
 
   return _blocks.map_rows(tile_choice, (gamma, cost), tile).T
 
 
-@jax.jit
 def _choose(gamma, cost, lambdas, pool):
+  """The selection kernel, traceable: choices [L, n] (or [n] for a scalar)."""
   grid = jnp.atleast_1d(lambdas)
   choice = jax.lax.platform_dependent(
       gamma, cost, grid, pool, cpu=_choose_by_columns,
       default=_choose_by_reduction)
   return choice[0] if lambdas.ndim == 0 else choice
+
+
+@checks.kernel(static_argnames=("dtype",))
+def _choose_jit(gamma, cost, lambdas, pool_mask, *, dtype):
+  gamma, cost, lambdas = (a.astype(dtype) for a in (gamma, cost, lambdas))
+  _require_costs(cost, lambdas, "choose_models")
+  return _choose(gamma, cost, lambdas, _pool(pool_mask, gamma.shape[1]))
 
 
 def predicted_loss(membership, psi) -> Array:
@@ -195,34 +213,65 @@ def predicted_loss(membership, psi) -> Array:
     membership: [n] int cluster of each prompt, or [n, k] cluster
       probabilities.
     psi: [k, m] per-cluster loss of each LLM (see ``features.cluster_errors``).
+
+  Returns:
+    [n, m]; a row is NaN where a hard cluster index lies outside [0, k).
   """
-  dtype = check.compute_dtype(psi, membership if jnp.ndim(membership) == 2 else None)
-  psi = check.array("psi", psi, ndim=2, dtype=dtype, shape_doc="[k, m]")
-  membership = _check_membership(membership, psi.shape[0], dtype)
-  return _predicted_loss(membership, psi)
+  psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
+  membership = _check_membership(membership, psi.shape[0])
+  return _predicted_loss_jit(membership, psi, dtype=_dtype(membership, psi))
 
 
-def _check_membership(membership, k: int, dtype):
-  membership = check.array("membership", membership, ndim=(1, 2),
-                           shape_doc="[n] (clusters) or [n, k] (probabilities)")
+def _dtype(membership, psi, *more):
+  soft = membership if membership.ndim == 2 else None
+  return checks.compute_dtype(psi, soft, *more)
+
+
+def _check_membership(membership, k: int):
+  membership = checks.array(
+      "membership", membership, ndim=(1, 2),
+      shape_doc="[n] (clusters) or [n, k] (probabilities)")
   if membership.ndim == 2:
+    checks.float_array("membership", membership, ndim=2, shape_doc="[n, k]")
     if membership.shape[1] != k:
       raise ValueError(
           f"membership must have {k} columns like psi has rows, "
           f"got shape {membership.shape}")
-    membership = membership.astype(dtype)
-    check.nonnegative("membership", membership)
-  else:
-    if not jnp.issubdtype(membership.dtype, jnp.integer):
-      raise ValueError("membership must hold integer cluster indices when 1-d")
-    check.in_range("membership", membership, 0, k - 1)
+  elif not jnp.issubdtype(membership.dtype, jnp.integer):
+    raise ValueError("membership must hold integer cluster indices when 1-d")
   return membership
 
 
-def _predicted_loss(membership, psi):
+def _gamma(membership, psi):
+  """Phi^T Psi: hard indices outside [0, k) give NaN rows, soft memberships
+  a matmul at full precision."""
   if membership.ndim == 1:
-    return psi[membership]
-  return jnp.matmul(membership, psi, precision=_HIGHEST)
+    known = _known_cluster(membership, psi.shape[0])
+    rows = psi[jnp.where(known, membership, 0)]
+    return jnp.where(known[:, None], rows, jnp.nan)
+  return jnp.matmul(membership, psi, precision=PRECISION)
+
+
+def _known_cluster(membership, k: int):
+  """[n] bool: the hard cluster index lies in [0, k)."""
+  return (membership >= 0) & (membership < k)
+
+
+def _require_membership(membership, k: int, where: str):
+  if membership.ndim == 1:
+    checks.require(jnp.all((membership >= 0) & (membership < k)),
+                   f"{where}: membership must hold cluster indices in [0, {k})")
+  else:
+    checks.require(jnp.all(membership >= 0),
+                   f"{where}: membership must be non-negative")
+
+
+@checks.kernel(static_argnames=("dtype",))
+def _predicted_loss_jit(membership, psi, *, dtype):
+  psi = psi.astype(dtype)
+  _require_membership(membership, psi.shape[0], "predicted_loss")
+  membership = membership if membership.ndim == 1 else membership.astype(dtype)
+  return _gamma(membership, psi)
 
 
 def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
@@ -240,8 +289,9 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
     pool_mask: optional [m] bool; an LLM whose entry is False is never chosen.
 
   Returns:
-    A :class:`RoutingResult`; ``choice`` is [n] or [L, n], and
-    ``predicted_loss`` the [n, m] gamma.
+    A :class:`RoutingResult`; ``choice`` is [n] or [L, n] (-1 for a prompt
+    whose cluster index lies outside [0, k), or when no LLM is available),
+    and ``predicted_loss`` the [n, m] gamma.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -251,28 +301,37 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
     Array([[0, 0],
            [1, 1]], dtype=int32)
   """
-  dtype = check.compute_dtype(psi, cost,
-                              membership if jnp.ndim(membership) == 2 else None)
-  psi = check.array("psi", psi, ndim=2, dtype=dtype, shape_doc="[k, m]")
-  check.finite("psi", psi)
+  psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
   k, m = psi.shape
-  membership = _check_membership(membership, k, dtype)
+  membership = _check_membership(membership, k)
   n = membership.shape[0]
-  cost, pool = _check_cost_and_pool(cost, pool_mask, n, m, dtype)
-  lambdas = _check_lambdas(lambdas, dtype)
-  return _route(membership, psi, cost, lambdas, pool)
+  cost = checks.cost("cost", cost, n, m)
+  lambdas = _check_lambdas(lambdas)
+  pool_mask = _check_pool(pool_mask, m)
+  return _route(membership, psi, cost, lambdas, pool_mask,
+                dtype=_dtype(membership, psi, cost))
 
 
-@jax.jit
-def _route(membership, psi, cost, lambdas, pool):
+@checks.kernel(static_argnames=("dtype",))
+def _route(membership, psi, cost, lambdas, pool_mask, *, dtype):
+  psi, cost, lambdas = (a.astype(dtype) for a in (psi, cost, lambdas))
+  k, m = psi.shape
+  _require_membership(membership, k, "route")
+  checks.require(jnp.all(jnp.isfinite(psi)), "route: psi must be finite")
+  _require_costs(cost, lambdas, "route")
+  pool = _pool(pool_mask, m)
+  checks.require(jnp.any(pool), "route: pool_mask must leave an LLM available")
   if membership.ndim == 1 and cost.ndim == 1:
     # Hard clusters and one cost per LLM: every prompt of a cluster gets the
     # same choice, so decide once per cluster and gather.
     per_cluster = _choose(psi, cost, lambdas, pool)
-    return RoutingResult(jnp.take(per_cluster, membership, axis=-1),
-                         membership, psi)
-  gamma = _predicted_loss(membership, psi)
-  return RoutingResult(_choose(gamma, cost, lambdas, pool), membership, psi)
+    known = _known_cluster(membership, k)
+    choice = jnp.where(known, per_cluster[..., jnp.where(known, membership, 0)],
+                       -1)
+    return RoutingResult(choice, membership, psi)
+  membership = membership if membership.ndim == 1 else membership.astype(dtype)
+  return RoutingResult(_choose(_gamma(membership, psi), cost, lambdas, pool),
+                       membership, psi)
 
 
 def switch_path(predicted_loss, cost, *, pool_mask=None) -> SwitchPath:
@@ -286,39 +345,45 @@ def switch_path(predicted_loss, cost, *, pool_mask=None) -> SwitchPath:
   lambda grid.
 
   Args:
-    predicted_loss: [n, m] gamma.
+    predicted_loss: [n, m] gamma (finite).
     cost: [m] or [n, m] non-negative costs.
     pool_mask: optional [m] bool.
 
   Returns:
     A :class:`SwitchPath` with m - 1 steps (+inf lambdas pad missing ones).
   """
-  dtype = check.compute_dtype(predicted_loss, cost)
-  gamma = check.array("predicted_loss", predicted_loss, ndim=2, dtype=dtype,
-                      shape_doc="[n, m]")
-  check.finite("predicted_loss", gamma)
-  n, m = gamma.shape
-  cost, pool = _check_cost_and_pool(cost, pool_mask, n, m, dtype)
-  return _switch_path(gamma, cost, pool)
+  gamma_ = checks.float_array("predicted_loss", predicted_loss, ndim=2,
+                              shape_doc="[n, m]")
+  n, m = gamma_.shape
+  cost = checks.cost("cost", cost, n, m)
+  pool_mask = _check_pool(pool_mask, m)
+  return _switch_path_jit(gamma_, cost, pool_mask,
+                          dtype=checks.compute_dtype(gamma_, cost))
 
 
-@jax.jit
-def _switch_path(gamma, cost, pool):
-  n, m = gamma.shape
-  cost = jnp.broadcast_to(cost, gamma.shape)
+@checks.kernel(static_argnames=("dtype",))
+def _switch_path_jit(gamma_, cost, pool_mask, *, dtype):
+  gamma_, cost = gamma_.astype(dtype), cost.astype(dtype)
+  checks.require(jnp.all(jnp.isfinite(gamma_)),
+                 "switch_path: predicted_loss must be finite")
+  _require_costs(cost, None, "switch_path")
+  pool = _pool(pool_mask, gamma_.shape[1])
+  n, m = gamma_.shape
+  cost = jnp.broadcast_to(cost, gamma_.shape)
   available = pool[None, :]
   pool_cost = jnp.where(available, cost, jnp.inf)
-  start = lexicographic_argmin(jnp.where(available, gamma, jnp.inf), pool_cost)
+  start = lexicographic_argmin(jnp.where(available, gamma_, jnp.inf), pool_cost)
+  start = jnp.where(jnp.any(pool), start, -1).astype(jnp.int32)
   rows = jnp.arange(n)
 
   def step(carry, _):
     current, lam = carry
-    g_cur = gamma[rows, current][:, None]
+    g_cur = gamma_[rows, current][:, None]
     c_cur = cost[rows, current][:, None]
-    cheaper = available & (cost < c_cur)
+    cheaper = available & (cost < c_cur) & (current >= 0)[:, None]
     gap = jnp.where(cheaper, c_cur - cost, 1.0)
     # Rounding can put a break-even a hair below the current lambda.
-    breakeven = jnp.where(cheaper, jnp.maximum((gamma - g_cur) / gap,
+    breakeven = jnp.where(cheaper, jnp.maximum((gamma_ - g_cur) / gap,
                                                lam[:, None]), jnp.inf)
     # Several cheaper LLMs can break even at once: the cheapest wins.
     candidate = lexicographic_argmin(breakeven, cost)
@@ -329,5 +394,5 @@ def _switch_path(gamma, cost, pool):
 
   steps = max(m - 1, 0)
   (_, _), (lambdas, choice) = jax.lax.scan(
-      step, (start, jnp.zeros((n,), gamma.dtype)), None, length=steps)
+      step, (start, jnp.zeros((n,), gamma_.dtype)), None, length=steps)
   return SwitchPath(start, lambdas.reshape(steps, n), choice.reshape(steps, n))

@@ -1,14 +1,13 @@
 """Baselines of the paper: ZeroRouter, K-NN and the clairvoyant upper bounds."""
 
 from uniroute_jax.baselines.clairvoyant import (
-    CheckpointSelection, FittedLossPredictor, LossPredictor,
-    fit_matrix_factorization, fit_mlp, predict_loss, predictor_loss)
+    LossPredictor, LossPredictorConfig, fit_matrix_factorization, fit_mlp,
+    predict_loss, predictor_loss)
 from uniroute_jax.baselines.knn import knn_predicted_loss, knn_predicted_loss_grid
 from uniroute_jax.baselines.zero_router import (
     ParetoHull, zero_router_curve, zero_router_hull, zero_router_route)
 
-__all__ = ["CheckpointSelection", "FittedLossPredictor", "LossPredictor",
-           "ParetoHull", "fit_matrix_factorization", "fit_mlp",
-           "knn_predicted_loss", "knn_predicted_loss_grid", "predict_loss",
-           "predictor_loss", "zero_router_curve", "zero_router_hull",
-           "zero_router_route"]
+__all__ = ["LossPredictor", "LossPredictorConfig", "ParetoHull",
+           "fit_matrix_factorization", "fit_mlp", "knn_predicted_loss",
+           "knn_predicted_loss_grid", "predict_loss", "predictor_loss",
+           "zero_router_curve", "zero_router_hull", "zero_router_route"]

@@ -14,9 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from uniroute_jax import _validation as check
-from uniroute_jax import metrics
-from uniroute_jax import routing
+from uniroute_jax import checks, metrics, routing
 from uniroute_jax.types import Array
 
 
@@ -45,23 +43,24 @@ def zero_router_hull(mean_loss, cost, *, pool_mask=None) -> ParetoHull:
 
   Args:
     mean_loss: [m] each LLM's mean loss (on the validation prompts).
-    cost: [m] each LLM's cost.
-    pool_mask: optional [m] bool.
+    cost: [m] each LLM's non-negative cost.
+    pool_mask: optional [m] bool; with no LLM available ``size`` is 0.
   """
-  dtype = check.compute_dtype(mean_loss, cost)
-  mean_loss = check.array("mean_loss", mean_loss, ndim=1, dtype=dtype,
-                          shape_doc="[m]")
-  cost = check.array("cost", cost, ndim=1, dtype=dtype, shape_doc="[m]")
-  check.same_size("mean_loss", mean_loss.shape[0], "cost", cost.shape[0], "LLMs")
+  mean_loss = checks.float_array("mean_loss", mean_loss, ndim=1, shape_doc="[m]")
+  m = mean_loss.shape[0]
+  cost = checks.cost("cost", cost, 1, m, per_prompt=False)
+  pool_mask = checks.mask("pool_mask", pool_mask, (m,))
+  return _hull(mean_loss, cost, pool_mask,
+               dtype=checks.compute_dtype(mean_loss, cost))
+
+
+@checks.kernel(static_argnames=("dtype",))
+def _hull(mean_loss, cost, pool_mask, *, dtype):
+  mean_loss, cost = mean_loss.astype(dtype), cost.astype(dtype)
   path = routing.switch_path(mean_loss[None], cost, pool_mask=pool_mask)
-  return _hull_from_path(path, mean_loss, cost)
-
-
-@jax.jit
-def _hull_from_path(path, mean_loss, cost):
   # The path walks from the most accurate vertex down to the cheapest one.
   steps = jnp.concatenate([path.start, path.choice[:, 0]])
-  moved = jnp.concatenate([jnp.ones((1,), bool), jnp.isfinite(path.lambdas[:, 0])])
+  moved = jnp.concatenate([path.start >= 0, jnp.isfinite(path.lambdas[:, 0])])
   size = jnp.sum(moved).astype(jnp.int32)
   # Reverse the visited prefix so vertices run cheapest first; pad with the
   # dearest vertex.
@@ -69,6 +68,13 @@ def _hull_from_path(path, mean_loss, cost):
   models = steps[jnp.clip(size - 1 - index, 0, None)]
   models = jnp.where(index < size, models, steps[0]).astype(jnp.int32)
   return ParetoHull(models, cost[models], mean_loss[models], size)
+
+
+def _check_hull(hull) -> ParetoHull:
+  if not isinstance(hull, ParetoHull):
+    raise ValueError(f"hull must be a ParetoHull from zero_router_hull, got "
+                     f"{type(hull).__name__}")
+  return hull
 
 
 def zero_router_route(key, hull: ParetoHull, budget, *, num_prompts: int
@@ -79,12 +85,17 @@ def zero_router_route(key, hull: ParetoHull, budget, *, num_prompts: int
   the dearest; in between, each prompt goes to the lower vertex of the hull
   edge with probability (c_hi - B) / (c_hi - c_lo), else to the upper one.
   """
-  n = check.positive_int("num_prompts", num_prompts)
-  check.nonnegative("budget", jnp.asarray(budget))
-  return _route(key, hull, jnp.asarray(budget, hull.cost.dtype), n)
+  checks.prng_key("key", key)
+  hull = _check_hull(hull)
+  n = checks.positive_int("num_prompts", num_prompts)
+  checks.scalar("budget", budget)
+  return _route(key, hull, budget, num_prompts=n)
 
 
-def _route(key, hull, budget, n):
+@checks.kernel(static_argnames=("num_prompts",))
+def _route(key, hull, budget, *, num_prompts: int):
+  budget = jnp.asarray(budget, hull.cost.dtype)
+  checks.require(budget >= 0, "zero_router_route: budget must be non-negative")
   valid = jnp.arange(hull.models.shape[0]) < hull.size
   upper = jnp.argmax(valid & (hull.cost >= budget))
   upper = jnp.where(jnp.any(valid & (hull.cost >= budget)), upper, hull.size - 1)
@@ -93,7 +104,7 @@ def _route(key, hull, budget, n):
   span = c_hi - c_lo
   p_lower = jnp.where(span > 0, (c_hi - budget) / jnp.where(span > 0, span, 1.0), 0.0)
   p_lower = jnp.clip(p_lower, 0.0, 1.0)
-  to_lower = jax.random.bernoulli(key, p_lower, (n,))
+  to_lower = jax.random.bernoulli(key, p_lower, (num_prompts,))
   return jnp.where(to_lower, hull.models[lower], hull.models[upper]).astype(jnp.int32)
 
 
@@ -112,19 +123,28 @@ def zero_router_curve(hull: ParetoHull, true_loss, cost, *, pool_mask=None,
       single LLM's quality (the same pool the hull was fitted on).
     weights: optional [n] prompt weights.
   """
-  dtype = check.compute_dtype(true_loss, cost)
-  truth = check.array("true_loss", true_loss, ndim=2, dtype=dtype,
-                      shape_doc="[n, m]")
+  hull = _check_hull(hull)
+  truth = checks.float_array("true_loss", true_loss, ndim=2, shape_doc="[n, m]")
   n, m = truth.shape
   if hull.models.shape != (m,):
     raise ValueError(f"hull must be fitted on the same {m} LLMs as true_loss, "
                      f"got {hull.models.shape[0]}")
-  cost, pool = routing._check_cost_and_pool(cost, pool_mask, n, m, dtype)
-  w = check.weights("weights", weights, n, dtype)
+  cost = checks.cost("cost", cost, n, m)
+  return _curve(hull, truth, cost, checks.mask("pool_mask", pool_mask, (m,)),
+                checks.weights("weights", weights, n),
+                dtype=checks.compute_dtype(truth, cost))
+
+
+@checks.kernel(static_argnames=("dtype",))
+def _curve(hull, truth, cost, pool_mask, w, *, dtype):
+  n, m = truth.shape
+  truth, cost = truth.astype(dtype), cost.astype(dtype)
+  w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
+  pool = jnp.ones((m,), bool) if pool_mask is None else pool_mask.astype(bool)
   truth = jnp.where(w[:, None] > 0, truth, 0.0)
-  model_cost, model_quality = metrics._single_llm_points(truth, cost, w)
-  max_cost, best_quality = metrics._pool_summaries(truth, cost, pool, w)
+  points = metrics.single_llm_points(truth, cost, w)
+  max_cost, best_quality = points.extremes(pool)
   valid = jnp.arange(m) < hull.size
   return metrics.curve_from_points(
-      model_cost[hull.models], model_quality[hull.models], valid=valid,
+      points.cost[hull.models], points.quality[hull.models], valid=valid,
       max_cost=max_cost, best_quality=best_quality)

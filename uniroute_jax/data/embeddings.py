@@ -66,6 +66,40 @@ def load_embeddings(path, prompt_ids) -> np.ndarray:
   return matrix
 
 
+def read_embeddings(path) -> tuple[np.ndarray | None, np.ndarray]:
+  """(ids, [N, d] float32 embeddings) of an embeddings file, in the file's
+  own order; ids are None when the file has none (its rows are then in
+  prompt order). The layouts are those of :func:`load_embeddings`.
+
+  Raises:
+    FileNotFoundError: when ``path`` does not exist.
+    ValueError: on an unknown file type, a missing or ambiguous array,
+      repeated ids, or NaN / infinite values.
+  """
+  path = os.fspath(path)
+  ids, matrix, id_key = _read(path)
+  if ids is not None:
+    _unique(path, ids.astype(str), id_key)
+  matrix = matrix.astype(np.float32)
+  bad = ~np.all(np.isfinite(matrix), axis=1)
+  if bad.any():
+    row = int(np.nonzero(bad)[0][0])
+    where = f"row {row}" if ids is None else f"id {_to_str(ids[row])!r}"
+    raise ValueError(
+        f"embeddings from {path!r} contain NaN or infinity (first at {where}; "
+        "float16/float64 values beyond float32's range also become infinite)")
+  return ids, matrix
+
+
+def _unique(path: str, ids: np.ndarray, id_key: str) -> None:
+  sorted_ids = np.sort(ids, kind="stable")
+  repeated = np.nonzero(sorted_ids[1:] == sorted_ids[:-1])[0]
+  if repeated.size:
+    raise ValueError(
+        f"ids {id_key!r} in {path!r} must be unique, but "
+        f"{str(sorted_ids[repeated[0]])!r} appears more than once")
+
+
 def _load(path: str, npz=None, key: str | None = None) -> np.ndarray:
   """One array from a .npy file, or from an open .npz under ``key``."""
   where = f"{path!r}" if key is None else f"array {key!r} of {path!r}"
@@ -154,13 +188,9 @@ def _aligned(path: str, ids: np.ndarray, matrix: np.ndarray, prompt_ids,
              id_key: str) -> np.ndarray:
   """Rows of ``matrix`` (keyed by the 1-d ``ids``) for each of ``prompt_ids``."""
   ids = ids.astype(str)
+  _unique(path, ids, id_key)
   order = np.argsort(ids, kind="stable")
   sorted_ids = ids[order]
-  repeated = np.nonzero(sorted_ids[1:] == sorted_ids[:-1])[0]
-  if repeated.size:
-    raise ValueError(
-        f"ids {id_key!r} in {path!r} must be unique, but "
-        f"{str(sorted_ids[repeated[0]])!r} appears more than once")
   wanted = np.asarray([_to_str(i) for i in prompt_ids], dtype=str)
   if wanted.size == 0:
     return matrix[:0]

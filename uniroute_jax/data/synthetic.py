@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniroute_jax import _validation as check
+from uniroute_jax import checks
 from uniroute_jax.types import RoutingData
 
 
@@ -39,10 +39,10 @@ def make_synthetic(key, *, num_prompts: int = 5000, num_models: int = 12,
     0/1 losses, per-LLM costs (USD-like, per prompt), names ``llm-00`` ...
     and prompt ids ``p00000`` ....
   """
-  n = check.positive_int("num_prompts", num_prompts)
-  m = check.positive_int("num_models", num_models)
-  t = check.positive_int("num_topics", num_topics)
-  d = check.positive_int("dim", dim)
+  n = checks.positive_int("num_prompts", num_prompts)
+  m = checks.positive_int("num_models", num_models)
+  t = checks.positive_int("num_topics", num_topics)
+  d = checks.positive_int("dim", dim)
   if not 0.0 <= missing_rate < 1.0:
     raise ValueError(f"missing_rate must lie in [0, 1), got {missing_rate}")
   if specialisation < 0:

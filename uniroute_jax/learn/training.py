@@ -11,15 +11,12 @@ first e epochs of a longer one.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Hashable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from uniroute_jax import _validation as check
-from uniroute_jax import metrics
+from uniroute_jax import checks, metrics
 
 
 class CheckpointSelection(NamedTuple):
@@ -48,85 +45,103 @@ class CheckpointSelection(NamedTuple):
   mask: Any = None
 
 
-def check_selection(select, dim: int, num_models: int, dtype
-                    ) -> CheckpointSelection:
-  """``select`` validated against the fit's embedding size and LLM count."""
+def check_selection(select, dim: int, num_models: int) -> CheckpointSelection:
+  """``select``'s shapes checked against the fit's embedding size and LLMs."""
   if not isinstance(select, CheckpointSelection):
     raise ValueError(f"select must be a CheckpointSelection, got "
                      f"{type(select).__name__}")
-  x = check.array("select.embeddings", select.embeddings, ndim=2, dtype=dtype,
-                  shape_doc="[v, D]")
-  loss = check.array("select.loss", select.loss, ndim=2, dtype=dtype,
-                     shape_doc="[v, p]")
+  x = checks.float_array("select.embeddings", select.embeddings, ndim=2,
+                         shape_doc="[v, D]")
+  loss = checks.float_array("select.loss", select.loss, ndim=2,
+                            shape_doc="[v, p]")
   v, p = loss.shape
   if x.shape != (v, dim):
     raise ValueError(f"select.embeddings must have shape {(v, dim)} (a row per "
                      f"select.loss row, the fit's embedding size), got {x.shape}")
-  cost = check.array("select.cost", select.cost, ndim=(1, 2), dtype=dtype,
-                     shape_doc="[p] or [v, p]")
-  if cost.shape[-1] != p or (cost.ndim == 2 and cost.shape[0] != v):
-    raise ValueError(f"select.cost must have shape [{p}] or [{v}, {p}], got "
-                     f"{cost.shape}")
-  check.nonnegative("select.cost", cost)
-  models = check.array("select.models", select.models, ndim=1, shape_doc="[p]")
-  if models.shape != (p,) or not jnp.issubdtype(models.dtype, jnp.integer):
+  cost = checks.cost("select.cost", select.cost, v, p)
+  models = checks.integer_array("select.models", select.models, ndim=1,
+                                shape_doc="[p]")
+  if models.shape != (p,):
     raise ValueError(f"select.models must be [{p}] integer output columns, got "
-                     f"{models.dtype} of shape {models.shape}")
-  if check.is_concrete(models) and p and not bool(
-      jnp.all((models >= 0) & (models < num_models))):
-    raise ValueError(f"select.models must lie in [0, {num_models}), the "
-                     f"fitted model's LLMs")
-  mask = check.bool_mask("select.mask", select.mask, (v, p))
-  check.finite("select.embeddings", x)
-  check.in_range("select.loss", loss, 0.0, 1.0, where=mask)
-  if check.is_concrete(mask) and not bool(jnp.any(jnp.all(mask, axis=1))):
-    raise ValueError("select.mask must leave at least one prompt labelled for "
-                     "every routed LLM")
+                     f"shape {models.shape}")
+  mask = checks.mask("select.mask", select.mask, (v, p))
+  del num_models   # its range is a value precondition (require_selection)
   return CheckpointSelection(x, loss, cost, models, mask)
 
 
+def require_selection(select: CheckpointSelection, num_models: int,
+                      where: str) -> CheckpointSelection:
+  """``select`` in the compute dtype with its value preconditions (checked
+  under ``checks.checked``); traceable."""
+  mask = (jnp.ones(select.loss.shape, bool) if select.mask is None
+          else select.mask.astype(bool))
+  checks.require(jnp.all((select.models >= 0) & (select.models < num_models)),
+                 f"{where}: select.models must lie in [0, {num_models}), the "
+                 f"fitted model's LLMs")
+  checks.require(jnp.all(jnp.isfinite(select.embeddings)),
+                 f"{where}: select.embeddings must be finite")
+  checks.require(jnp.all(jnp.where(mask, (select.loss >= 0) & (select.loss <= 1),
+                                   True)),
+                 f"{where}: select.loss must lie in [0, 1] where labelled")
+  checks.require(jnp.any(jnp.all(mask, axis=1)),
+                 f"{where}: select.mask must leave a prompt labelled for "
+                 f"every routed LLM")
+  return select._replace(mask=mask)
+
+
 class FitInputs(NamedTuple):
-  """The checked arguments every labelled fit of the library takes."""
+  """The shape-checked arguments every labelled fit of the library takes
+  (arrays as given: the fit's kernel casts them)."""
 
   embeddings: Any       # [n, D]
   errors: Any           # [n, m]
-  mask: Any             # [n, m] bool
-  learning_rate: Any    # [] positive
+  mask: Any             # [n, m] bool or None
+  learning_rate: Any    # [] or None (the fit's default)
   batch_size: int       # clamped to n
   epochs: int
   select: CheckpointSelection | None
 
 
-def check_fit_inputs(key, embeddings, errors, *, mask, dtype, learning_rate,
+def check_fit_inputs(key, embeddings, errors, *, mask, learning_rate,
                      batch_size, epochs, select) -> FitInputs:
-  """Validates what a fit on labelled prompts is given, in ``dtype``.
+  """Checks the shapes of what a fit on labelled prompts is given.
 
-  The key, the [n, D] embeddings (finite) and [n, m] labels (in [0, 1]
-  where observed), the mask, Adam's step size, the batch size (clamped to
-  n), the epochs and the optional checkpoint selection.
+  The key, the [n, D] embeddings and [n, m] labels, the mask, Adam's step
+  size (a scalar), the batch size (clamped to n), the epochs and the
+  optional checkpoint selection.
   """
-  check.prng_key("key", key)
-  x = check.array("embeddings", embeddings, ndim=2, dtype=dtype,
-                  shape_doc="[n, D]")
-  errors = check.array("errors", errors, ndim=2, dtype=dtype, shape_doc="[n, m]")
+  checks.prng_key("key", key)
+  x = checks.float_array("embeddings", embeddings, ndim=2, shape_doc="[n, D]")
+  errors = checks.float_array("errors", errors, ndim=2, shape_doc="[n, m]")
   (n, d), m = x.shape, errors.shape[1]
-  check.same_size("embeddings", n, "errors", errors.shape[0], "prompts")
-  mask = check.bool_mask("mask", mask, errors.shape)
-  check.finite("embeddings", x)
-  check.in_range("errors", errors, 0.0, 1.0, where=mask)
+  checks.same_size("embeddings", n, "errors", errors.shape[0], "prompts")
+  if n < 1 or d < 1 or m < 1:
+    raise ValueError(f"embeddings [n, D] and errors [n, m] must be non-empty, "
+                     f"got {x.shape} and {errors.shape}")
+  mask = checks.mask("mask", mask, errors.shape)
+  if learning_rate is not None:
+    checks.scalar("learning_rate", learning_rate)
   if select is not None:
-    select = check_selection(select, d, m, dtype)
-  return FitInputs(x, errors, mask,
-                   check.positive_scalar("learning_rate", learning_rate, dtype),
-                   min(check.positive_int("batch_size", batch_size), n),
-                   check.positive_int("epochs", epochs), select)
+    select = check_selection(select, d, m)
+  return FitInputs(x, errors, mask, learning_rate,
+                   min(checks.positive_int("batch_size", batch_size), n),
+                   checks.positive_int("epochs", epochs), select)
+
+
+def require_fit_values(x, errors, mask, learning_rate, where: str) -> None:
+  """The value preconditions of a fit (checked under ``checks.checked``)."""
+  checks.require(jnp.all(jnp.isfinite(x)), f"{where}: embeddings must be finite")
+  checks.require(jnp.all(jnp.where(mask, (errors >= 0) & (errors <= 1), True)),
+                 f"{where}: errors must lie in [0, 1] where labelled")
+  checks.require(learning_rate > 0, f"{where}: learning_rate must be positive, "
+                 "got {}", learning_rate)
 
 
 def selection_area(select: CheckpointSelection, predicted_loss):
   """The checkpoint score: area of routing ``select.models`` by their columns
   of ``predicted_loss`` [v, m] on the selection prompts."""
-  return metrics._labelled_area(predicted_loss[:, select.models], select.loss,
-                                select.mask, select.cost)
+  return metrics.labelled_area(predicted_loss[:, select.models], select.loss,
+                               select.mask, select.cost)
 
 
 def shuffled_epochs(key, carry, step: Callable, *, num_rows: int,
@@ -205,14 +220,3 @@ def train(key, state, opt_state, step: Callable, *, num_rows: int,
       key, start, run_step, num_rows=num_rows, batch_size=batch_size,
       epochs=epochs, end_of_epoch=end_of_epoch)
   return kept, history, areas, best_epoch
-
-
-@functools.lru_cache(maxsize=128)
-def graphdef(build: Callable, config: Hashable, *filters):
-  """The ``nnx.GraphDef`` of ``build(config, key)``, built abstractly once.
-
-  ``filters`` are the variable types the module is split by (e.g.
-  ``nnx.Param, nnx.BatchStat``), in the order its fit splits it.
-  """
-  abstract = nnx.eval_shape(lambda: build(config, jax.random.key(0)))
-  return nnx.split(abstract, *filters)[0]

@@ -1,0 +1,296 @@
+"""The paper's protocol on MMLU-Pro: compile time, run time, trials per second.
+
+Two measurements, side by side on the same trials:
+
+1. uniroute_jax: ``protocol.run_trials`` with ZeroRouter, K-NN and UniRoute
+   (K-means), K and k chosen per trial from the App. F.1 grids (8
+   candidates each). The first batch's wall time (tracing and compiling
+   included) is reported apart from the rest.
+2. The loop a user would write with NumPy and scikit-learn: per trial,
+   ``sklearn.cluster.KMeans`` per candidate K, ``NearestNeighbors`` for
+   K-NN, and the exact deferral curve of the routing rule in NumPy.
+
+Correctness: with K and k fixed and the k-means fits started from the same
+centroids, both give the same per-trial areas (checked; exit 1 otherwise).
+
+  python benchmarks/protocol.py --out benchmarks/results/protocol.md
+  python benchmarks/protocol.py --trials 400 --baseline-trials 8
+  python benchmarks/protocol.py --all-methods     # learned maps, clairvoyant bounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:
+  from benchmarks import _machine
+except ImportError:  # run as a script: benchmarks/ itself is on sys.path
+  import _machine
+
+from uniroute_jax import clustering, protocol
+
+FAST = ("zero", "knn", "kmeans")
+EVERY = ("zero", "knn", "kmeans", "kmeans_matched", "learned_map",
+         "learned_map_linear", "mlp", "matfac")
+
+
+# ------------------------------------------------- the NumPy / sklearn loop
+
+
+def numpy_curve_area(gamma, truth, paid, rank_cost, weights):
+  """Area of the exact deferral curve of argmin gamma + lambda * cost.
+
+  Each prompt walks down the lower convex hull of its (cost, gamma) points;
+  every switch is an event (lambda, change of cost, change of loss), and the
+  curve is the running sums in lambda order, made monotone and integrated
+  over relative cost in [0, 1].
+  """
+  n, m = gamma.shape
+  rows = np.arange(n)
+  cost = np.broadcast_to(rank_cost, gamma.shape)
+  paid = np.broadcast_to(paid, gamma.shape)
+  order = np.lexsort((cost, gamma), axis=1)[:, 0]   # min gamma, cheaper on ties
+  current, lam = order.copy(), np.zeros(n)
+  events = []
+  for _ in range(m - 1):
+    c_cur, g_cur = cost[rows, current][:, None], gamma[rows, current][:, None]
+    cheaper = cost < c_cur
+    gap = np.where(cheaper, c_cur - cost, 1.0)
+    breakeven = np.where(cheaper, np.maximum((gamma - g_cur) / gap, lam[:, None]),
+                         np.inf)
+    key = np.lexsort((cost, breakeven), axis=1)[:, 0]
+    nxt_lam = breakeven[rows, key]
+    moves = np.isfinite(nxt_lam)
+    nxt = np.where(moves, key, current)
+    events.append((nxt_lam, weights * (paid[rows, nxt] - paid[rows, current]),
+                   weights * (truth[rows, nxt] - truth[rows, current])))
+    current, lam = nxt, np.where(moves, nxt_lam, lam)
+  total = weights.sum()
+  start_cost = (weights * paid[rows, order]).sum() / total
+  start_loss = (weights * truth[rows, order]).sum() / total
+  lam, d_cost, d_loss = (np.concatenate(part) for part in zip(*events))
+  sort = np.argsort(lam, kind="stable")
+  lam = lam[sort]
+  cost_curve = start_cost + np.cumsum(d_cost[sort]) / total
+  loss_curve = start_loss + np.cumsum(d_loss[sort]) / total
+  last = np.append(lam[1:] != lam[:-1], True) & np.isfinite(lam)
+  x = np.concatenate([[start_cost], cost_curve[last]])
+  y = 1 - np.concatenate([[start_loss], loss_curve[last]])
+  max_cost = (weights[:, None] * paid).sum(0).max() / total
+  x = x / max_cost
+  keep = np.lexsort((-y, x))
+  x, y = x[keep], y[keep]
+  best = np.maximum.accumulate(y)
+  on = np.concatenate([[True], y[1:] > best[:-1]])
+  x, y = x[on], y[on]
+  x1 = np.minimum(np.append(x, 1.0), 1.0)
+  area = y[0] * x1[0] + np.sum((x1[1:] - x1[:-1]) * (y + np.append(y[1:], y[-1])) / 2
+                                * (np.arange(len(y)) < len(y) - 1)) + (
+                                    y[-1] * max(1.0 - x1[len(y) - 1], 0.0))
+  return float(area)
+
+
+def _validation_area(gamma, trial):
+  mask = trial["val_train_mask"]
+  w = mask.all(axis=1).astype(float)
+  cost = trial["val_train_cost"]
+  rank = cost.mean(0) if cost.ndim == 2 else cost
+  return numpy_curve_area(gamma, np.where(mask, trial["val_train_loss"], 0.0),
+                          cost, rank, w)
+
+
+def _psi(clusters, loss, mask, k):
+  onehot = np.eye(k)[clusters]
+  counts = onehot.T @ mask
+  sums = onehot.T @ np.where(mask, loss, 0.0)
+  overall = np.where(mask.sum(0) > 0, np.where(mask, loss, 0).sum(0)
+                     / np.maximum(mask.sum(0), 1), 1.0)
+  return np.where(counts > 0, sums / np.maximum(counts, 1), overall[None])
+
+
+def numpy_trial(trial, grid_k, grid_nn, *, seed, init=None):
+  """ZeroRouter, K-NN and UniRoute (K-means) on one trial: their areas."""
+  from sklearn.cluster import KMeans
+  from sklearn.neighbors import NearestNeighbors
+  test_w, test_loss = trial["test_weights"], trial["test_loss"]
+  test_cost, route_cost = trial["test_cost"], trial["test_route_cost"]
+
+  def test_area(gamma):
+    return numpy_curve_area(gamma, test_loss, test_cost, route_cost, test_w)
+
+  out = {}
+  # ZeroRouter: the hull of (cost, mean validation loss) is K-means with K = 1.
+  mean = _psi(np.zeros(len(trial["val_emb"]), int), trial["val_test_loss"],
+              trial["val_test_mask"], 1)
+  points = np.broadcast_to(mean, test_loss.shape)
+  out["zero"] = numpy_curve_area(points, test_loss, test_cost, route_cost, test_w)
+  # K-NN: one search with the largest k, prefix means for the others.
+  def knn(query, reference, loss, mask, ks):
+    search = NearestNeighbors(n_neighbors=max(ks), metric="cosine",
+                              algorithm="brute").fit(reference)
+    _, nearest = search.kneighbors(query)
+    sums = np.cumsum(np.where(mask, loss, 0.0)[nearest], axis=1)
+    counts = np.cumsum(mask[nearest], axis=1)
+    overall = np.where(mask, loss, 0).sum(0) / np.maximum(mask.sum(0), 1)
+    return [np.where(counts[:, k - 1] > 0, sums[:, k - 1]
+                     / np.maximum(counts[:, k - 1], 1), overall) for k in ks]
+  areas = [_validation_area(g, trial) for g in knn(
+      trial["val_emb"], trial["train_emb"], trial["train_loss"],
+      trial["train_mask"], grid_nn)]
+  best = int(np.argmax(areas))
+  gamma = knn(trial["test_emb"], trial["val_emb"], trial["val_test_loss"],
+              trial["val_test_mask"], (grid_nn[best],))[0]
+  out["knn"] = test_area(gamma)
+  # UniRoute (K-means): sklearn's Lloyd per candidate K.
+  best_area, best_gamma = -np.inf, None
+  for i, k in enumerate(grid_k):
+    fit = KMeans(k, init="k-means++" if init is None else init[i], n_init=1,
+                 max_iter=100, tol=1e-4, algorithm="lloyd",
+                 random_state=seed + i).fit(trial["train_emb"])
+    val = fit.predict(trial["val_emb"])
+    train_psi = _psi(fit.labels_, trial["train_loss"], trial["train_mask"], k)
+    area = _validation_area(train_psi[val], trial)
+    if area > best_area:
+      test_psi = _psi(val, trial["val_test_loss"], trial["val_test_mask"], k)
+      best_area, best_gamma = area, test_psi[fit.predict(trial["test_emb"])]
+  out["kmeans"] = test_area(best_gamma)
+  return out
+
+
+def host_trial(arrays, split):
+  trial = protocol.gather_trial(arrays, split)
+  return {name: np.asarray(value, np.float64 if np.issubdtype(
+      np.asarray(value).dtype, np.floating) else None)
+          for name, value in trial._asdict().items()}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--trials", type=int, default=400)
+  parser.add_argument("--baseline-trials", type=int, default=8,
+                      help="trials the NumPy / scikit-learn loop runs (timed "
+                           "per trial; it is slow)")
+  parser.add_argument("--check-trials", type=int, default=4,
+                      help="trials with fixed K and k on which both must "
+                           "give the same areas")
+  parser.add_argument("--all-methods", action="store_true",
+                      help="also time 400 trials of every method")
+  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  data = _machine.load_mmlu_pro()
+  if data is None:
+    return 0
+  splits = protocol.make_trials(jax.random.key(0), args.trials, data.num_prompts,
+                                data.num_models)
+  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
+  grid_k = protocol.default_cluster_grid(n_train, n_val)
+  grid_nn = protocol.default_neighbor_grid(n_train, n_val)
+  lines = ["# The protocol on MMLU-Pro: uniroute_jax against a NumPy + "
+           "scikit-learn loop", "",
+           f"{data.num_prompts} prompts x {data.num_models} LLMs; per trial "
+           f"{n_train} / {n_val} / {splits.test.shape[1]} train / validation / "
+           f"test prompts, {splits.train_models.shape[1]} training and "
+           f"{splits.test_models.shape[1]} unseen test LLMs. Candidates K "
+           f"{list(grid_k)}, k {list(grid_nn)}, chosen per trial on the "
+           f"training LLMs (App. F.1).", ""]
+
+  def timed_run(methods, trials):
+    part = protocol.Split(*(p[:trials] for p in splits))
+    first = protocol.Split(*(p[:args.batch_size] for p in splits))
+    start = time.perf_counter()
+    protocol.run_trials(jax.random.key(1), data, first, methods=methods,
+                        batch_size=args.batch_size)
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    results, _ = protocol.run_trials(jax.random.key(1), data, part,
+                                     methods=methods, batch_size=args.batch_size)
+    return first_s, time.perf_counter() - start, results
+
+  print(f"uniroute_jax: {args.trials} trials of {', '.join(FAST)}", flush=True)
+  first_s, run_s, _ = timed_run(FAST, args.trials)
+  # The first call's time minus the run time of one (compiled) batch.
+  per_trial = run_s / args.trials
+  compile_s = max(first_s - per_trial * args.batch_size, 0.0)
+  print(f"  compile ~{compile_s:.1f} s, run {run_s:.1f} s", flush=True)
+
+  print(f"NumPy + scikit-learn: {args.baseline_trials} trials", flush=True)
+  arrays = protocol.dataset_arrays(data)
+  start = time.perf_counter()
+  for t in range(args.baseline_trials):
+    trial = host_trial(arrays, protocol.Split(*(p[t] for p in splits)))
+    numpy_trial(trial, grid_k, grid_nn, seed=t)
+  baseline_per_trial = (time.perf_counter() - start) / args.baseline_trials
+  print(f"  {baseline_per_trial:.2f} s per trial", flush=True)
+
+  # Correctness: fixed K and k, k-means started from the same centroids.
+  fixed_k, fixed_nn = 10, 61
+  methods = (protocol.ZeroRouter(), protocol.KNN(neighbors=(fixed_nn,)),
+             protocol.KMeansRouter(clusters=(fixed_k,)))
+  check = protocol.Split(*(p[:args.check_trials] for p in splits))
+  ours, _ = protocol.run_trials(jax.random.key(1), data, check, methods=methods)
+  worst = 0.0
+  for t in range(args.check_trials):
+    trial = host_trial(arrays, protocol.Split(*(p[t] for p in splits)))
+    # Our k-means from our k-means++ seeding; sklearn's Lloyd from the same
+    # seeding reaches the same fixed point.
+    key = protocol.running.method_key(jax.random.fold_in(jax.random.key(1), t),
+                                      methods[2])
+    ref = numpy_trial(trial, (fixed_k,), (fixed_nn,), seed=t,
+                      init=[np.asarray(_plusplus_start(key, trial, fixed_k))])
+    for name in FAST:
+      worst = max(worst, abs(ref[name] - float(ours[name].area[t])))
+  ok = worst < 2e-3
+  print(f"  largest area difference, fixed K and k: {worst:.2e}"
+        f" ({'ok' if ok else 'MISMATCH'})", flush=True)
+
+  ratio = baseline_per_trial / per_trial
+  lines += [
+      "## ZeroRouter + K-NN + UniRoute (K-means), K and k chosen per trial", "",
+      _machine.table(
+          ["", "first batch (compile + run)", "compile (about)", "run",
+           "trials / s", "s / trial"],
+          [["uniroute_jax", f"{first_s:.1f} s", f"{compile_s:.1f} s",
+            f"{run_s:.1f} s for {args.trials} trials",
+            f"{1 / per_trial:.2f}", f"{per_trial:.3f}"],
+           ["NumPy + scikit-learn loop", "", "",
+            f"{baseline_per_trial * args.baseline_trials:.1f} s for "
+            f"{args.baseline_trials} trials", f"{1 / baseline_per_trial:.2f}",
+            f"{baseline_per_trial:.3f}"]]),
+      f"Ratio (loop time / uniroute_jax time, per trial): {ratio:.1f}x. "
+      f"400 trials: uniroute_jax {first_s + per_trial * (400 - args.batch_size):.0f} s "
+      f"including compilation; the loop about {baseline_per_trial * 400:.0f} s.",
+      "",
+      f"Correctness: with K = {fixed_k} and k = {fixed_nn} fixed and the k-means "
+      f"fits started from the same centroids, the per-trial areas of the "
+      f"three routers agree to {worst:.1e} over {args.check_trials} trials.",
+      ""]
+  if args.all_methods:
+    print(f"uniroute_jax: {args.trials} trials of every method", flush=True)
+    first_all, run_all, _ = timed_run(EVERY, args.trials)
+    lines += ["## Every method (learned maps and clairvoyant bounds included)", "",
+              _machine.table(["first batch", "run", "s / trial"],
+                             [[f"{first_all:.1f} s", f"{run_all:.1f} s for "
+                               f"{args.trials} trials",
+                               f"{run_all / args.trials:.3f}"]]), ""]
+  _machine.finish("benchmarks/protocol.py", argv, lines, args.out)
+  return 0 if ok else 1
+
+
+def _plusplus_start(key, trial, k):
+  """The k-means++ centroids our fit for candidate 0 starts from."""
+  x = trial["train_emb"].astype(np.float32)
+  return clustering.kmeans_plusplus(jax.random.fold_in(key, 0), x, num_clusters=k)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,327 @@
+"""The functional contract, for every public numerical function.
+
+Each function works eagerly; inside a user's ``jax.jit`` with its arrays
+passed or closed over (closed-over JAX arrays are concrete, and a value
+check there would break the trace); under ``jax.vmap`` over each argument
+where batching makes sense (lambdas, costs, Psi, weights, pool masks, keys,
+memberships); with ``jax_enable_x64`` on or off; without retracing when only
+values change; and with no transfer at all once traced
+(``jax.transfer_guard("disallow")`` on device-resident inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from conftest import no_retrace
+import uniroute_jax as ur
+from uniroute_jax import learn, protocol
+
+RNG = np.random.default_rng(0)
+N, D, K, M = 24, 4, 3, 4
+
+
+def _x(n=N, d=D):
+  return RNG.normal(size=(n, d)).astype(np.float32)
+
+
+X, X_TEST = _x(), _x(10)
+LOSS = (RNG.random((N, M)) < 0.4).astype(np.float32)
+MASK = RNG.random((N, M)) < 0.9
+MASK[0] = True
+COST = np.array([0.5, 1.0, 2.0, 4.0], np.float32)
+PSI = RNG.uniform(0.1, 0.9, (K, M)).astype(np.float32)
+CLUSTERS = RNG.integers(0, K, N).astype(np.int32)
+SOFT = RNG.dirichlet(np.ones(K), N).astype(np.float32)
+GAMMA = RNG.random((N, M)).astype(np.float32)
+LAMBDAS = np.array([0.0, 0.05, 0.2], np.float32)
+POOL = np.array([True, True, False, True])
+WEIGHTS = RNG.uniform(0.5, 1.5, N).astype(np.float32)
+CENTROIDS = X[:K].copy()
+KEY = jax.random.key_data(jax.random.key(0))
+
+_ROUTER = ur.Router(centroids=CENTROIDS).add_models(
+    ["a", "b", "c", "d"], X, LOSS, COST, mask=MASK)
+_FITTED_MAP = ur.fit_cluster_map(jax.random.key(1), X, LOSS, PSI, mask=MASK,
+                                 hidden=(), batch_norm=False, epochs=1,
+                                 batch_size=8)
+_SELECT = jax.device_put(learn.CheckpointSelection(
+    X[:12], LOSS[:12, :2], COST[:2], np.array([0, 2], np.int32), MASK[:12, :2]))
+_LEARNED_ROUTER = ur.Router.from_cluster_map(_FITTED_MAP).add_psi(
+    ["a", "b", "c", "d"], PSI, COST)
+
+
+def _key(raw):
+  return jax.random.wrap_key_data(raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """A public function called on arrays, with the arguments it batches.
+
+  ``fn`` takes the arrays of ``make()`` positionally (everything static is
+  bound inside); ``vary[i]`` turns argument i into another valid value of
+  the same shape (for vmap and the no-retrace check).
+  """
+
+  name: str
+  fn: Callable
+  make: Callable
+  vary: dict = dataclasses.field(default_factory=dict)
+  rtol: float = 1e-5
+  covers: tuple = ()   # other public functions the case calls
+
+
+def _lam(a):
+  return a * 2 + 0.01
+
+
+def _cost(a):
+  return a[::-1].copy() * 1.5
+
+
+def _flip(a):
+  return ~a if a.dtype == bool else a[::-1].copy()
+
+
+CASES = [
+    Case("kmeans", lambda key, x, w: ur.kmeans(_key(key), x, num_clusters=K,
+                                               weights=w, max_iter=20),
+         lambda: (KEY, X, WEIGHTS),
+         {0: lambda k: jax.random.key_data(jax.random.key(7)), 1: lambda x: x * 2,
+          2: lambda w: w[::-1].copy()}),
+    Case("kmeans_padded", lambda key, x, active: ur.kmeans(
+        _key(key), x, num_clusters=K + 2, active_clusters=active, max_iter=20),
+         lambda: (KEY, X, np.int32(2)), {2: lambda a: np.int32(3)}),
+    Case("kmeans_plusplus", lambda key, x: ur.kmeans_plusplus(
+        _key(key), x, num_clusters=K), lambda: (KEY, X),
+         {0: lambda k: jax.random.key_data(jax.random.key(7))}),
+    Case("assign_clusters", lambda x, c: ur.assign_clusters(x, c),
+         lambda: (X, CENTROIDS), {0: lambda x: x + 1, 1: lambda c: c[::-1].copy()}),
+    Case("cluster_errors_hard", lambda c, loss, mask, w, a: ur.cluster_errors(
+        c, loss, num_clusters=K, mask=mask, weights=w, prior_strength=a),
+         lambda: (CLUSTERS, LOSS, MASK, WEIGHTS, np.float32(1.0)),
+         {0: _flip, 1: lambda l: 1 - l, 2: lambda m: m[::-1].copy(),
+          3: lambda w: w * 2, 4: lambda a: a + 1}),
+    Case("cluster_errors_soft", lambda phi, loss: ur.cluster_errors(phi, loss),
+         lambda: (SOFT, LOSS), {0: lambda p: p[::-1].copy(), 1: lambda l: 1 - l}),
+    Case("predicted_loss", lambda phi, psi: ur.predicted_loss(phi, psi),
+         lambda: (SOFT, PSI), {0: lambda p: p[::-1].copy(), 1: lambda p: 1 - p}),
+    Case("route_hard", lambda c, psi, cost, lam, pool: ur.route(
+        c, psi, cost, lam, pool_mask=pool).choice,
+         lambda: (CLUSTERS, PSI, COST, LAMBDAS, POOL),
+         {0: _flip, 1: lambda p: 1 - p, 2: _cost, 3: _lam, 4: _flip}),
+    Case("route_soft_per_prompt_cost", lambda phi, psi, cost, lam: ur.route(
+        phi, psi, cost, lam).choice,
+         lambda: (SOFT, PSI, np.tile(COST, (N, 1)), np.float32(0.1)),
+         {0: lambda p: p[::-1].copy(), 2: lambda c: c * 2, 3: _lam}),
+    Case("choose_models", lambda g, cost, lam, pool: ur.choose_models(
+        g, cost, lam, pool_mask=pool), lambda: (GAMMA, COST, LAMBDAS, POOL),
+         {0: lambda g: 1 - g, 1: _cost, 2: _lam, 3: _flip}),
+    Case("switch_path", lambda g, cost, pool: ur.switch_path(g, cost, pool_mask=pool),
+         lambda: (GAMMA, COST, POOL), {0: lambda g: 1 - g, 1: _cost, 2: _flip}),
+    Case("deferral_curve", lambda g, t, cost, pool, w: ur.deferral_curve(
+        g, t, cost, pool_mask=pool, weights=w),
+         lambda: (GAMMA, LOSS, COST, POOL, WEIGHTS),
+         {0: lambda g: 1 - g, 1: lambda t: 1 - t, 2: _cost, 3: _flip,
+          4: lambda w: w[::-1].copy()}),
+    Case("deferral_metrics", lambda g, t, cost, w: ur.deferral_metrics(
+        ur.deferral_curve(g, t, cost, weights=w)),
+         lambda: (GAMMA, LOSS, COST, WEIGHTS),
+         {0: lambda g: 1 - g, 3: lambda w: w[::-1].copy()}),
+    Case("upper_envelope", lambda c, q, top, best: ur.upper_envelope(
+        ur.curve_from_points(c, q, max_cost=top, best_quality=best)),
+         lambda: (COST, np.array([0.3, 0.5, 0.4, 0.8], np.float32),
+                  np.float32(4.0), np.float32(0.8)),
+         {0: _cost, 1: lambda q: q[::-1].copy(), 2: lambda t: t * 2},
+         covers=("curve_from_points",)),
+    Case("labelled_area", lambda g, loss, mask, cost: ur.labelled_area(
+        g, loss, mask, cost), lambda: (GAMMA, LOSS, MASK, COST),
+         {0: lambda g: 1 - g, 2: lambda m: m[::-1].copy(), 3: _cost}),
+    Case("zero_router_curve", lambda loss, cost, pool, truth: ur.zero_router_curve(
+        ur.zero_router_hull(loss, cost, pool_mask=pool), truth, cost,
+        pool_mask=pool), lambda: (LOSS.mean(0), COST, POOL, LOSS),
+         {0: lambda l: 1 - l, 1: _cost, 2: _flip}, covers=("zero_router_hull",)),
+    Case("zero_router_route", lambda key, loss, cost, budget: ur.zero_router_route(
+        _key(key), ur.zero_router_hull(loss, cost), budget, num_prompts=N),
+         lambda: (KEY, LOSS.mean(0), COST, np.float32(1.5)),
+         {0: lambda k: jax.random.key_data(jax.random.key(3)),
+          3: lambda b: b * 2}),
+    Case("knn_predicted_loss", lambda q, r, loss, mask: ur.knn_predicted_loss(
+        q, r, loss, num_neighbors=5, mask=mask), lambda: (X_TEST, X, LOSS, MASK),
+         {0: lambda q: q * 2, 2: lambda l: 1 - l, 3: lambda m: m[::-1].copy()}),
+    Case("knn_predicted_loss_grid", lambda q, r, loss, ks: ur.knn_predicted_loss_grid(
+        q, r, loss, num_neighbors=ks, max_neighbors=9),
+         lambda: (X_TEST, X, LOSS, np.array([1, 5, 9], np.int32)),
+         {2: lambda l: 1 - l, 3: lambda k: k[::-1].copy()}),
+    Case("cluster_map_loss", lambda phi, psi, e, mask: ur.cluster_map_loss(
+        phi, psi, e, mask), lambda: (SOFT, PSI, LOSS, MASK),
+         {0: lambda p: p[::-1].copy(), 1: lambda p: 1 - p, 3: lambda m: m[::-1].copy()}),
+    Case("fit_cluster_map", lambda key, x, e, psi, lr, cmask: ur.fit_cluster_map(
+        _key(key), x, e, psi, cluster_mask=cmask, hidden=(3,), epochs=1,
+        batch_size=8, learning_rate=lr, select=_SELECT),
+         lambda: (KEY, X, LOSS, PSI, np.float32(0.01), np.array([1, 1, 0], bool)),
+         {0: lambda k: jax.random.key_data(jax.random.key(5)), 3: lambda p: 1 - p,
+          4: lambda lr: lr * 2}, rtol=1e-4),
+    Case("apply_cluster_map", lambda x: ur.apply_cluster_map(_FITTED_MAP, x),
+         lambda: (X,), {0: lambda x: x * 2}),
+    Case("learned_map_predicted_loss", lambda x, psi: ur.learned_map_predicted_loss(
+        _FITTED_MAP, x, psi), lambda: (X, PSI), {1: lambda p: 1 - p}),
+    Case("fit_mlp", lambda key, x, e, mask: ur.predict_loss(ur.fit_mlp(
+        _key(key), x, e, mask=mask, hidden=(3,), epochs=1, batch_size=8), x),
+         lambda: (KEY, X, LOSS, MASK),
+         {0: lambda k: jax.random.key_data(jax.random.key(5)), 2: lambda e: 1 - e},
+         rtol=1e-4, covers=("predict_loss",)),
+    Case("fit_matrix_factorization", lambda key, x, e, rank: ur.predict_loss(
+        ur.fit_matrix_factorization(_key(key), x, e, rank=3, active_rank=rank,
+                                    epochs=1, batch_size=8, select=_SELECT), x),
+         lambda: (KEY, X, LOSS, np.int32(2)),
+         {0: lambda k: jax.random.key_data(jax.random.key(5)),
+          3: lambda r: np.int32(3)}, rtol=1e-4),
+    Case("predictor_loss", lambda logits, e: ur.baselines.predictor_loss(logits, e),
+         lambda: (GAMMA, LOSS), {0: lambda g: g * 3, 1: lambda e: 1 - e}),
+    Case("Router.route", lambda x, lam: _ROUTER.route(x, lam).choice,
+         lambda: (X_TEST, LAMBDAS), {0: lambda x: x * 2, 1: _lam}),
+    Case("Router.route_subset", lambda x, lam: _ROUTER.route(
+        x, lam, models=["a", "d"]).choice, lambda: (X_TEST, np.float32(0.1)),
+         {1: _lam}),
+    Case("Router.predicted_loss", lambda x: _ROUTER.predicted_loss(x),
+         lambda: (X_TEST,), {0: lambda x: x * 2}),
+    Case("Router.add_models", lambda x, loss, cost: _ROUTER.add_models(
+        ["e"], x, loss, cost).psi, lambda: (X, LOSS[:, :1], COST[:1]),
+         {1: lambda l: 1 - l, 2: lambda c: c * 2}),
+    Case("LearnedMap Router.route", lambda x, lam: _LEARNED_ROUTER.route(
+        x, lam).choice, lambda: (X_TEST, LAMBDAS), {0: lambda x: x * 2, 1: _lam}),
+]
+IDS = [c.name for c in CASES]
+
+
+def _close(a, b, rtol):
+  chex.assert_trees_all_close(a, b, rtol=rtol, atol=rtol)
+
+
+def _device(args):
+  return tuple(jax.device_put(a) for a in args)
+
+
+class EagerAndJitTest(parameterized.TestCase):
+  """chex variants: the public function called directly, and inside a
+  user's ``jax.jit`` with every array passed as an argument."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(*[(c.name, c) for c in CASES])
+  def test_variants_agree(self, case):
+    args = case.make()
+    expected = case.fn(*args)
+    _close(self.variant(case.fn)(*args), expected, case.rtol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_jit_with_arrays_closed_over(case):
+  """Closed-over JAX arrays are concrete inside the trace: nothing may
+  inspect their values there."""
+  args = _device(case.make())
+  expected = case.fn(*args)
+  _close(jax.jit(lambda: case.fn(*args))(), expected, case.rtol)
+  if len(args) > 1:
+    first = jax.jit(lambda a: case.fn(a, *args[1:]))
+    _close(first(args[0]), expected, case.rtol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_vmap_over_each_batched_argument(case):
+  args = case.make()
+  for index, vary in case.vary.items():
+    values = [args[index], vary(args[index])]
+    batched = jax.vmap(lambda a, i=index: case.fn(*args[:i], a, *args[i + 1:]))(
+        jnp.stack([jnp.asarray(v) for v in values]))
+    for b, value in enumerate(values):
+      one = case.fn(*args[:index], value, *args[index + 1:])
+      _close(jax.tree.map(lambda leaf, b=b: leaf[b], batched), one, case.rtol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_no_retrace_when_only_values_change(case):
+  args = case.make()
+  case.fn(*args)
+  changed = tuple(case.vary[i](a) if i in case.vary else a
+                  for i, a in enumerate(args))
+  with no_retrace():
+    case.fn(*changed)
+  traced = jax.jit(chex.assert_max_traces(case.fn, n=1))
+  traced(*args)
+  traced(*changed)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_no_transfer_once_traced(case):
+  """On device-resident inputs a call moves nothing between host and
+  device: no value check, no host-side default, no implicit copy."""
+  args = _device(case.make())
+  jax.block_until_ready(case.fn(*args))
+  with jax.transfer_guard("disallow"):
+    jax.block_until_ready(case.fn(*args))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_x64_off(case):
+  """With float64 disabled (JAX's default) the same float32 computation
+  runs; integer outputs come out as int32."""
+  args = case.make()
+  expected = case.fn(*args)
+  with jax.enable_x64(False):
+    out = case.fn(*args)
+    for leaf in jax.tree.leaves(out):
+      assert jnp.dtype(leaf.dtype).itemsize <= 4 or leaf.dtype == bool, leaf.dtype
+  _close(jax.tree.map(np.asarray, out),
+         jax.tree.map(lambda a: np.asarray(a).astype(
+             np.int32 if np.issubdtype(np.asarray(a).dtype, np.integer) else
+             np.asarray(a).dtype), expected), case.rtol)
+
+
+# Public functions that are not numerical kernels: host-side boundaries.
+_BOUNDARY = {"checked", "evaluate", "load_embedllm", "load_embeddings",
+             "load_long", "load_routerbench", "make_synthetic", "missing_labels"}
+
+
+def test_every_public_numerical_function_has_a_case():
+  """A new public function joins this table (or the boundary list)."""
+  import inspect
+  functions = {name for name in ur.__all__
+               if inspect.isfunction(getattr(ur, name))} - _BOUNDARY
+  covered = set()
+  for case in CASES:
+    covered.add(case.name.split(".")[0] if "." in case.name else case.name)
+    covered.update(case.covers)
+  covered |= {name.rsplit("_", 1)[0] for name in covered}
+  assert functions <= covered, sorted(functions - covered)
+  for method in ("route", "predicted_loss", "add_models"):
+    assert f"Router.{method}" in IDS
+
+
+def test_router_route_passed_through_the_users_jit():
+  """The router itself as a jit argument: a pytree of arrays."""
+  fn = jax.jit(lambda r, x, lam: r.route(x, lam, models=["a", "b"]).choice)
+  np.testing.assert_array_equal(
+      fn(_ROUTER, X_TEST, LAMBDAS), _ROUTER.route(X_TEST, LAMBDAS,
+                                                  models=["a", "b"]).choice)
+
+
+def test_protocol_search_runs_under_the_users_jit():
+  """A method's trial run is a pure function too."""
+  data = ur.make_synthetic(jax.random.key(0), num_prompts=200, num_models=5,
+                           dim=6)
+  split = protocol.make_split(jax.random.key(1), 200, 5)
+  method = protocol.KMeansRouter(clusters=(2, 3), max_iter=5).resolve(120, 20)
+  trial = protocol.gather_trial(protocol.dataset_arrays(data), split)
+  eager = method.run(trial, jax.random.key(2))
+  jitted = jax.jit(lambda t, m: m.run(t, jax.random.key(2)))(trial, method)
+  _close(jitted, eager, 1e-6)

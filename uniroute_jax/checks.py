@@ -1,0 +1,414 @@
+"""How uniroute_jax checks its arguments: the one place where this is decided.
+
+Every public function is safe inside a user's ``jax.jit`` and ``jax.vmap``,
+with arrays passed or closed over, and does no device-to-host transfer once
+traced. So checks come in three kinds, each where it costs nothing it
+should not:
+
+1. **Shapes, dtypes and static arguments** are checked when a function is
+   traced (they read only ``.shape`` and ``.dtype``, which tracers have
+   too). A bad one raises ``ValueError`` naming the argument and saying what
+   was expected, jitted or not.
+2. **Values of data entering from the host** (NaN, ranges, signs, empty
+   pools, missing labels) are checked once, on the host, with NumPy, where
+   that data enters: the loaders and ``RoutingData.validate``, the
+   ``Router`` constructors, ``Router.add_models`` / ``add_psi`` and
+   ``Router.load``, ``protocol.evaluate``, and the command line. The rule
+   is the same everywhere: values given as host data (NumPy arrays, lists,
+   Python numbers) are inspected before they reach a device; a
+   ``jax.Array`` is device data and is never read back for a check.
+3. **The numerical core** (k-means, Psi, routing, switch paths, curves and
+   metrics, the baselines, the learned maps and loss predictors) never
+   inspects values: a check there would block on the device, and inside a
+   jit it cannot be evaluated at all. Its preconditions on values are
+   written down as ``checkify`` checks that are traced only when asked for:
+   run a call under :func:`checked` to have them run on the device and
+   raise ``ValueError``. Plain calls carry no check at all. What a function
+   returns for values outside its preconditions is documented with the
+   function, e.g. a routing choice of -1 for a cluster index outside
+   [0, k).
+
+Examples:
+  >>> import jax.numpy as jnp
+  >>> from uniroute_jax import route
+  >>> psi, cost = jnp.array([[0.1, 0.4], [0.5, 0.6]]), jnp.array([10.0, 1.0])
+  >>> route(jnp.array([0, 7]), psi, cost, 0.0).choice     # cluster 7 does not exist
+  Array([ 0, -1], dtype=int32)
+  >>> checked(route)(jnp.array([0, 7]), psi, cost, 0.0)
+  Traceback (most recent call last):
+  ...
+  ValueError: route: membership must hold cluster indices in [0, 2)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+__all__ = ["checked", "kernel", "require"]
+
+
+# ------------------------------------------------ 3. checkify (the core)
+
+# Whether the code being traced is to carry its value checks: True only
+# while :func:`checked` traces a call. It is a static argument of every
+# kernel (see :func:`kernel`), so checked and plain programs are compiled
+# and cached apart, and plain programs carry no check at all.
+_CHECKING = contextvars.ContextVar("uniroute_jax_checking", default=False)
+
+
+def require(predicate, message: str, *format_args) -> None:
+  """A value precondition of the numerical core, checked under :func:`checked`.
+
+  ``message`` may hold ``{}`` fields filled with ``format_args`` (traced
+  values). Anywhere else this adds nothing to the program.
+  """
+  if _CHECKING.get():
+    checkify.debug_check(predicate, message, *format_args)
+
+
+def kernel(fn: Callable | None = None, *, static_argnames: Sequence[str] = ()):
+  """``jax.jit`` for the library's kernels: the checking state is a static
+  argument, so a kernel traced under :func:`checked` keeps its checks and a
+  plain one has none."""
+  if fn is None:
+    return functools.partial(kernel, static_argnames=static_argnames)
+
+  # Not functools.wraps: jit must see this signature, which takes the
+  # kernel's static arguments (all passed by keyword) and the checking state.
+  def traced(*args, _checking: bool, **kwargs):
+    token = _CHECKING.set(_checking)
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _CHECKING.reset(token)
+
+  traced.__name__ = traced.__qualname__ = fn.__name__
+
+  jitted = jax.jit(traced, static_argnames=tuple(static_argnames) + ("_checking",))
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    return jitted(*args, _checking=_CHECKING.get(), **kwargs)
+
+  call.lower = lambda *a, **k: jitted.lower(*a, _checking=_CHECKING.get(), **k)
+  return call
+
+
+def checked(fn: Callable) -> Callable:
+  """``fn`` with its value preconditions checked: a failed one raises
+  ``ValueError``.
+
+  The call is traced with its checks under ``checkify`` and compiled once
+  per set of shapes, so the checks run on the device and only their verdict
+  comes back. Static arguments (sizes, method names) may be passed as usual.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from uniroute_jax import deferral_curve
+    >>> loss = jnp.array([[0.0, 2.0]])        # a loss outside [0, 1]
+    >>> checked(deferral_curve)(loss, loss, jnp.array([1.0, 2.0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: deferral_curve: true_loss must lie in [0, 1]
+  """
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    arrays, rebuild = _split_static(args, kwargs)
+    token = _CHECKING.set(True)
+    try:
+      err, out = _checkified(fn, rebuild)(*arrays)
+    finally:
+      _CHECKING.reset(token)
+    message = err.get()
+    if message is not None:
+      raise ValueError(message.split(" (`check` failed)")[0]) from None
+    return out
+
+  return call
+
+
+def _split_static(args, kwargs):
+  """(array leaves, rebuild) of a call's arguments: leaves that are arrays
+  are traced, everything else (Python numbers, strings, tuples of sizes)
+  stays static."""
+  leaves, treedef = jax.tree.flatten((args, kwargs))
+  is_array = [isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves]
+  arrays = [x for x, a in zip(leaves, is_array) if a]
+  static = tuple((i, x) for i, (x, a) in enumerate(zip(leaves, is_array))
+                 if not a)
+  return arrays, _Rebuild(treedef, tuple(is_array), static)
+
+
+class _Rebuild:
+  """Hashable recipe that puts the static leaves back between the arrays."""
+
+  def __init__(self, treedef, is_array, static):
+    self.treedef, self.is_array, self.static = treedef, is_array, static
+    try:
+      self._key = hash((treedef, is_array, static))
+    except TypeError:
+      self._key = id(self)
+
+  def __hash__(self):
+    return self._key
+
+  def __eq__(self, other):
+    return (isinstance(other, _Rebuild) and self.treedef == other.treedef
+            and self.is_array == other.is_array and self.static == other.static)
+
+  def __call__(self, arrays):
+    arrays, static = iter(arrays), dict(self.static)
+    leaves = [next(arrays) if a else static[i]
+              for i, a in enumerate(self.is_array)]
+    return jax.tree.unflatten(self.treedef, leaves)
+
+
+@functools.lru_cache(maxsize=64)
+def _checkified(fn, rebuild):
+  def call(*arrays):
+    args, kwargs = rebuild(arrays)
+    return fn(*args, **kwargs)
+
+  return jax.jit(checkify.checkify(call, errors=checkify.user_checks))
+
+
+# ------------------------------------------- 1. trace-time shape checks
+
+
+def array(name: str, x, *, ndim: int | Sequence[int], shape_doc: str = ""):
+  """``x`` with ``ndim`` dimensions and a numeric dtype, as an array-like.
+
+  JAX arrays (tracers included) and NumPy arrays are returned as they are;
+  anything else (lists, numbers) becomes a NumPy array. Nothing is copied
+  to a device and no value is read.
+  """
+  if not isinstance(x, (jax.Array, np.ndarray)):
+    if isinstance(x, (str, bytes)) or x is None:
+      raise ValueError(_array_doc(name, ndim, shape_doc, f"got {x!r}"))
+    try:
+      x = np.asarray(x)
+    except (TypeError, ValueError) as err:
+      raise ValueError(_array_doc(name, ndim, shape_doc, f"got {err}")) from None
+  dtype = x.dtype
+  if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+    raise ValueError(_array_doc(name, ndim, shape_doc, f"got dtype {dtype}"))
+  allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+  if x.ndim not in allowed:
+    raise ValueError(_array_doc(name, ndim, shape_doc, f"got shape {x.shape}"))
+  return x
+
+
+def _array_doc(name, ndim, shape_doc, found) -> str:
+  allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+  dims = " or ".join(f"{d}-d" for d in allowed)
+  doc = f" {shape_doc}" if shape_doc else ""
+  return f"{name} must be a numeric {dims} array{doc}, {found}"
+
+
+def float_array(name: str, x, *, ndim, shape_doc: str = ""):
+  """:func:`array` that must not be complex (losses, costs, embeddings)."""
+  x = array(name, x, ndim=ndim, shape_doc=shape_doc)
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise ValueError(f"{name} must be real, got dtype {x.dtype}")
+  return x
+
+
+def integer_array(name: str, x, *, ndim, shape_doc: str = ""):
+  """:func:`array` of an integer dtype (indices)."""
+  x = array(name, x, ndim=ndim, shape_doc=shape_doc)
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise ValueError(f"{name} must hold integers {shape_doc}, got dtype {x.dtype}")
+  return x
+
+
+def compute_dtype(*arrays) -> np.dtype:
+  """Floating dtype to compute in: the inputs' promoted float, at least 32-bit.
+
+  Integer and boolean inputs (0/1 labels) compute in JAX's default float;
+  float16 and bfloat16 inputs accumulate in float32. Only dtypes are read.
+  """
+  dtypes = [jnp.result_type(a) for a in arrays if a is not None]
+  floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+  dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
+  if jnp.finfo(dtype).bits < 32:
+    dtype = jnp.float32
+  return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def float_dtype(dtype, *arrays) -> np.dtype:
+  """``dtype`` if given (it must be floating), else the arrays' compute dtype."""
+  if dtype is None:
+    return compute_dtype(*arrays)
+  try:
+    dtype = np.dtype(dtype)
+  except TypeError:
+    raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+  return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def same_size(name_a: str, size_a: int, name_b: str, size_b: int,
+              what: str) -> None:
+  if size_a != size_b:
+    raise ValueError(
+        f"{name_a} and {name_b} must agree on the number of {what}: "
+        f"got {size_a} and {size_b}")
+
+
+def cost(name: str, x, n: int, m: int, *, per_prompt: bool = True):
+  """Costs of m LLMs: [m], or [n, m] per prompt when ``per_prompt``."""
+  x = float_array(name, x, ndim=(1, 2) if per_prompt else 1,
+                  shape_doc="[m] or [n, m]" if per_prompt else "[m]")
+  allowed = ((m,), (n, m)) if per_prompt else ((m,),)
+  if x.shape not in allowed:
+    wanted = f"[{m}] or [{n}, {m}]" if per_prompt else f"[{m}]"
+    raise ValueError(f"{name} must have shape {wanted}, got {x.shape}")
+  return x
+
+
+def mask(name: str, x, shape: tuple[int, ...]):
+  """A boolean (or 0/1 integer) mask of exactly ``shape``; None means all True.
+
+  Returned as given (None stays None): the kernel makes it boolean.
+  """
+  if x is None:
+    return None
+  x = array(name, x, ndim=len(shape), shape_doc=str(list(shape)))
+  if tuple(x.shape) != tuple(shape):
+    raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+  if not (x.dtype == np.bool_ or jnp.issubdtype(x.dtype, jnp.integer)):
+    raise ValueError(f"{name} must be boolean (or 0/1 integers), got dtype {x.dtype}")
+  return x
+
+
+def weights(name: str, w, n: int):
+  """Optional per-row weights [n]; None means all ones."""
+  if w is None:
+    return None
+  w = float_array(name, w, ndim=1, shape_doc="[n]")
+  if w.shape[0] != n:
+    raise ValueError(f"{name} must have length {n}, got {w.shape[0]}")
+  return w
+
+
+def scalar(name: str, x):
+  """A real scalar (a Python number, a 0-d array or a tracer)."""
+  if isinstance(x, bool):
+    raise ValueError(f"{name} must be a number, got {x!r}")
+  x = float_array(name, x, ndim=0, shape_doc="(a scalar)")
+  return x
+
+
+def positive_int(name: str, value, *, upper: int | None = None,
+                 upper_doc: str = "") -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  if value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value}")
+  if upper is not None and value > upper:
+    raise ValueError(f"{name} must be at most {upper_doc or upper}, got {value}")
+  return int(value)
+
+
+def prng_key(name: str, key) -> None:
+  """A single typed ``jax.random.key`` or a raw uint32 [2] key."""
+  dtype = getattr(key, "dtype", None)
+  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+  raw = dtype == jnp.uint32 and jnp.shape(key) == (2,)
+  if not (typed and jnp.ndim(key) == 0 or raw):
+    raise ValueError(
+        f"{name} must be a single jax.random.key (or a raw uint32 [2] key), "
+        f"got {type(key).__name__} of dtype {dtype} and shape "
+        f"{getattr(key, 'shape', ())}")
+
+
+def widths(name: str, values) -> tuple[int, ...]:
+  """A sequence of positive layer widths, as a tuple of ints."""
+  if isinstance(values, (str, bytes)):
+    raise ValueError(f"{name} must be a sequence of positive widths, got {values!r}")
+  try:
+    values = tuple(values)
+  except TypeError:
+    raise ValueError(
+        f"{name} must be a sequence of positive widths, got {values!r}") from None
+  return tuple(positive_int(name, w) for w in values)
+
+
+# ------------------------------------------- 2. host values at the boundary
+
+
+def is_host(x) -> bool:
+  """True for data that lives on the host (NumPy, lists, numbers): the
+  values a boundary function inspects. JAX arrays are device data."""
+  return not isinstance(x, jax.Array)
+
+
+def host_values(x) -> np.ndarray | None:
+  """``x`` as a NumPy array when it is host data, else None (not inspected)."""
+  if not is_host(x):
+    return None
+  return np.asarray(x)
+
+
+def host_finite(name: str, x) -> None:
+  values = host_values(x)
+  if values is not None and not np.all(np.isfinite(values)):
+    raise ValueError(f"{name} must be finite, but contains NaN or infinity")
+
+
+def host_in_range(name: str, x, low: float, high: float, where=None) -> None:
+  values = host_values(x)
+  if values is None:
+    return
+  if where is not None:
+    where = host_values(where)
+    if where is None:
+      return
+    values = values[np.broadcast_to(np.asarray(where, bool), values.shape)]
+  inside = (values >= low) & (values <= high)
+  if values.size and not np.all(inside):
+    raise ValueError(
+        f"{name} must lie in [{low}, {high}], found {values[~inside].flat[0]!r}")
+
+
+def host_nonnegative(name: str, x) -> None:
+  host_finite(name, x)
+  values = host_values(x)
+  if values is not None and values.size and np.any(values < 0):
+    raise ValueError(f"{name} must be non-negative, found {values.min()!r}")
+
+
+def host_bool_mask(name: str, x) -> None:
+  values = host_values(x)
+  if values is not None and values.dtype != np.bool_ and not np.all(
+      (values == 0) | (values == 1)):
+    raise ValueError(f"{name} must be boolean (or 0/1)")
+
+
+def host_labelled(name: str, mask_values, model_names=None) -> None:
+  """Every LLM (column) has at least one labelled prompt."""
+  values = host_values(mask_values)
+  if values is None or values.ndim != 2 or not values.shape[1]:
+    return
+  empty = np.nonzero(~np.any(values.astype(bool), axis=0))[0]
+  if empty.size:
+    who = (repr(model_names[int(empty[0])]) if model_names is not None
+           else f"column {int(empty[0])}")
+    raise ValueError(f"{name}: LLM {who} has no labelled prompt")
+
+
+def host_positive_weights(name: str, w) -> None:
+  host_nonnegative(name, w)
+  values = host_values(w)
+  if values is not None and values.size and not np.any(values > 0):
+    raise ValueError(f"{name} must have at least one positive entry")
+

@@ -1,0 +1,233 @@
+"""Files: router files (one ``.npz`` of plain arrays and JSON metadata, no
+pickle) and the atomic writes every output of the library goes through.
+
+A router file holds ``psi`` [k, m] and ``cost`` [m], the map's arrays
+(``ClusterMapping.to_arrays``: ``centroids`` for k-means; every array of a
+learned map's ``params`` and ``state`` under its key path, e.g.
+``params/dense/0/kernel``, and its training history), and one JSON string
+``metadata``: format, version, the map's kind and structure, the LLM names,
+k, d and the dtype. It is read with ``allow_pickle=False``, and every array
+is checked against the metadata, so a file that is not a router fails with
+one ``ValueError`` saying why.
+
+Writes never leave a partial file and never replace an existing one unless
+asked: the content goes to a temporary file in the same folder, which is
+then linked into place (or renamed, when overwriting is allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import uuid
+import zipfile
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from uniroute_jax import maps
+
+FORMAT = "uniroute_jax.Router"
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_METADATA_KEY = "metadata"
+
+
+class RouterContents(NamedTuple):
+  """What a router file holds."""
+
+  cluster_map: maps.ClusterMapping
+  models: tuple[str, ...]
+  psi: np.ndarray
+  cost: np.ndarray
+
+
+# ------------------------------------------------------------ atomic writes
+
+
+def atomic_write(path, write: Callable[[Any], None], *, overwrite: bool = False,
+                 binary: bool = True) -> pathlib.Path:
+  """Writes a file through ``write(file)`` so that it appears whole or not at all.
+
+  Args:
+    path: the file to create.
+    write: called with the open temporary file.
+    overwrite: replace an existing file; otherwise an existing ``path``
+      raises ``FileExistsError`` (also when one appears while writing).
+    binary: open the temporary file in binary mode (else UTF-8 text).
+
+  Returns:
+    ``path`` as a ``pathlib.Path``.
+  """
+  path = pathlib.Path(path)
+  if not overwrite and os.path.lexists(path):
+    raise FileExistsError(f"{path} exists; it is never overwritten")
+  if path.is_dir():
+    raise IsADirectoryError(f"{path} is a directory")
+  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+  # os.open applies the umask, so the file gets the usual permissions.
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+  try:
+    with os.fdopen(fd, "wb" if binary else "w",
+                   **({} if binary else {"encoding": "utf-8"})) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    if overwrite:
+      os.replace(tmp, path)
+    else:
+      _rename_no_clobber(tmp, path)
+  finally:
+    if os.path.lexists(tmp):
+      os.unlink(tmp)
+  return path
+
+
+def _rename_no_clobber(tmp, path) -> None:
+  """Moves ``tmp`` to ``path`` unless ``path`` exists (atomically where the
+  file system has hard links)."""
+  try:
+    os.link(tmp, path)
+  except FileExistsError:
+    raise FileExistsError(f"{path} exists; it is never overwritten") from None
+  except OSError:
+    if os.path.lexists(path):
+      raise FileExistsError(f"{path} exists; it is never overwritten") from None
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- routers
+
+
+def save_router(path, contents: RouterContents, *, overwrite: bool = False
+                ) -> pathlib.Path:
+  """Writes a router file (see the module docstring) exactly at ``path``."""
+  cluster_map = contents.cluster_map
+  map_arrays, map_meta = cluster_map.to_arrays()
+  meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": cluster_map.kind,
+          "models": list(contents.models),
+          "num_clusters": cluster_map.num_clusters, "dim": cluster_map.dim,
+          "dtype": np.dtype(contents.psi.dtype).name, "map": map_meta}
+  arrays = {"psi": np.asarray(contents.psi), "cost": np.asarray(contents.cost)}
+  for key, value in map_arrays.items():
+    if key in arrays or key == _METADATA_KEY:
+      raise ValueError(f"a map may not store an array named {key!r}")
+    arrays[key] = value
+  arrays[_METADATA_KEY] = np.array(json.dumps(meta))
+  return atomic_write(path, lambda f: np.savez(f, **arrays), overwrite=overwrite)
+
+
+def load_router(path, *, map_types: Sequence[type[maps.ClusterMapping]] =
+                maps.BUILT_IN) -> RouterContents:
+  """Reads a router file written by :func:`save_router` (no pickle).
+
+  Args:
+    path: the ``.npz`` file.
+    map_types: the :class:`~uniroute_jax.maps.ClusterMapping` types the file
+      may hold, by their ``kind``.
+
+  Raises:
+    ValueError: ``path`` is not a saved router (not an npz file, no router
+      metadata, an object array, missing or malformed arrays), or was
+      written in an unknown format version.
+  """
+  arrays = read_npz(path, what="a saved Router")
+  meta = _read_metadata(path, arrays)
+  try:
+    return _contents(meta, arrays, {t.kind: t for t in map_types})
+  except (KeyError, TypeError, AttributeError) as err:
+    raise ValueError(f"{path} is not a valid saved Router: {err!r}") from None
+  except ValueError as err:
+    raise ValueError(f"{path}: {err}") from None
+
+
+def read_npz(path, *, what: str) -> dict[str, np.ndarray]:
+  """Every array of an ``.npz`` file, read without pickle."""
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except (ValueError, EOFError, zipfile.BadZipFile) as err:
+    raise ValueError(f"{path} is not {what} (not an npz file: {err})") from None
+  if not isinstance(loaded, np.lib.npyio.NpzFile):
+    raise ValueError(f"{path} is not {what} (a single array, not npz)")
+  with loaded:
+    try:
+      return {key: loaded[key] for key in loaded.files}
+    except ValueError as err:
+      raise ValueError(
+          f"{path} is not {what}: it holds an object array (pickled data), "
+          f"which is never loaded ({err})") from None
+    except (EOFError, OSError, zipfile.BadZipFile) as err:
+      raise ValueError(f"{path} is not {what}: {err}") from None
+
+
+def _read_metadata(path, arrays) -> dict:
+  raw = arrays.pop(_METADATA_KEY, None)
+  if raw is None or raw.dtype.kind != "U" or raw.ndim != 0:
+    raise ValueError(
+        f"{path} is not a saved Router (no '{_METADATA_KEY}' string entry)")
+  try:
+    meta = json.loads(str(raw[()]))
+  except json.JSONDecodeError as err:
+    raise ValueError(f"{path} is not a saved Router (bad metadata: {err})"
+                     ) from None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise ValueError(f"{path} is not a saved Router (metadata format is not "
+                     f"{FORMAT!r})")
+  if meta.get("version") not in _READABLE_VERSIONS:
+    raise ValueError(
+        f"{path} has Router format version {meta.get('version')!r}; this "
+        f"version of uniroute_jax reads versions {list(_READABLE_VERSIONS)}")
+  try:
+    dtype = np.dtype(meta["dtype"])
+  except (KeyError, TypeError) as err:
+    raise ValueError(f"{path} is not a valid saved Router: {err!r}") from None
+  if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+    raise ValueError(
+        f"{path} was saved in {dtype.name}; enable it with "
+        f"jax.config.update('jax_enable_x64', True) before loading")
+  if meta["version"] == 1:
+    _upgrade_version_1(meta, arrays)
+  return meta
+
+
+def _upgrade_version_1(meta: dict, arrays: dict) -> None:
+  """Version 1 kept a learned map's running averages under ``batch_stats/``
+  and its structure under ``cluster_map``; it had no cluster mask."""
+  if meta.get("kind") == maps.LearnedMap.kind:
+    meta["map"] = meta.pop("cluster_map")
+    for key in [k for k in arrays if k.startswith("batch_stats/")]:
+      arrays["state/" + key[len("batch_stats/"):]] = arrays.pop(key)
+    k = int(meta["num_clusters"])
+    arrays["state/cluster_mask"] = np.ones((k,), bool)
+    history = arrays.get("loss_history")
+    if history is not None:
+      arrays.setdefault("validation_area", np.full(history.shape, np.nan,
+                                                   history.dtype))
+      arrays.setdefault("best_epoch", np.asarray(history.shape[0] - 1, np.int32))
+  else:
+    meta.setdefault("map", {})
+
+
+def _contents(meta: dict, arrays: dict, map_types: dict) -> RouterContents:
+  dtype = np.dtype(meta["dtype"])
+  k, d = int(meta["num_clusters"]), int(meta["dim"])
+  models = meta["models"]
+  if not isinstance(models, list) or not all(isinstance(n, str) for n in models):
+    raise ValueError("saved Router metadata 'models' must be a list of names")
+  m = len(models)
+  psi = maps.take(arrays, "psi", (k, m), dtype)
+  cost = maps.take(arrays, "cost", (m,), dtype)
+  kind = meta.get("kind")
+  if kind not in map_types:
+    raise ValueError(f"saved Router has a map of kind {kind!r}; known: "
+                     f"{sorted(map_types)} (pass map_types= for others)")
+  cluster_map = map_types[kind].from_arrays(arrays, meta.get("map", {}),
+                                            num_clusters=k, dim=d)
+  if arrays:
+    raise ValueError(f"saved Router has unexpected arrays {sorted(arrays)}")
+  if cluster_map.dtype != dtype:
+    raise ValueError(f"saved Router's dtype {dtype} does not match its map's "
+                     f"({cluster_map.dtype})")
+  return RouterContents(cluster_map, tuple(models), psi, cost)

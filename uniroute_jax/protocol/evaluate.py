@@ -1,0 +1,84 @@
+"""The paper's evaluation in one call: splits, every method on every trial,
+mean curves and sign tests."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from uniroute_jax import checks
+from uniroute_jax.protocol.methods import DEFAULT_METHODS, Method, as_methods
+from uniroute_jax.protocol.running import PoolPoints, run_trials
+from uniroute_jax.protocol.splits import Split, make_trials
+from uniroute_jax.protocol.statistics import MethodSummary, summarise
+from uniroute_jax.types import RoutingData
+
+
+class Evaluation(NamedTuple):
+  """Everything :func:`evaluate` measured.
+
+  Attributes:
+    methods: {name: MethodSummary}, in the order evaluated.
+    best: the best non-reference method's name (None when there is none).
+    splits: the trials' :class:`~uniroute_jax.protocol.Split`.
+    alpha: level of the sign tests.
+    pool: the test LLMs' own points per trial.
+  """
+
+  methods: dict[str, MethodSummary]
+  best: str | None
+  splits: Split
+  alpha: float
+  pool: PoolPoints
+
+
+def evaluate(key, data: RoutingData, *, num_trials: int = 10,
+             methods: Sequence[Method | str] = DEFAULT_METHODS,
+             val_frac=0.1, test_frac=0.3, test_model_frac=1 / 3,
+             curve_points: int = 1001, alpha: float = 0.01,
+             batch_size: int = 8,
+             on_progress: Callable[[int, int], None] | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> Evaluation:
+  """The paper's evaluation: many random trials, unseen test LLMs, mean curves.
+
+  Args:
+    key: a ``jax.random.key``: splits and every method's randomness derive
+      from it.
+    data: the dataset (validated here, on the host).
+    num_trials: independent trials (the paper uses 400).
+    methods: method values (e.g. ``KMeansRouter(clusters=(6,))``) or
+      built-in names (:data:`~uniroute_jax.protocol.BUILT_IN`); each
+      method's own options (candidate grids, shrinkage, training) are its
+      fields, with their defaults in one place, the method's class.
+    val_frac, test_frac: prompt fractions (the rest trains); the paper uses
+      0.1 / 0.3, and 0.01 validation for RouterBench.
+    test_model_frac: fraction of LLMs held out as the unseen test pool.
+    curve_points: size of the relative-cost grid of the mean curves.
+    alpha: level of the sign tests.
+    batch_size: trials per compiled call (memory grows with it).
+    on_progress: called with (trials done, trials in all) after each batch.
+    mesh: optional one-axis device mesh to split each batch's trials over
+      (see :func:`~uniroute_jax.protocol.run_trials`).
+  """
+  checks.prng_key("key", key)
+  data.validate()
+  if not 0.0 < alpha < 1.0:
+    raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+  methods = as_methods(methods)
+  split_key, run_key = jax.random.split(key)
+  splits = make_trials(split_key, num_trials, data.num_prompts, data.num_models,
+                       val_frac=val_frac, test_frac=test_frac,
+                       test_model_frac=test_model_frac)
+  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
+  # Resolve (and so check) every method before any work.
+  methods = tuple(m.resolve(n_train, n_val) for m in methods)
+  data = data._replace(embeddings=np.asarray(data.embeddings),
+                       loss=np.asarray(data.loss), mask=np.asarray(data.mask),
+                       cost=np.asarray(data.cost))
+  results, pool = run_trials(run_key, data, splits, methods=methods,
+                             curve_points=curve_points, batch_size=batch_size,
+                             on_progress=on_progress, mesh=mesh)
+  summaries, best = summarise(results, methods, alpha=alpha)
+  return Evaluation(summaries, best, splits, alpha, pool)

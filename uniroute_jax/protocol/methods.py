@@ -1,0 +1,574 @@
+"""The routers the protocol evaluates, as values.
+
+A method is an immutable pytree: its numeric hyper-parameters (candidate
+grids, Psi shrinkage, k-means tolerance, learning rates) are leaves, traced
+when a batch of trials is compiled, so changing them never recompiles; what
+fixes shapes (the largest candidate, epochs, widths) is static. A method is
+passed to :func:`~uniroute_jax.protocol.evaluate` or
+:func:`~uniroute_jax.protocol.run_trials` by value; :data:`BUILT_IN` maps
+the names the command line knows to default values, and is only read to
+turn names into methods before anything runs.
+
+Every method's ``run(trial, key)`` is pure and traceable: it sees a
+:class:`~uniroute_jax.protocol.TrialData` and returns the test curve and
+the hyper-parameter it chose, choosing it (App. F.1) from the training
+LLMs alone: represent them with training-prompt labels, route them on the
+validation prompts, keep the candidate with the largest area. The
+candidates run through one traced step (``search.best_candidate``).
+
+The clairvoyant upper bounds (``mlp``, ``matfac``) are the exception, by
+design: they also see the test LLMs' labels on the training prompts, and
+are reported as references, never as the best router.
+
+To add a router, subclass :class:`Method`, decorate it with
+:func:`method_dataclass` and pass an instance in ``methods``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uniroute_jax import (checks, cluster_map, clustering, features, metrics,
+                          routing)
+from uniroute_jax.baselines import clairvoyant, knn, zero_router
+from uniroute_jax.learn import CheckpointSelection
+from uniroute_jax.protocol import search
+from uniroute_jax.protocol.trials import TrialData, test_curve, validation_area
+from uniroute_jax.types import Array
+
+
+class MethodOutput(NamedTuple):
+  """What a method returns for one trial: its test curve and its chosen
+  hyper-parameter (0 when it has none)."""
+
+  curve: metrics.DeferralCurve
+  chosen: Array
+
+
+def method_dataclass(cls=None, *, data: tuple[str, ...] = ()):
+  """Makes ``cls`` a frozen dataclass and a pytree whose ``data`` fields are
+  leaves (traced) and whose other fields are static."""
+  if cls is None:
+    return lambda c: method_dataclass(c, data=data)
+  cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
+  fields = [f.name for f in dataclasses.fields(cls)]
+  return jax.tree_util.register_dataclass(
+      cls, data_fields=list(data), meta_fields=[f for f in fields if f not in data])
+
+
+class Method:
+  """A router the protocol can evaluate.
+
+  Attributes:
+    name: the key its results are stored under (unique in an evaluation).
+    title: how tables name it.
+    hyperparameter: what ``MethodOutput.chosen`` is, e.g. "K"; "" for none.
+    reference: True for upper bounds (the oracle, clairvoyant routers):
+      reported, but never the "best method" others are tested against.
+    clairvoyant: True for routers trained with the test LLMs' labels (not
+      dynamic routers); they are reference methods too.
+  """
+
+  name: str
+  title: str
+  hyperparameter: ClassVar[str] = ""
+  reference: ClassVar[bool] = False
+  clairvoyant: ClassVar[bool] = False
+
+  def resolve(self, n_train: int, n_val: int) -> "Method":
+    """This method with its defaults that depend on the split sizes filled
+    in and checked (on the host, before anything is compiled)."""
+    del n_train, n_val
+    return self
+
+  def run(self, trial: TrialData, key) -> MethodOutput:
+    raise NotImplementedError
+
+  def replace(self, **changes) -> "Method":
+    """A copy with some fields changed (the method is immutable)."""
+    return dataclasses.replace(self, **changes)
+
+  def __repr__(self):
+    fields = ", ".join(f"{f.name}={_short(getattr(self, f.name))}"
+                       for f in dataclasses.fields(self))
+    return f"{type(self).__name__}({fields})"
+
+
+def _short(value):
+  if isinstance(value, np.ndarray):
+    return tuple(value.tolist())
+  return repr(value)
+
+
+# ------------------------------------------------------------- candidates
+
+
+def _integer_grid(low: int, high: int, size: int = 8) -> tuple[int, ...]:
+  """Up to ``size`` distinct integers from low to high, geometrically spaced."""
+  if high <= low:
+    return (low,)
+  values = np.unique(np.round(np.geomspace(low, high, size)).astype(int))
+  return tuple(int(v) for v in values)
+
+
+def default_cluster_grid(n_train: int, n_val: int) -> tuple[int, ...]:
+  """K from 3 to N_val / 50 (App. F.1), at most the training prompts."""
+  high = max(3, n_val // 50)
+  return tuple(k for k in _integer_grid(3, high) if k <= n_train) or (n_train,)
+
+
+def default_neighbor_grid(n_train: int, n_val: int) -> tuple[int, ...]:
+  """k from 5 to N_val / 3 (App. F.1); k neighbours must exist both among
+  the training prompts (selection) and the validation prompts (test)."""
+  cap = min(n_train, n_val)
+  return tuple(k for k in _integer_grid(5, max(5, n_val // 3)) if k <= cap) or (cap,)
+
+
+def candidate_array(name: str, values, upper: int, upper_doc: str) -> np.ndarray:
+  """Candidate values as an int32 array [c], each in [1, upper]."""
+  if isinstance(values, (int, np.integer)):
+    values = (values,)
+  try:
+    values = tuple(np.asarray(values).tolist())
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a sequence of positive integers, got "
+                     f"{values!r}") from None
+  if not values:
+    raise ValueError(f"{name} must hold at least one candidate")
+  return np.asarray([checks.positive_int(name, v, upper=upper,
+                                         upper_doc=upper_doc)
+                     for v in values], np.int32)
+
+
+def _resolved(method, field: str, values, default, upper: int, upper_doc: str):
+  values = default if values is None else values
+  array = candidate_array(f"{method.name}: {field}", values, upper, upper_doc)
+  return array, int(array.max())
+
+
+def _require_resolved(method, field: str):
+  if not isinstance(getattr(method, field), (np.ndarray, jax.Array)):
+    raise ValueError(f"{method.name}: call resolve(n_train, n_val) before run "
+                     f"(its {field} are not set)")
+
+
+# ---------------------------------------------------------------- routers
+
+
+@method_dataclass
+class ZeroRouter(Method):
+  """ZeroRouter: the prompt-blind lower convex hull of (cost, loss)."""
+
+  name: str = "zero"
+  title: str = "ZeroRouter"
+
+  def run(self, trial, key):
+    del key
+    mean_loss = features.mean_loss(trial.val_test_loss, trial.val_test_mask)
+    hull = zero_router.zero_router_hull(mean_loss, trial.test_route_cost)
+    curve = zero_router.zero_router_curve(hull, trial.test_loss, trial.test_cost,
+                                          weights=trial.test_weights)
+    return MethodOutput(curve, jnp.zeros((), jnp.int32))
+
+
+@method_dataclass(data=("neighbors",))
+class KNN(Method):
+  """K-NN routing, k chosen per trial on the training LLMs.
+
+  Attributes:
+    neighbors: candidate k (traced); None: 5 .. N_val / 3 (App. F.1).
+    max_neighbors: the largest candidate (set by ``resolve``).
+  """
+
+  name: str = "knn"
+  title: str = "K-NN"
+  neighbors: Any = None
+  max_neighbors: int = 0
+  hyperparameter: ClassVar[str] = "k"
+
+  def resolve(self, n_train, n_val):
+    cap = min(n_train, n_val)
+    values, top = _resolved(self, "neighbors", self.neighbors,
+                            default_neighbor_grid(n_train, n_val), cap,
+                            f"the number of training and of validation "
+                            f"prompts ({cap})")
+    return self.replace(neighbors=values, max_neighbors=top)
+
+  def run(self, trial, key):
+    del key
+    _require_resolved(self, "neighbors")
+    grid = dict(num_neighbors=self.neighbors, max_neighbors=self.max_neighbors)
+    # Selection: training LLMs, represented on the training prompts.
+    val_gamma = knn.knn_predicted_loss_grid(
+        trial.val_emb, trial.train_emb, trial.train_loss, mask=trial.train_mask,
+        **grid)
+    areas = jax.vmap(lambda g: validation_area(g, trial))(val_gamma)
+    k = jnp.asarray(self.neighbors, jnp.int32)[jnp.argmax(areas)]
+    # Only the chosen k routes the test prompts: one search for one k.
+    test_gamma = knn.knn_predicted_loss(
+        trial.test_emb, trial.val_emb, trial.val_test_loss,
+        mask=trial.val_test_mask, num_neighbors=k)
+    return MethodOutput(test_curve(test_gamma, trial), k)
+
+
+class _Clusters(NamedTuple):
+  """One candidate K's k-means fit and the feature vectors both pools get."""
+
+  fit: clustering.KMeansResult
+  val_clusters: Array   # [n_val]
+  train_psi: Array      # [k_max, m_train] training LLMs, from training prompts
+  test_psi: Array       # [k_max, m_test] test LLMs, from validation prompts
+
+
+def _fit_clusters(trial: TrialData, key, k, method, weights=None) -> _Clusters:
+  """K-means with ``k`` active of ``method.max_clusters`` slots on the
+  training prompts, and both pools' Psi."""
+  slots = method.max_clusters
+  fit = clustering.kmeans(key, trial.train_emb, num_clusters=slots,
+                          active_clusters=k, max_iter=method.max_iter,
+                          tol=method.tol)
+  val_clusters = clustering.assign_clusters(
+      trial.val_emb, fit.centroids, cluster_mask=fit.cluster_mask).cluster
+  train_psi = features.cluster_errors(
+      fit.assignment, trial.train_loss, mask=trial.train_mask, weights=weights,
+      num_clusters=slots, prior_strength=method.prior_strength).psi
+  test_psi = features.cluster_errors(
+      val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
+      num_clusters=slots, prior_strength=method.prior_strength).psi
+  return _Clusters(fit, val_clusters, train_psi, test_psi)
+
+
+def _check_numbers(method, *, nonnegative=(), positive=()) -> None:
+  """Host checks of a method's numeric hyper-parameters (traced later)."""
+  for field in nonnegative + positive:
+    name = f"{method.name}: {field}"
+    value = getattr(method, field)
+    checks.scalar(name, value)
+    checks.host_finite(name, value)
+    if field in positive and not np.asarray(value) > 0:
+      raise ValueError(f"{name} must be positive, got {value!r}")
+    checks.host_nonnegative(name, value)
+
+
+def _resolve_clusters(method, n_train, n_val):
+  values, top = _resolved(method, "clusters", method.clusters,
+                          default_cluster_grid(n_train, n_val), n_train,
+                          f"the number of training prompts ({n_train})")
+  checks.positive_int(f"{method.name}: max_iter", method.max_iter)
+  _check_numbers(method, nonnegative=("prior_strength", "tol"),
+                 positive=("learning_rate",) if hasattr(method, "learning_rate")
+                 else ())
+  return method.replace(clusters=values, max_clusters=top)
+
+
+@method_dataclass(data=("clusters", "prior_strength", "tol"))
+class KMeansRouter(Method):
+  """UniRoute (K-means), K chosen on the training LLMs (App. F.1).
+
+  Attributes:
+    clusters: candidate K (traced); None: 3 .. N_val / 50 (App. F.1).
+    max_clusters: the largest candidate (set by ``resolve``).
+    max_iter: Lloyd iterations per k-means fit (static).
+    prior_strength: shrinkage of every Psi towards each LLM's overall
+      error, in pseudo-prompts (``features.cluster_errors``); 0 is eq. 13.
+    tol: k-means tolerance (``clustering.kmeans``).
+    matched: choose K with the training LLMs represented by as many (random)
+      training prompts as there are validation prompts, so their Psi is as
+      noisy as the test LLMs' will be. The paper's rule uses every training
+      prompt, which favours a K too large for the validation set when that
+      set is much smaller (MMLU-Pro: see benchmarks/results/).
+  """
+
+  name: str = "kmeans"
+  title: str = "UniRoute (K-means)"
+  clusters: Any = None
+  max_clusters: int = 0
+  max_iter: int = 100
+  prior_strength: Any = 0.0
+  tol: Any = 1e-4
+  matched: bool = False
+  hyperparameter: ClassVar[str] = "K"
+
+  def resolve(self, n_train, n_val):
+    return _resolve_clusters(self, n_train, n_val)
+
+  def run(self, trial, key):
+    _require_resolved(self, "clusters")
+    n_train, n_val = trial.train_emb.shape[0], trial.val_emb.shape[0]
+    weights = None
+    if self.matched and n_val < n_train:
+      subset_key = jax.random.fold_in(key, self.clusters.shape[0])
+      chosen = jax.random.permutation(subset_key, n_train)[:n_val]
+      weights = jnp.zeros(n_train, trial.train_loss.dtype).at[chosen].set(1.0)
+
+    def evaluate(k, i):
+      c = _fit_clusters(trial, jax.random.fold_in(key, i), k, self, weights)
+      test_clusters = clustering.assign_clusters(
+          trial.test_emb, c.fit.centroids, cluster_mask=c.fit.cluster_mask).cluster
+      area = validation_area(routing.predicted_loss(c.val_clusters, c.train_psi),
+                             trial)
+      return area, routing.predicted_loss(test_clusters, c.test_psi)
+
+    best = search.best_candidate(self.clusters, evaluate, trial.test_loss.shape,
+                                 trial.test_loss.dtype)
+    return MethodOutput(test_curve(best.gamma, trial), best.value)
+
+
+@method_dataclass(data=("clusters", "prior_strength", "tol", "learning_rate"))
+class LearnedMapRouter(Method):
+  """UniRoute (LearnedMap, section 5.2): a trained soft cluster map.
+
+  Per candidate K: k-means on the training prompts; Psi of the training LLMs
+  (from their training-prompt labels by default), held fixed while the map
+  is fitted to their training-prompt labels (binary cross-entropy, Adam);
+  K is chosen by the training LLMs' area on the validation prompts. The
+  test LLMs get Psi from the validation prompts (nearest centroid, or Phi
+  with ``soft_psi``), and gamma(x) = Phi(x)^T Psi. The defaults are the
+  paper's (section 5.2, App. E.3).
+
+  Attributes:
+    clusters, max_clusters, max_iter, prior_strength, tol: as
+      :class:`KMeansRouter`.
+    hidden: hidden widths of the map; () is the single softmax-dense layer.
+    batch_norm: BatchNorm on the input and hidden layers.
+    epochs, learning_rate, batch_size: Adam's training (the learning rate
+      is traced).
+    select_epoch: keep the epoch whose map gives the training LLMs the
+      largest area on the validation prompts (early stopping with the best
+      checkpoint restored) instead of the last.
+    train_psi_from: which labels give the training LLMs' Psi, held fixed
+      while the map trains: "train" (their training-prompt labels, the
+      paper's default) or "val" (their validation-prompt labels, the way
+      test LLMs get theirs). With "val", the K choice scores the training
+      LLMs on the prompts their Psi came from.
+    soft_psi: compute the test LLMs' Psi with the map's soft memberships of
+      the validation prompts, Phi(x), instead of their nearest k-means
+      centroid: the same membership that later routes the test prompts.
+  """
+
+  name: str = "learned_map"
+  title: str = "UniRoute (LearnedMap)"
+  clusters: Any = None
+  max_clusters: int = 0
+  max_iter: int = 100
+  prior_strength: Any = 0.0
+  tol: Any = 1e-4
+  hidden: tuple[int, ...] = (128, 128)
+  batch_norm: bool = True
+  epochs: int = 5
+  learning_rate: Any = 5e-3
+  batch_size: int = 64
+  select_epoch: bool = False
+  train_psi_from: str = "train"
+  soft_psi: bool = False
+  hyperparameter: ClassVar[str] = "K"
+
+  def __post_init__(self):
+    object.__setattr__(self, "hidden", checks.widths("hidden", self.hidden))
+    checks.positive_int("epochs", self.epochs)
+    checks.positive_int("batch_size", self.batch_size)
+    if self.train_psi_from not in ("train", "val"):
+      raise ValueError(f"train_psi_from must be 'train' or 'val', got "
+                       f"{self.train_psi_from!r}")
+
+  def resolve(self, n_train, n_val):
+    return _resolve_clusters(self, n_train, n_val)
+
+  def run(self, trial, key):
+    _require_resolved(self, "clusters")
+
+    def evaluate(k, i):
+      fit_key, map_key = jax.random.split(jax.random.fold_in(key, i))
+      c = _fit_clusters(trial, fit_key, k, self)
+      train_psi = c.train_psi
+      if self.train_psi_from == "val":
+        train_psi = features.cluster_errors(
+            c.val_clusters, trial.val_train_loss, mask=trial.val_train_mask,
+            num_clusters=self.max_clusters,
+            prior_strength=self.prior_strength).psi
+      select = None
+      if self.select_epoch:
+        select = CheckpointSelection(
+            trial.val_emb, trial.val_train_loss, trial.val_train_cost,
+            jnp.arange(train_psi.shape[1]), trial.val_train_mask)
+      learned = cluster_map.fit_cluster_map(
+          map_key, trial.train_emb, trial.train_loss, train_psi,
+          mask=trial.train_mask, cluster_mask=c.fit.cluster_mask,
+          hidden=self.hidden, batch_norm=self.batch_norm,
+          learning_rate=self.learning_rate, batch_size=self.batch_size,
+          epochs=self.epochs, select=select)
+      area = validation_area(cluster_map.learned_map_predicted_loss(
+          learned, trial.val_emb, train_psi), trial)
+      test_psi = c.test_psi
+      if self.soft_psi:
+        test_psi = features.cluster_errors(
+            cluster_map.apply_cluster_map(learned, trial.val_emb),
+            trial.val_test_loss, mask=trial.val_test_mask,
+            prior_strength=self.prior_strength).psi
+      gamma = cluster_map.learned_map_predicted_loss(learned, trial.test_emb,
+                                                     test_psi)
+      return area, gamma
+
+    best = search.best_candidate(self.clusters, evaluate, trial.test_loss.shape,
+                                 trial.test_loss.dtype)
+    return MethodOutput(test_curve(best.gamma, trial), best.value)
+
+
+def _clairvoyant_selection(trial: TrialData) -> CheckpointSelection:
+  """The validation prompts with the test LLMs' labels: what a clairvoyant
+  predictor keeps its best epoch on (the test pool is what it routes)."""
+  return CheckpointSelection(trial.val_emb, trial.val_test_loss,
+                             trial.val_test_cost, trial.test_models,
+                             trial.val_test_mask)
+
+
+@method_dataclass(data=("learning_rate",))
+class MLPRouter(Method):
+  """Clairvoyant MLP: trained on the training prompts with EVERY LLM's labels
+  (the test LLMs' included), best epoch by the test pool's validation area.
+
+  Attributes:
+    hidden, epochs, learning_rate, batch_size: the fit (``fit_mlp``; the
+      paper's two layers of 100, 30 epochs, Adam 1e-3, batch 64).
+  """
+
+  name: str = "mlp"
+  title: str = "MLP (clairvoyant)"
+  hidden: tuple[int, ...] = (100, 100)
+  epochs: int = 30
+  learning_rate: Any = 1e-3
+  batch_size: int = 64
+  hyperparameter: ClassVar[str] = "epoch"
+  reference: ClassVar[bool] = True
+  clairvoyant: ClassVar[bool] = True
+
+  def resolve(self, n_train, n_val):
+    del n_train, n_val
+    _check_numbers(self, positive=("learning_rate",))
+    return self
+
+  def run(self, trial, key):
+    fit = clairvoyant.fit_mlp(key, trial.train_emb, trial.train_all_loss,
+                              mask=trial.train_all_mask, hidden=self.hidden,
+                              epochs=self.epochs, batch_size=self.batch_size,
+                              learning_rate=self.learning_rate,
+                              select=_clairvoyant_selection(trial))
+    gamma = clairvoyant.predict_loss(fit, trial.test_emb)[:, trial.test_models]
+    return MethodOutput(test_curve(gamma, trial), fit.best_epoch + 1)
+
+
+@method_dataclass(data=("ranks", "learning_rate"))
+class MatrixFactorizationRouter(Method):
+  """Clairvoyant matrix factorisation; its rank d is chosen like K, by the
+  (clairvoyant) validation area of its best epoch.
+
+  Attributes:
+    ranks: candidate d (traced); None: the default K grid.
+    max_rank: the largest candidate (set by ``resolve``).
+    epochs, learning_rate, batch_size: the fit (``fit_matrix_factorization``).
+  """
+
+  name: str = "matfac"
+  title: str = "Matrix factorisation (clairvoyant)"
+  ranks: Any = None
+  max_rank: int = 0
+  epochs: int = 30
+  learning_rate: Any = 1e-3
+  batch_size: int = 64
+  hyperparameter: ClassVar[str] = "d"
+  reference: ClassVar[bool] = True
+  clairvoyant: ClassVar[bool] = True
+
+  def resolve(self, n_train, n_val):
+    values, top = _resolved(self, "ranks", self.ranks,
+                            default_cluster_grid(n_train, n_val), 10 ** 6,
+                            "10**6")
+    _check_numbers(self, positive=("learning_rate",))
+    return self.replace(ranks=values, max_rank=top)
+
+  def run(self, trial, key):
+    _require_resolved(self, "ranks")
+    select = _clairvoyant_selection(trial)
+
+    def evaluate(rank, i):
+      fit = clairvoyant.fit_matrix_factorization(
+          jax.random.fold_in(key, i), trial.train_emb, trial.train_all_loss,
+          rank=self.max_rank, active_rank=rank, mask=trial.train_all_mask,
+          epochs=self.epochs, batch_size=self.batch_size,
+          learning_rate=self.learning_rate, select=select)
+      gamma = clairvoyant.predict_loss(fit, trial.test_emb)[:, trial.test_models]
+      return fit.validation_area[fit.best_epoch], gamma
+
+    best = search.best_candidate(self.ranks, evaluate, trial.test_loss.shape,
+                                 trial.test_loss.dtype)
+    return MethodOutput(test_curve(best.gamma, trial), best.value)
+
+
+@method_dataclass
+class Oracle(Method):
+  """The per-prompt oracle: routes by the true test losses."""
+
+  name: str = "oracle"
+  title: str = "Oracle (per prompt)"
+  reference: ClassVar[bool] = True
+
+  def run(self, trial, key):
+    del key
+    curve = metrics.deferral_curve(
+        trial.test_loss, trial.test_loss, trial.test_cost,
+        weights=trial.test_weights, routing_cost=trial.test_cost)
+    return MethodOutput(curve, jnp.zeros((), jnp.int32))
+
+
+BUILT_IN: types.MappingProxyType = types.MappingProxyType({
+    "zero": ZeroRouter(),
+    "knn": KNN(),
+    "kmeans": KMeansRouter(),
+    "kmeans_matched": KMeansRouter(
+        name="kmeans_matched", title="UniRoute (K-means, matched K choice)",
+        matched=True),
+    "learned_map": LearnedMapRouter(),
+    # The variant that matched K-NN on MMLU-Pro (benchmarks/results/).
+    "learned_map_linear": LearnedMapRouter(
+        name="learned_map_linear",
+        title="UniRoute (LearnedMap, softmax-dense, soft Psi)", hidden=(),
+        batch_norm=False, soft_psi=True),
+    "mlp": MLPRouter(),
+    "matfac": MatrixFactorizationRouter(),
+    "oracle": Oracle(),
+})
+"""Default values of the built-in routers, by the names the command line
+uses (read-only: pass method values to evaluate others)."""
+
+DEFAULT_METHODS = ("zero", "knn", "kmeans", "oracle")
+
+
+def as_method(method) -> Method:
+  """A :class:`Method` from a method value or a :data:`BUILT_IN` name."""
+  if isinstance(method, Method):
+    return method
+  if isinstance(method, str) and method in BUILT_IN:
+    return BUILT_IN[method]
+  raise ValueError(f"methods must be Method values or names among "
+                   f"{tuple(BUILT_IN)}, got {method!r}")
+
+
+def as_methods(methods) -> tuple[Method, ...]:
+  """Methods from values or names, with unique names."""
+  if isinstance(methods, (str, Method)):
+    methods = (methods,)
+  out = tuple(as_method(m) for m in methods)
+  if not out:
+    raise ValueError("methods must name at least one router")
+  names = [m.name for m in out]
+  if len(set(names)) != len(names):
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    raise ValueError(f"methods must have distinct names, {dupes} repeat "
+                     f"(give one a name=)")
+  return out

@@ -1,0 +1,95 @@
+"""Trial splits: which prompts train, validate and test, and which LLMs are
+seen in training and which are unseen (section 7, App. F of the paper).
+
+Trials are data: index arrays with a leading trial axis, so batches of
+trials run as one compiled computation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uniroute_jax import checks
+
+
+class Split(NamedTuple):
+  """Index arrays of one trial, or of many with a leading trial axis.
+
+  Attributes:
+    train: training prompts (embeddings; labels of training LLMs only).
+    val: validation prompts (labels of every LLM).
+    test: test prompts (scoring only).
+    train_models: the LLMs seen in training.
+    test_models: the unseen LLMs routed between at test time.
+  """
+
+  train: np.ndarray
+  val: np.ndarray
+  test: np.ndarray
+  train_models: np.ndarray
+  test_models: np.ndarray
+
+
+def split_sizes(n: int, val_frac: float, test_frac: float) -> tuple[int, int, int]:
+  """(train, val, test) counts for n prompts; each is at least 1."""
+  for name, frac in (("val_frac", val_frac), ("test_frac", test_frac)):
+    if not 0.0 < frac < 1.0:
+      raise ValueError(f"{name} must lie in (0, 1), got {frac}")
+  if val_frac + test_frac >= 1.0:
+    raise ValueError(
+        f"val_frac + test_frac must be below 1, got {val_frac + test_frac}")
+  n_val = max(1, round(n * val_frac))
+  n_test = max(1, round(n * test_frac))
+  n_train = n - n_val - n_test
+  if n_train < 1:
+    raise ValueError(f"{n} prompts are too few to split into train/val/test")
+  return n_train, n_val, n_test
+
+
+def model_split_sizes(m: int, test_model_frac: float) -> tuple[int, int]:
+  """(training, test) pool sizes: at least 2 test LLMs and 1 training LLM."""
+  if not 0.0 < test_model_frac < 1.0:
+    raise ValueError(f"test_model_frac must lie in (0, 1), got {test_model_frac}")
+  m_test = max(2, round(m * test_model_frac))
+  if m - m_test < 1:
+    raise ValueError(
+        f"num_models={m} is too few for a training pool and a test pool of "
+        "at least 2 LLMs")
+  return m - m_test, m_test
+
+
+def make_trials(key, num_trials: int, num_prompts: int, num_models: int, *,
+                val_frac=0.1, test_frac=0.3, test_model_frac=1 / 3) -> Split:
+  """Random prompt and LLM splits for ``num_trials`` trials: a batched Split.
+
+  Each field has shape [num_trials, size]; indices are sorted within a trial.
+  Trial t uses ``jax.random.fold_in(key, t)``, so the first trials are the
+  same whatever ``num_trials`` is.
+  """
+  num_trials = checks.positive_int("num_trials", num_trials)
+  n_train, n_val, _ = split_sizes(num_prompts, val_frac, test_frac)
+  m_train, _ = model_split_sizes(num_models, test_model_frac)
+
+  def one(t):
+    prompt_key, model_key = jax.random.split(jax.random.fold_in(key, t))
+    prompts = jax.random.permutation(prompt_key, num_prompts)
+    models = jax.random.permutation(model_key, num_models)
+    return (jnp.sort(prompts[:n_train]),
+            jnp.sort(prompts[n_train:n_train + n_val]),
+            jnp.sort(prompts[n_train + n_val:]),
+            jnp.sort(models[:m_train]), jnp.sort(models[m_train:]))
+
+  parts = jax.vmap(one)(jnp.arange(num_trials))
+  return Split(*(np.asarray(p, np.int32) for p in parts))
+
+
+def make_split(key, num_prompts: int, num_models: int, *, val_frac=0.1,
+               test_frac=0.3, test_model_frac=1 / 3) -> Split:
+  """One trial's split: trial 0 of :func:`make_trials`."""
+  trials = make_trials(key, 1, num_prompts, num_models, val_frac=val_frac,
+                       test_frac=test_frac, test_model_frac=test_model_frac)
+  return Split(*(part[0] for part in trials))
