@@ -169,7 +169,7 @@ CASES = [
         _key(key), x, e, psi, cluster_mask=cmask, hidden=(3,), epochs=1,
         batch_size=8, learning_rate=lr, select=_SELECT),
          lambda: (KEY, X, LOSS, PSI, np.float32(0.01), np.array([1, 1, 0], bool)),
-         {0: lambda k: jax.random.key_data(jax.random.key(5)), 3: lambda p: 1 - p,
+         {0: lambda k: jax.random.key_data(jax.random.key(5)),
           4: lambda lr: lr * 2}, rtol=1e-4),
     Case("apply_cluster_map", lambda x: ur.apply_cluster_map(_FITTED_MAP, x),
          lambda: (X,), {0: lambda x: x * 2}),
@@ -320,7 +320,7 @@ def test_protocol_search_runs_under_the_users_jit():
   data = ur.make_synthetic(jax.random.key(0), num_prompts=200, num_models=5,
                            dim=6)
   split = protocol.make_split(jax.random.key(1), 200, 5)
-  method = protocol.KMeansRouter(clusters=(2, 3), max_iter=5).resolve(120, 20)
+  method = protocol.KMeansRouter(clusters=(2, 3), max_iter=3).resolve(120, 20)
   trial = protocol.gather_trial(protocol.dataset_arrays(data), split)
   eager = method.run(trial, jax.random.key(2))
   jitted = jax.jit(lambda t, m: m.run(t, jax.random.key(2)))(trial, method)

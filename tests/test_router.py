@@ -467,3 +467,35 @@ def test_bad_inputs_name_the_argument(fitted):
     checked(router.route)(p["x_test"], np.asarray(-1.0))
   with pytest.raises(AttributeError, match="immutable"):
     router.psi = None
+
+
+def as_version_1(path, out):
+  """Rewrites a saved router in format version 1: the learned map's running
+  averages under batch_stats/, its structure under cluster_map, no mask."""
+  with np.load(path, allow_pickle=False) as npz:
+    arrays = {key: npz[key] for key in npz.files}
+  meta = json.loads(str(arrays["metadata"][()]))
+  meta["version"] = 1
+  spec = meta.pop("map")
+  if meta["kind"] == "learned_map":
+    meta["cluster_map"] = spec
+  for key in list(arrays):
+    if key in ("state/cluster_mask", "cluster_mask"):
+      arrays.pop(key)
+    elif key.startswith("state/"):
+      arrays["batch_stats/" + key[len("state/"):]] = arrays.pop(key)
+  arrays["metadata"] = np.array(json.dumps(meta))
+  np.savez(out, **arrays)
+  return out
+
+
+def test_routers_saved_in_format_version_1_still_load(fitted, tmp_path):
+  for label, (router, p) in saved_kinds(fitted, tmp_path).items():
+    if not router.models:
+      continue
+    path = router.save(tmp_path / f"{label}.npz")
+    old = Router.load(as_version_1(path, tmp_path / f"{label}_v1.npz"))
+    assert old.models == router.models and old.kind == router.kind
+    np.testing.assert_array_equal(
+        np.asarray(old.predicted_loss(p["x_test"])),
+        np.asarray(router.predicted_loss(p["x_test"])))

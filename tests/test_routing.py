@@ -219,7 +219,8 @@ def test_switch_path_walks_cheaper_each_step():
     (dict(membership=np.ones((4, 3))), "membership must have 2 columns"),
     (dict(membership=np.ones(4)), "membership must hold integer cluster indices"),
     (dict(lambdas=np.zeros((2, 2))), "lambdas must be a numeric 0-d or 1-d"),
-    (dict(psi=np.zeros((3, 0))), r"cost must have shape \[0\]"),
+    (dict(psi=np.zeros((2, 0)), cost=np.zeros(0)), "psi must have at least one LLM"),
+    (dict(lambdas="x"), "lambdas must be a numeric"),
 ])
 def test_bad_input(bad, match):
   args = dict(membership=np.array([0, 1, 1, 0]), psi=np.full((2, 3), 0.5),
@@ -299,3 +300,10 @@ def test_both_selection_kernels_agree_with_brute_force(per_prompt_cost):
     assert (choice[:, :5] == -1).all() and (choice[:, 5:10] != 0).all()
     choice = np.asarray(jax.jit(kernel)(*args[:3], jnp.zeros(m, bool)))
     assert (choice == -1).all()
+
+
+def test_an_empty_lambda_grid_routes_nothing():
+  psi, cost, cluster, _ = problem()
+  out = route(cluster, psi, cost, np.zeros(0))
+  assert out.choice.shape == (0, len(cluster))
+  assert choose_models(psi[cluster], cost, np.zeros(0)).shape == (0, len(cluster))

@@ -107,7 +107,8 @@ def checked(fn: Callable) -> Callable:
 
   The call is traced with its checks under ``checkify`` and compiled once
   per set of shapes, so the checks run on the device and only their verdict
-  comes back. Static arguments (sizes, method names) may be passed as usual.
+  comes back. Arrays are traced; every other argument (sizes, method names,
+  Python numbers) is compiled in, as a static argument.
 
   Examples:
     >>> import jax.numpy as jnp

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from uniroute_jax import _blocks, checks
+from uniroute_jax import blocks, checks
 from uniroute_jax.types import PRECISION, Array
 
 
@@ -95,7 +95,7 @@ def _layout(n: int, k: int, chunk_size: int | None) -> tuple[int, int]:
   cache-sized unit. Rows are padded to a multiple of ``block`` once, up front.
   """
   tile = max(1, min(n, max(64, _CPU_TILE_ENTRIES // max(k, 1))))
-  block = _blocks.block_size(n, k, chunk_size)
+  block = blocks.block_size(n, k, chunk_size)
   return math.ceil(block / tile) * tile, tile
 
 
@@ -143,12 +143,12 @@ def _nearest(x, x_sq, centroids, active, block: int, tile: int):
   penalty = _inactive_penalty(active, x.dtype)
 
   def generic(x, x_sq, centroids, penalty):
-    return _blocks.map_rows(
+    return blocks.map_rows(
         lambda xb, sb: _nearest_block(xb, sb, centroids, penalty), (x, x_sq),
         block)
 
   def cpu(x, x_sq, centroids, penalty):
-    return _blocks.map_rows(
+    return blocks.map_rows(
         lambda xb, sb: _nearest_tile(xb, sb, centroids, penalty), (x, x_sq),
         tile)
 

@@ -186,8 +186,7 @@ class LearnedMap(ClusterMapping):
 
   num_clusters = property(lambda self: self.config.num_clusters)
   dim = property(lambda self: self.config.dim)
-  dtype = property(lambda self: checks.compute_dtype(
-      jnp.zeros((), self.config.dtype)))
+  dtype = property(lambda self: checks.compute_dtype(np.dtype(self.config.dtype)))
 
   def membership(self, embeddings) -> Array:
     return cmap.apply_cluster_map(self.fitted, self.check_embeddings(embeddings))

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from uniroute_jax import _blocks, checks
+from uniroute_jax import blocks, checks
 from uniroute_jax.types import PRECISION, Array
 
 
@@ -92,6 +92,12 @@ def _check_pool(pool_mask, m: int):
   return checks.mask("pool_mask", pool_mask, (m,))
 
 
+def _check_models(name: str, x) -> None:
+  if x.shape[-1] < 1:
+    raise ValueError(f"{name} must have at least one LLM (column), got shape "
+                     f"{tuple(x.shape)}")
+
+
 def _check_lambdas(lambdas):
   return checks.float_array("lambdas", lambdas, ndim=(0, 1),
                             shape_doc="(a scalar or [L])")
@@ -125,6 +131,7 @@ def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
   """
   gamma = checks.float_array("predicted_loss", predicted_loss, ndim=2,
                              shape_doc="[n, m]")
+  _check_models("predicted_loss", gamma)
   n, m = gamma.shape
   cost = checks.cost("cost", cost, n, m)
   lambdas = _check_lambdas(lambdas)
@@ -187,12 +194,14 @@ def _choose_by_columns(gamma, cost, lambdas, pool):
     _, _, choice = jax.lax.fori_loop(0, m, visit, start)
     return choice.T
 
-  return _blocks.map_rows(tile_choice, (gamma, cost), tile).T
+  return blocks.map_rows(tile_choice, (gamma, cost), tile).T
 
 
 def _choose(gamma, cost, lambdas, pool):
   """The selection kernel, traceable: choices [L, n] (or [n] for a scalar)."""
   grid = jnp.atleast_1d(lambdas)
+  if grid.shape[0] == 0:
+    return jnp.zeros((0, gamma.shape[0]), jnp.int32)
   choice = jax.lax.platform_dependent(
       gamma, cost, grid, pool, cpu=_choose_by_columns,
       default=_choose_by_reduction)
@@ -302,6 +311,7 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
            [1, 1]], dtype=int32)
   """
   psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
+  _check_models("psi", psi)
   k, m = psi.shape
   membership = _check_membership(membership, k)
   n = membership.shape[0]
@@ -354,6 +364,7 @@ def switch_path(predicted_loss, cost, *, pool_mask=None) -> SwitchPath:
   """
   gamma_ = checks.float_array("predicted_loss", predicted_loss, ndim=2,
                               shape_doc="[n, m]")
+  _check_models("predicted_loss", gamma_)
   n, m = gamma_.shape
   cost = checks.cost("cost", cost, n, m)
   pool_mask = _check_pool(pool_mask, m)

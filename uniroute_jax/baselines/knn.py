@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniroute_jax import _blocks, checks, features
+from uniroute_jax import blocks, checks, features
 from uniroute_jax.types import PRECISION, Array
 
 _METRICS = ("cosine", "euclidean")
@@ -84,7 +84,7 @@ def knn_predicted_loss(query, reference, reference_loss, *, num_neighbors,
         "num_neighbors", num_neighbors, upper=v,
         upper_doc=f"the number of reference prompts ({v})")
     k = None
-  block = _blocks.block_size(query.shape[0], v, chunk_size)
+  block = blocks.block_size(query.shape[0], v, chunk_size)
   return _knn_one(query, reference, loss, mask, k, static_k=static_k,
                   metric=metric, block=block,
                   dtype=checks.compute_dtype(query, reference, loss))
@@ -136,7 +136,7 @@ def knn_predicted_loss_grid(query, reference, reference_loss, *,
     if max(ks) > k_max:
       raise ValueError(f"num_neighbors must be at most max_neighbors "
                        f"({k_max}), got {max(ks)}")
-  block = _blocks.block_size(query.shape[0], v, chunk_size)
+  block = blocks.block_size(query.shape[0], v, chunk_size)
   # A tuple of k is static (a constant of the program), an array traced.
   traced = None if isinstance(ks, tuple) else ks
   return _knn(query, reference, loss, mask, traced,
@@ -203,7 +203,7 @@ def _knn(query, reference, loss, mask, ks, *, static_ks, k_max, metric, block,
     return jnp.where(counts > 0, sums / jnp.maximum(counts, 1),
                      p.overall[:, None])
 
-  return jnp.moveaxis(_blocks.map_rows(block_fn, (p.query,), block), 1, 0)
+  return jnp.moveaxis(blocks.map_rows(block_fn, (p.query,), block), 1, 0)
 
 
 def _order_keys(score):
@@ -260,4 +260,4 @@ def _knn_one(query, reference, loss, mask, k, *, static_k, metric, block, dtype)
     counts = jnp.matmul(chosen, p.labelled, precision=PRECISION)
     return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), p.overall)
 
-  return _blocks.map_rows(block_fn, (p.query,), block)
+  return blocks.map_rows(block_fn, (p.query,), block)
