@@ -46,6 +46,38 @@ def test_evaluate_writes_json_and_plot(tmp_path, capsys):
   assert out_json.read_text() == before
 
 
+def test_interrupting_a_run_prints_one_line_and_leaves_no_file(
+    tmp_path, capsys, monkeypatch):
+  """Ctrl-C while the evaluation runs or while a file is being written: one
+  line, exit 130, and no output file (not even a partial one)."""
+  from uniroute_jax import io, protocol
+  out_json = tmp_path / "r.json"
+  argv = ["evaluate", "--format", "synthetic", *SMALL, "--methods", "zero",
+          "--json", str(out_json)]
+
+  def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(protocol, "evaluate", interrupt)
+  message = "uniroute: interrupted; no partial file is left"
+  assert cli.main(argv) == 130
+  err = capsys.readouterr().err   # progress lines, then the one message
+  assert err.splitlines()[-1] == message and "Traceback" not in err
+  monkeypatch.undo()
+
+  def write_then_interrupt(f):
+    f.write('{"partial": ')
+    raise KeyboardInterrupt
+
+  real_atomic_write = io.atomic_write
+  monkeypatch.setattr(io, "atomic_write", lambda path, write, **kw:
+                      real_atomic_write(path, write_then_interrupt, **kw))
+  assert cli.main(argv) == 130
+  err = capsys.readouterr().err
+  assert err.splitlines()[-1] == message and "Traceback" not in err
+  assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("argv, match", [
     (["demo", "--clusters", "0"], "--clusters: expected a positive integer, got 0"),
     (["demo", "--prompts", "abc"], "--prompts: expected a positive integer"),

@@ -84,7 +84,7 @@ def test_batched_trials_equal_one_at_a_time(small):
 
 
 def test_grid_search_equals_a_loop_over_unpadded_candidates(small):
-  """The traced search over K (candidates padded to the largest, one
+  """The traced search over K (candidates padded to their size class, one
   program) equals a Python loop over separate, unpadded k-means fits: the
   same K chosen on the training LLMs' validation area, the same test area.
   K-NN's search equals a run with only the chosen k."""
@@ -92,7 +92,7 @@ def test_grid_search_equals_a_loop_over_unpadded_candidates(small):
   from uniroute_jax.protocol.running import method_key
   splits = protocol.make_trials(jax.random.key(12), 2, small.num_prompts,
                                 small.num_models)
-  grid = (3, 4, 6)
+  grid = (3, 4, 17)   # size classes (9, 17): both used
   kmeans, knn = routers(clusters=grid, neighbors=(5, 8, 13),
                         names=("kmeans", "knn"))
   searched, _ = protocol.run_trials(jax.random.key(13), small, splits,

@@ -13,6 +13,7 @@ import sys
 import time
 
 _EXIT_USAGE = 2
+_EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report it
 FORMATS = ("routerbench", "embedllm", "long", "synthetic")
 
 
@@ -466,6 +467,10 @@ def main(argv=None) -> int:
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     print(f"uniroute: error: {message}", file=sys.stderr)
     return _EXIT_USAGE
+  except KeyboardInterrupt:
+    # Outputs are written whole or not at all, so nothing partial is left.
+    print("uniroute: interrupted; no partial file is left", file=sys.stderr)
+    return _EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

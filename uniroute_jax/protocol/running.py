@@ -7,7 +7,10 @@ arrays, its split and a key. Within a batch, trials are vectorised
 vectorising fills the device; on a CPU one trial already keeps the cores
 busy with its matmuls, and visiting trials in turn lets each k-means run
 stop at its own iteration count instead of the slowest trial's (measured on
-MMLU-Pro, 2 cores: 0.97 s a trial against 1.6 s vmapped).
+MMLU-Pro, 2 cores: 0.97 s a trial against 1.6 s vmapped). Fits with a fixed
+number of small steps (the clairvoyant MLP) gain from vmapped trials even
+there, so each method is mapped with its own batch
+(``Method.vectorize_on_cpu``).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def dataset_arrays(data: RoutingData):
 
 @checks.kernel(static_argnames=("curve_points", "vectorize"))
 def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...], *,
-              curve_points: int, vectorize: int):
+              curve_points: int, vectorize: int | tuple[int, ...]):
   """Every method on every trial of a batch: one compiled computation.
 
   Args:
@@ -79,27 +82,40 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...], *,
     keys: [b] trial keys.
     methods: resolved methods (their hyper-parameters are traced).
     curve_points: size of the relative-cost grid the curves are sampled on.
-    vectorize: how many trials are vmapped together (``lax.map``'s batch).
+    vectorize: how many trials are vmapped together (``lax.map``'s batch),
+      one for all methods or one per method.
 
   Returns:
     {"pool": PoolPoints, method name: TrialMetrics}, arrays [b, ...].
   """
   grid = jnp.linspace(0.0, 1.0, curve_points, dtype=arrays[1].dtype)
+  if isinstance(vectorize, int):
+    vectorize = (vectorize,) * len(methods)
+  if len(vectorize) != len(methods):
+    raise ValueError(f"vectorize must give one batch per method "
+                     f"({len(methods)}), got {vectorize}")
 
-  def one(item):
-    split, key = item
-    trial = gather_trial(arrays, split)
-    out = {"pool": _pool_points(trial)}
-    for method in methods:
-      result = method.run(trial, method_key(key, method))
+  def pool(split):
+    return _pool_points(gather_trial(arrays, split))
+
+  def metrics_of(method):
+    def one(item):
+      split, key = item
+      result = method.run(gather_trial(arrays, split), method_key(key, method))
       m = metrics.deferral_metrics(result.curve)
       env = metrics.upper_envelope(result.curve)
-      out[method.name] = TrialMetrics(
+      return TrialMetrics(
           m.area, m.area50, m.qnc, m.peak_quality, result.curve.best_quality,
           jnp.asarray(result.chosen, jnp.int32), metrics.interpolate(env, grid))
-    return out
+    return one
 
-  return jax.lax.map(one, (splits, keys), batch_size=vectorize)
+  out = {"pool": jax.lax.map(pool, splits)}
+  # Each method is mapped on its own: one may fill the device best with
+  # trials vmapped, another visiting them in turn.
+  for method, batch in zip(methods, vectorize):
+    out[method.name] = jax.lax.map(metrics_of(method), (splits, keys),
+                                   batch_size=batch)
+  return out
 
 
 def _replicated(mesh) -> jax.sharding.NamedSharding:
@@ -125,8 +141,10 @@ def trial_mesh(mesh):
   return mesh, _replicated(mesh), _by_trial(mesh)
 
 
-def _default_vectorize(batch_size: int) -> int:
-  return 1 if jax.default_backend() == "cpu" else batch_size
+def _default_vectorize(method: Method, batch_size: int) -> int:
+  if jax.default_backend() != "cpu" or method.vectorize_on_cpu:
+    return batch_size
+  return 1
 
 
 def run_trials(key, data: RoutingData, splits: Split, *,
@@ -148,7 +166,9 @@ def run_trials(key, data: RoutingData, splits: Split, *,
     batch_size: trials per compiled call (the last batch is padded by
       repeating a trial, then trimmed), so the results do not depend on it.
     vectorize: trials vmapped together inside a call; default all of a
-      batch on accelerators, one at a time on CPU.
+      batch on accelerators, and on a CPU all of a batch for the methods
+      that prefer it (``Method.vectorize_on_cpu``), one at a time for the
+      others.
     on_progress: called with (trials done, trials in all) as batches end,
       in order.
     mesh: optional one-axis device mesh (e.g. ``jax.make_mesh(
@@ -173,8 +193,11 @@ def run_trials(key, data: RoutingData, splits: Split, *,
     mesh, replicated, by_trial = trial_mesh(mesh)
     batch_size = -(-batch_size // mesh.size) * mesh.size
     arrays = jax.device_put(arrays, replicated)
-  vectorize = (_default_vectorize(batch_size) if vectorize is None else
-               checks.positive_int("vectorize", vectorize))
+  if vectorize is None:
+    vectorize = tuple(_default_vectorize(m, batch_size) for m in methods)
+  else:
+    vectorize = (checks.positive_int("vectorize", vectorize),) * len(methods)
+  vectorize = tuple(min(v, batch_size) for v in vectorize)
   starts = list(range(0, num_trials, batch_size))
 
   def batch(start):
@@ -184,7 +207,7 @@ def run_trials(key, data: RoutingData, splits: Split, *,
     if mesh is not None:
       split, keys = jax.device_put((split, keys), by_trial)
     out = run_batch(arrays, split, keys, methods, curve_points=curve_points,
-                    vectorize=min(vectorize, batch_size))
+                    vectorize=vectorize)
     keep = min(batch_size, num_trials - start)
     return jax.tree.map(lambda a: np.asarray(a)[:keep], out)
 
