@@ -12,7 +12,6 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-
 DTYPES = (np.float32, np.float64)
 # Per-dtype tolerances for comparisons against float64 NumPy oracles.
 RTOL = {np.float32: 2e-5, np.float64: 1e-10}
