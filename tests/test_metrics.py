@@ -269,3 +269,13 @@ def test_routing_cost_ranks_while_cost_is_accounted():
     assert np.min(np.abs(ours - p).max(1)) < 1e-12
   with pytest.raises(ValueError, match="routing_cost must have shape"):
     deferral_curve(gamma, truth, paid, routing_cost=np.ones(3))
+
+
+def test_single_llm_points_relative_cost_hand_computed():
+  loss = np.array([[0.0, 1.0], [1.0, 1.0]])
+  weights = np.ones(2)
+  points = metrics.single_llm_points(loss, np.array([2.0, 4.0]), weights)
+  np.testing.assert_allclose(points.relative_cost, [0.5, 1.0])
+  np.testing.assert_allclose(points.quality, [0.5, 0.0])
+  free = metrics.single_llm_points(loss, np.zeros(2), weights)
+  np.testing.assert_array_equal(free.relative_cost, [0.0, 0.0])

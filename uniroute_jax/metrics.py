@@ -95,6 +95,12 @@ class SingleLLMPoints(NamedTuple):
   cost: Array
   quality: Array
 
+  @property
+  def relative_cost(self) -> Array:
+    """[m] cost / the largest cost of these LLMs (0 everywhere when they
+    are all free)."""
+    return _relative(self.cost, jnp.max(self.cost))
+
   def extremes(self, pool):
     """(largest mean cost, best quality) over the available LLMs ``pool``."""
     return (jnp.max(jnp.where(pool, self.cost, -jnp.inf)),

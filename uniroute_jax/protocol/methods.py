@@ -272,8 +272,32 @@ def _resolve_clusters(method, n_train, n_val):
   return method.replace(clusters=values, max_clusters=top)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ClusterSearch(Method):
+  """The fields, defaults and ``resolve`` of the methods that choose K over
+  k-means fits of the training prompts (documented on
+  :class:`KMeansRouter`); subclasses set their own name and title."""
+
+  name: str = ""
+  title: str = ""
+  clusters: Any = None
+  max_clusters: int = 0
+  max_iter: int = 100
+  prior_strength: Any = 0.0
+  tol: Any = 1e-4
+  hyperparameter: ClassVar[str] = "K"
+
+  def resolve(self, n_train, n_val):
+    return _resolve_clusters(self, n_train, n_val)
+
+
+def _check_together(together) -> None:
+  if together is not None:
+    checks.positive_int("together", together)
+
+
 @method_dataclass(data=("clusters", "prior_strength", "tol"))
-class KMeansRouter(Method):
+class KMeansRouter(_ClusterSearch):
   """UniRoute (K-means), K chosen on the training LLMs (App. F.1).
 
   Attributes:
@@ -291,27 +315,19 @@ class KMeansRouter(Method):
     size_classes: at most how many padded sizes the candidates run in
       (static; the largest halved each time down to 6 slots,
       ``search.size_classes``): a small K fits in a small step instead of
-      one padded to the largest. 1 pads every candidate to the largest. Padding leaves each fit as an unpadded fit
-      of its K, so only the speed depends on it (and the float rounding
-      of differently compiled steps).
+      one padded to the largest. 1 pads every candidate to the largest.
+      Padding leaves each fit as an unpadded fit of its K, so only the
+      speed depends on it (and the float rounding of differently compiled
+      steps).
   """
 
   name: str = "kmeans"
   title: str = "UniRoute (K-means)"
-  clusters: Any = None
-  max_clusters: int = 0
-  max_iter: int = 100
-  prior_strength: Any = 0.0
-  tol: Any = 1e-4
   matched: bool = False
   size_classes: int = 3
-  hyperparameter: ClassVar[str] = "K"
 
   def __post_init__(self):
     checks.positive_int("size_classes", self.size_classes)
-
-  def resolve(self, n_train, n_val):
-    return _resolve_clusters(self, n_train, n_val)
 
   def run(self, trial, key):
     _require_resolved(self, "clusters")
@@ -338,7 +354,7 @@ class KMeansRouter(Method):
 
 
 @method_dataclass(data=("clusters", "prior_strength", "tol", "learning_rate"))
-class LearnedMapRouter(Method):
+class LearnedMapRouter(_ClusterSearch):
   """UniRoute (LearnedMap, section 5.2): a trained soft cluster map.
 
   Per candidate K: k-means on the training prompts; Psi of the training LLMs
@@ -375,11 +391,6 @@ class LearnedMapRouter(Method):
 
   name: str = "learned_map"
   title: str = "UniRoute (LearnedMap)"
-  clusters: Any = None
-  max_clusters: int = 0
-  max_iter: int = 100
-  prior_strength: Any = 0.0
-  tol: Any = 1e-4
   hidden: tuple[int, ...] = (128, 128)
   batch_norm: bool = True
   epochs: int = 5
@@ -388,21 +399,16 @@ class LearnedMapRouter(Method):
   select_epoch: bool = False
   train_psi_from: str = "train"
   soft_psi: bool = False
-  together: int = 1
-  hyperparameter: ClassVar[str] = "K"
+  together: int | None = 1
 
   def __post_init__(self):
     object.__setattr__(self, "hidden", checks.widths("hidden", self.hidden))
-    if self.together is not None:
-      checks.positive_int("together", self.together)
+    _check_together(self.together)
     checks.positive_int("epochs", self.epochs)
     checks.positive_int("batch_size", self.batch_size)
     if self.train_psi_from not in ("train", "val"):
       raise ValueError(f"train_psi_from must be 'train' or 'val', got "
                        f"{self.train_psi_from!r}")
-
-  def resolve(self, n_train, n_val):
-    return _resolve_clusters(self, n_train, n_val)
 
   def run(self, trial, key):
     _require_resolved(self, "clusters")
@@ -517,8 +523,7 @@ class MatrixFactorizationRouter(Method):
   hyperparameter: ClassVar[str] = "d"
 
   def __post_init__(self):
-    if self.together is not None:
-      checks.positive_int("together", self.together)
+    _check_together(self.together)
   reference: ClassVar[bool] = True
   clairvoyant: ClassVar[bool] = True
 

@@ -57,10 +57,7 @@ def method_key(key, method: Method):
 def _pool_points(trial: TrialData) -> PoolPoints:
   points = metrics.single_llm_points(trial.test_loss, trial.test_cost,
                                      trial.test_weights)
-  max_cost = jnp.max(points.cost)
-  relative = jnp.where(max_cost > 0, points.cost / jnp.where(max_cost > 0,
-                                                             max_cost, 1.0), 0.0)
-  return PoolPoints(relative, points.quality)
+  return PoolPoints(points.relative_cost, points.quality)
 
 
 def dataset_arrays(data: RoutingData):
