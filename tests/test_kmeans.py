@@ -1,5 +1,7 @@
 """k-means against scikit-learn and brute force, in float32 and float64."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -287,13 +289,15 @@ def test_bad_input(bad, match):
     (dict(weights=np.zeros(10)), "with a positive entry"),
     (dict(tol=-1.0), "tol must be non-negative"),
     (dict(active_clusters=3), "active_clusters must lie in"),
+    (dict(x=np.arange(20, dtype=np.float32).reshape(10, 2) * 1e19),
+     "x is too large"),
 ])
 def test_bad_values_are_caught_under_checkify(bad, match):
-  """Values are never inspected by the core (no host sync); checked() runs
-  its preconditions on the device and raises."""
+  """Device values are never inspected by the core (no host sync);
+  checked() runs its preconditions on the device and raises."""
   args = dict(x=np.random.default_rng(0).normal(size=(10, 2)), num_clusters=2)
   args.update(bad)
-  x = args.pop("x")
+  x = jnp.asarray(args.pop("x"))
   kmeans(jax.random.key(0), x, **args)          # unchecked: no error
   with pytest.raises(ValueError, match=match):
     checked(kmeans)(jax.random.key(0), x, **args)
@@ -382,3 +386,57 @@ def test_many_clusters_match_sklearn():
   np.testing.assert_allclose(float(ours.inertia), ref.inertia_, rtol=1e-8)
   assert adjusted_rand_score(ref.labels_, np.asarray(ours.assignment)) == 1.0
   assert int(ours.num_iterations) == ref.n_iter_
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.full((10, 2), np.nan), "x must be finite"),
+    (np.arange(20, dtype=np.float32).reshape(10, 2) * 1e19,
+     "would overflow float32"),
+    (np.arange(20, dtype=np.float64).reshape(10, 2) * 1e160,
+     "would overflow float64"),
+])
+def test_host_points_that_would_give_nan_are_refused(bad, match):
+  """Given host data, kmeans checks the values once on the host: points so
+  large that squared distances overflow used to give a NaN inertia."""
+  with pytest.raises(ValueError, match=match):
+    kmeans(jax.random.key(0), bad, num_clusters=2)
+
+
+def test_large_points_within_the_bound_are_accepted_and_exact():
+  """Points 1e18 from the origin: inside the bound, the objective is finite
+  and the fit is the hand-computed one (each pair's midpoint)."""
+  scale = 5e17
+  x = np.asarray([[0.0], [1.0], [10.0], [11.0]], np.float32) * scale
+  fit = kmeans(jax.random.key(0), x, num_clusters=2)
+  np.testing.assert_allclose(float(fit.inertia), scale ** 2, rtol=1e-5)
+  np.testing.assert_allclose(np.sort(np.asarray(fit.centroids)[:, 0]),
+                             [0.5 * scale, 10.5 * scale], rtol=1e-6)
+  assert fit.assignment[0] == fit.assignment[1] != fit.assignment[2]
+
+
+def test_more_clusters_than_distinct_points_warns():
+  x = np.repeat(np.eye(3), 10, axis=0)
+  with pytest.warns(UserWarning, match="3 distinct point.*num_clusters=5"):
+    fit = kmeans(jax.random.key(0), x, num_clusters=5)
+  assert len({tuple(np.round(row, 6)) for row in np.asarray(fit.centroids)}) == 3
+  with pytest.warns(UserWarning, match="2 distinct point.*positive weight"):
+    kmeans(jax.random.key(0), x, num_clusters=3,
+           weights=np.repeat([1.0, 1.0, 0.0], 10))
+  # Signed zeros are one point; enough distinct points never warn.
+  with pytest.warns(UserWarning, match="1 distinct"):
+    kmeans(jax.random.key(0), np.asarray([[0.0], [-0.0]]), num_clusters=2)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    kmeans(jax.random.key(0), blobs(), num_clusters=5)
+    kmeans(jax.random.key(0), jnp.asarray(x), num_clusters=5)  # device data
+
+
+def test_router_from_kmeans_checks_embeddings_by_name():
+  from uniroute_jax import Router
+  with pytest.raises(ValueError, match="embeddings: points lie"):
+    Router.from_kmeans(jax.random.key(0),
+                       np.arange(20, dtype=np.float32).reshape(10, 2) * 1e19,
+                       num_clusters=2)
+  with pytest.warns(UserWarning, match="embeddings has 3 distinct"):
+    Router.from_kmeans(jax.random.key(0), np.repeat(np.eye(3), 4, axis=0),
+                       num_clusters=4)

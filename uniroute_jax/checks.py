@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import math
+import warnings
 from typing import Callable, Sequence
 
 import jax
@@ -413,3 +415,48 @@ def host_positive_weights(name: str, w) -> None:
   if values is not None and values.size and not np.any(values > 0):
     raise ValueError(f"{name} must have at least one positive entry")
 
+
+
+def host_points(name: str, x, num_clusters: int, dtype, weights=None) -> None:
+  """Points for k-means: finite, with squared distances that ``dtype`` can
+  sum, and (a warning otherwise) at least ``num_clusters`` distinct points
+  of positive weight."""
+  values = host_values(x)
+  if values is None or not values.size:
+    return
+  host_finite(name, values)
+  n = values.shape[0]
+  mean = values.mean(axis=0, dtype=np.float64)
+  # Any two points lie within 2 * reach of each other, so no squared
+  # distance k-means forms exceeds 4 * reach**2, nor its sum over n points
+  # n times that; computed in float64 blocks to bound host memory.
+  with np.errstate(over="ignore"):   # an overflow is the finding itself
+    reach_sq = max(
+        float(np.max(np.sum((block.astype(np.float64) - mean) ** 2, axis=1)))
+        for block in np.array_split(values, max(1, n // 65536)))
+  limit = float(np.finfo(dtype).max)
+  if not 4.0 * reach_sq * n <= limit:
+    raise ValueError(
+        f"{name}: points lie up to {math.sqrt(reach_sq):.3g} from their mean, "
+        f"so k-means' sums of squared distances over {n} points would "
+        f"overflow {np.dtype(dtype).name} (at most {limit:.3g}); rescale "
+        f"{name} (k-means does not depend on scale) or compute in float64")
+  w = None if weights is None else host_values(weights)
+  positive = values if w is None else values[np.asarray(w).reshape(-1) > 0]
+  distinct = _distinct_rows(positive, num_clusters)
+  if distinct < num_clusters:
+    warnings.warn(
+        f"{name} has {distinct} distinct point(s) of positive weight for "
+        f"num_clusters={num_clusters}, so {num_clusters - distinct} cluster(s) "
+        "will repeat another's centroid; use fewer clusters", stacklevel=3)
+
+
+def _distinct_rows(values: np.ndarray, enough: int) -> int:
+  """The number of distinct rows, or at least ``enough`` once that many are
+  found (the first rows usually suffice, which keeps this cheap)."""
+  rows = np.ascontiguousarray(values + 0)   # + 0 makes -0.0 equal to 0.0
+  as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))
+  head = np.unique(as_bytes[:4 * enough]).size
+  if head >= enough or rows.shape[0] <= 4 * enough:
+    return head
+  return np.unique(as_bytes).size

@@ -351,6 +351,9 @@ def _kmeans(key, x, w, init_centroids, tol, active_clusters, *,
   xc = jnp.pad(x - shift, ((0, pad), (0, 0)))
   wp = jnp.pad(w, (0, pad))
   x_sq = jnp.sum(xc * xc, axis=1)
+  checks.require(jnp.isfinite(4 * n * jnp.max(x_sq)),
+                 "kmeans: x is too large: its sums of squared distances "
+                 "overflow; rescale x")
   # Padding rows are zeros after centring, so they add nothing to the sums;
   # their zero weight keeps them out of the masses.
   weighted_x = xc * wp[:, None] if weighted else xc
@@ -418,9 +421,12 @@ def kmeans(key, x, *, num_clusters: int | None = None, active_clusters=None,
 
   Returns:
     A :class:`KMeansResult`; ``assignment`` and ``inertia`` are recomputed
-    from the final centroids. Values are not checked (see
-    :mod:`uniroute_jax.checks`): non-finite points give unspecified
-    centroids.
+    from the final centroids. Host points (NumPy arrays, lists) are
+    checked: they must be finite and small enough that sums of squared
+    distances stay finite in the compute dtype (``ValueError`` otherwise),
+    and fewer distinct points than ``num_clusters`` warns, as centroids then
+    repeat. JAX arrays are not inspected (see :mod:`uniroute_jax.checks`):
+    for them such points give unspecified centroids.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -470,6 +476,8 @@ def kmeans(key, x, *, num_clusters: int | None = None, active_clusters=None,
     n_local_trials = checks.positive_int("n_local_trials", n_local_trials)
   if chunk_size is not None:
     checks.positive_int("chunk_size", chunk_size)
+  # Host points are a user's data entering here: checked once, on the host.
+  checks.host_points("x", x, k, dtype, weights)
   block, tile = _layout(n, k, chunk_size)
   return _kmeans(key, x, weights, init_centroids, tol, active_clusters,
                  num_clusters=k, init=init, n_init=n_init, max_iter=max_iter,

@@ -114,8 +114,13 @@ class Router:
         (``weights``, ``n_init``, ``max_iter``, ``tol``, ...).
     """
     x = checks.float_array("embeddings", embeddings, ndim=2, shape_doc="[n, d]")
-    checks.host_finite("embeddings", x)
-    fit = clustering.kmeans(key, x, num_clusters=num_clusters, **kmeans_kwargs)
+    k = checks.positive_int("num_clusters", num_clusters, upper=x.shape[0],
+                            upper_doc=f"the number of prompts ({x.shape[0]})")
+    checks.host_points("embeddings", x, k, checks.compute_dtype(x),
+                       kmeans_kwargs.get("weights"))
+    # On the device from here, so that kmeans does not check them again.
+    fit = clustering.kmeans(key, jnp.asarray(x), num_clusters=k,
+                            **kmeans_kwargs)
     return cls(maps.CentroidMap.from_kmeans(fit))
 
   @classmethod
