@@ -81,7 +81,7 @@ def test_interrupting_a_run_prints_one_line_and_leaves_no_file(
 @pytest.mark.parametrize("argv, match", [
     (["demo", "--clusters", "0"], "--clusters: expected a positive integer, got 0"),
     (["demo", "--prompts", "abc"], "--prompts: expected a positive integer"),
-    (["demo", "--llms", "2"], "num_models=2 is too few"),
+    (["demo", "--llms", "2"], "2 LLMs are too few for the protocol"),
     (["demo", "--prompts", "50", "--clusters", "40"],
          "--clusters must be at most the 30 training prompts of a trial, got 40"),
         (["demo", "--prompts", "50", "--neighbors", "40"],

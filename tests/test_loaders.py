@@ -227,7 +227,7 @@ def test_routerbench_models_must_agree_across_files(tmp_path):
 def test_routerbench_pickle_needs_allow_pickle(tmp_path):
   pkl = tmp_path / "routerbench_0shot.pkl"
   pkl.write_bytes(b"not really a pickle")
-  with pytest.raises(ValueError, match="pickle.*allow_pickle=True"):
+  with pytest.raises(ValueError, match="pickle.*convert it to CSV.*allow_pickle=True"):
     load_routerbench(pkl)
   if importlib.util.find_spec("pandas") is None:
     with pytest.raises(ImportError, match="needs pandas"):
@@ -243,7 +243,7 @@ def test_routerbench_missing_paths_and_embeddings(tmp_path):
   with pytest.raises(FileNotFoundError, match="not found.*nowhere"):
     load_routerbench(tmp_path / "nowhere")
   folder = write_routerbench(tmp_path / "rb", embeddings=False)
-  with pytest.raises(ValueError, match="no embeddings found.*embeddings="):
+  with pytest.raises(ValueError, match="no embeddings found.*give embeddings a .npz"):
     load_routerbench(folder)
   npz = tmp_path / "short.npz"
   savez(npz, file=np.array(["a_train.csv"]), row=np.array([0]),
@@ -441,7 +441,7 @@ def test_long_round_trip(tmp_path):
      "rows 3 and 8 for prompt 'q1' and model 'm1' with different values"),
     ([("q1", "m1", "1", "")], {"cost_column": "usd"},
      "'usd' is empty in data row 0, which has a label"),
-    (LONG_ROWS, {}, "exactly one of cost_column.*and costs"),
+    (LONG_ROWS, {}, "exactly one of cost_column .*and costs .*neither was given"),
     (LONG_ROWS, {"cost_column": "usd", "score_column": "score"}, "no column 'score'"),
     (LONG_ROWS, {"cost_column": "usd", "model_column": "llm"}, "no column 'llm'"),
     ([("q1", "m1", "1.5", "1")], {"cost_column": "usd"}, r"must lie in \[0, 1\]"),

@@ -53,7 +53,40 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-__all__ = ["checked", "kernel", "require"]
+__all__ = ["ArgumentError", "MissingFileError", "checked", "kernel", "require"]
+
+
+class ArgumentError(ValueError):
+  """A ``ValueError`` whose message names arguments the caller can change.
+
+  The message is written once, as a function of a namer: in Python an
+  argument reads as its keyword (``costs``), and the command line passes
+  its own namer so that the same error names its flag (``--costs``).
+
+  Examples:
+    >>> err = ArgumentError(lambda name: f"give a cost file with {name('costs')}")
+    >>> str(err)
+    'give a cost file with costs'
+    >>> err.render({"costs": "--costs"}.get)
+    'give a cost file with --costs'
+  """
+
+  def __init__(self, message: Callable[[Callable[[str], str]], str]):
+    self._message = message
+    super().__init__(message(_keyword))
+
+  def render(self, name: Callable[[str], str | None]) -> str:
+    """The message with each argument named by ``name`` (its keyword where
+    ``name`` returns None)."""
+    return self._message(lambda argument: name(argument) or _keyword(argument))
+
+
+class MissingFileError(ArgumentError, FileNotFoundError):
+  """An :class:`ArgumentError` about a file that does not exist."""
+
+
+def _keyword(argument: str) -> str:
+  return argument
 
 
 # ------------------------------------------------ 3. checkify (the core)

@@ -1,7 +1,10 @@
 """The ``uniroute`` command line. Parses arguments, prints, sets exit codes.
 
 Errors a user can fix (bad flags, missing files, malformed data) print one
-line and exit 2. Output files are never overwritten.
+line naming the flag or the file and exit 2; warnings print one line each.
+A flag that does not apply to the chosen format or routers is an error,
+never silently dropped. Output files are checked before any work, written
+whole or not at all, and never overwritten.
 """
 
 from __future__ import annotations
@@ -11,10 +14,35 @@ import json
 import os
 import sys
 import time
+import warnings
 
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report it
 FORMATS = ("routerbench", "embedllm", "long", "synthetic")
+SYNTHETIC_PROMPTS, SYNTHETIC_LLMS = 5000, 12
+
+# The flag of each library argument a message may name (see
+# checks.ArgumentError), so that errors speak the command line's language.
+FLAGS = {
+    "embeddings": "--embeddings", "costs": "--costs",
+    "cost_column": "--cost-column", "score_column": "--score-column",
+    "prompt_column": "--prompt-column", "model_column": "--model-column",
+    "val_frac": "--val-frac", "test_frac": "--test-frac",
+    "test_model_frac": "--test-llm-frac",
+}
+
+# The formats each data flag applies to; any other use is an error.
+FORMAT_FLAGS = {
+    "--data": ("routerbench", "embedllm", "long"),
+    "--embeddings": ("routerbench", "embedllm", "long"),
+    "--costs": ("embedllm", "long"),
+    "--cost-column": ("long",), "--score-column": ("long",),
+    "--prompt-column": ("long",), "--model-column": ("long",),
+    "--prompts": ("synthetic",), "--llms": ("synthetic",),
+}
+_WHY_NOT = {
+    ("--costs", "routerbench"): "its CSVs hold a cost for every prompt",
+}
 
 
 class _UsageError(Exception):
@@ -94,7 +122,7 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
   p.add_argument("--neighbors", type=_positive_int, default=None,
                  help="fix k for K-NN (default: chosen per trial from 5 .. "
                       "validation prompts / 3)")
-  p.add_argument("--psi-prior-strength", type=_nonnegative_float, default=0.0,
+  p.add_argument("--psi-prior-strength", type=_nonnegative_float, default=None,
                  help="shrink every cluster's error towards the LLM's overall "
                       "error by this many pseudo-prompts (default 0: the "
                       "paper's plain cluster means)")
@@ -114,11 +142,24 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
                  help="prompt embeddings (.npy in prompt order, or .npz with "
                       "ids); default: the one beside the data")
   p.add_argument("--costs", metavar="FILE",
-                 help="per-LLM costs CSV (model_name and a number)")
-  p.add_argument("--prompts", type=_positive_int, default=5000,
-                 help="synthetic only: number of prompts")
-  p.add_argument("--llms", type=_positive_int, default=12,
-                 help="synthetic only: number of LLMs")
+                 help="per-LLM costs CSV (model_name and a number); embedllm "
+                      "and long only")
+  p.add_argument("--cost-column", metavar="NAME",
+                 help="long only: the column of per-row costs (instead of "
+                      "--costs)")
+  p.add_argument("--score-column", metavar="NAME",
+                 help="long only: the column of scores in [0, 1] (default: "
+                      "the first of score, correct, label)")
+  p.add_argument("--prompt-column", metavar="NAME",
+                 help="long only: the column of prompt ids (default prompt_id)")
+  p.add_argument("--model-column", metavar="NAME",
+                 help="long only: the column of LLM names (default model)")
+  p.add_argument("--prompts", type=_positive_int, default=None,
+                 help=f"synthetic only: number of prompts (default "
+                      f"{SYNTHETIC_PROMPTS})")
+  p.add_argument("--llms", type=_positive_int, default=None,
+                 help=f"synthetic only: number of LLMs (default "
+                      f"{SYNTHETIC_LLMS})")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -133,10 +174,11 @@ def _build_parser() -> argparse.ArgumentParser:
           "prompts, represent UNSEEN test LLMs by their validation errors, "
           "route the test prompts and compare ZeroRouter, K-NN, UniRoute "
           "(K-means) and the per-prompt oracle."))
-  demo.add_argument("--prompts", type=_positive_int, default=5000,
-                    help="number of prompts (default 5000)")
-  demo.add_argument("--llms", type=_positive_int, default=12,
-                    help="number of LLMs; a third are held out (default 12)")
+  demo.add_argument("--prompts", type=_positive_int, default=SYNTHETIC_PROMPTS,
+                    help=f"number of prompts (default {SYNTHETIC_PROMPTS})")
+  demo.add_argument("--llms", type=_positive_int, default=SYNTHETIC_LLMS,
+                    help=f"number of LLMs; a third are held out (default "
+                         f"{SYNTHETIC_LLMS})")
   _add_protocol_arguments(demo, trials=5)
 
   evaluate = commands.add_parser(
@@ -255,23 +297,65 @@ def _write_new(flag: str, path: str, text: str) -> None:
                      f"overwritten") from None
 
 
+def _check_data_flags(args) -> None:
+  """Fails when a data flag does not apply to ``--format``."""
+  for flag, formats in FORMAT_FLAGS.items():
+    if getattr(args, flag[2:].replace("-", "_"), None) is None:
+      continue
+    if args.format not in formats:
+      why = _WHY_NOT.get((flag, args.format))
+      raise ValueError(
+          f"{flag} does not apply to --format {args.format}"
+          + (f": {why}" if why else
+             f" (only to --format {' or '.join(formats)})"))
+  if args.format != "synthetic" and not args.data:
+    raise ValueError(f"--data is required with --format {args.format}")
+  if args.format == "long" and args.embeddings is None:
+    raise ValueError("--embeddings is required with --format long")
+
+
 def _load(args):
   import jax
   from uniroute_jax import data as loaders
+  _check_data_flags(args)
   if args.format == "synthetic":
-    return loaders.make_synthetic(jax.random.key(args.seed),
-                                  num_prompts=args.prompts, num_models=args.llms)
-  if not args.data:
-    raise ValueError(f"--data is required with --format {args.format}")
+    return loaders.make_synthetic(
+        jax.random.key(args.seed),
+        num_prompts=args.prompts or SYNTHETIC_PROMPTS,
+        num_models=args.llms or SYNTHETIC_LLMS)
   if args.format == "routerbench":
     return loaders.load_routerbench(args.data, embeddings=args.embeddings)
   if args.format == "embedllm":
     return loaders.load_embedllm(args.data, embeddings=args.embeddings,
                                  costs=args.costs)
-  if args.embeddings is None:
-    raise ValueError("--embeddings is required with --format long")
+  columns = {name: getattr(args, name) for name in
+             ("prompt_column", "model_column", "score_column", "cost_column")
+             if getattr(args, name) is not None}
   return loaders.load_long(args.data, embeddings=args.embeddings,
-                           costs=args.costs)
+                           costs=args.costs, **columns)
+
+
+def _labels(args, data) -> dict[str, int]:
+  """The missing labels of each LLM that has some; an LLM without any label
+  is an error (nothing could represent it)."""
+  from uniroute_jax.data import missing_labels
+  missing = missing_labels(data)
+  unlabelled = [name for name, count in missing.items()
+                if count == data.num_prompts]
+  if unlabelled:
+    where = f"--data {args.data}" if args.data else "the data"
+    raise ValueError(
+        f"{where}: LLM {unlabelled[0]!r} has no label at all"
+        + (f" (nor have {len(unlabelled) - 1} other LLM(s))"
+           if len(unlabelled) > 1 else "")
+        + "; label some of its prompts or remove it")
+  return {name: count for name, count in missing.items() if count}
+
+
+def _print_missing(missing: dict[str, int]) -> None:
+  if missing:
+    listed = ", ".join(f"{name} {count}" for name, count in missing.items())
+    print(f"Missing labels (masked, never guessed): {listed}")
 
 
 def _progress_printer():
@@ -292,10 +376,11 @@ def _run(args, source: str) -> int:
   from uniroute_jax.data import missing_labels
 
   _check_outputs(args)
+  methods = _methods(args)
   start = time.perf_counter()
   print(f"[1/3] loading {source} ...", file=sys.stderr, flush=True)
   data = _load(args)
-  missing = {k: v for k, v in missing_labels(data).items() if v}
+  missing = _labels(args, data)
   n_train, n_val, n_test = protocol.split_sizes(data.num_prompts, args.val_frac,
                                                 args.test_frac)
   m_train, m_test = protocol.model_split_sizes(data.num_models, args.test_llm_frac)
@@ -310,20 +395,19 @@ def _run(args, source: str) -> int:
         f"unseen test LLMs per trial ...", file=sys.stderr, flush=True)
   evaluation = protocol.evaluate(
       jax.random.key(args.seed), data, num_trials=args.trials,
-      methods=_methods(args), val_frac=args.val_frac, test_frac=args.test_frac,
+      methods=methods, val_frac=args.val_frac, test_frac=args.test_frac,
       test_model_frac=args.test_llm_frac, on_progress=_progress_printer())
   elapsed = time.perf_counter() - start
   print(f"[3/3] done in {elapsed:.1f}s", file=sys.stderr, flush=True)
 
+  table = report.format_table(evaluation)   # refuses undefined results
   print(f"{source}: {data.num_prompts} prompts x {data.num_models} LLMs; "
         f"{args.trials} trial(s), seed {args.seed}")
-  if missing:
-    listed = ", ".join(f"{name} {count}" for name, count in missing.items())
-    print(f"Missing labels (masked, never guessed): {listed}")
+  _print_missing(missing)
   print(f"Per trial: {n_train} train / {n_val} validation / {n_test} test "
         f"prompts; {m_train} training LLMs, {m_test} unseen test LLMs")
   print()
-  print(report.format_table(evaluation))
+  print(table)
   print()
   print("Area, Area(50%): mean-curve quality integrated over relative cost "
         "[0, 1] and [0, 0.5]; QNC: relative cost")
@@ -348,21 +432,37 @@ def _run(args, source: str) -> int:
   return 0
 
 
+# The router options each protocol flag sets, for the routers that have them.
+_METHOD_FLAGS = (("--clusters", "clusters", ("clusters", "ranks")),
+                 ("--neighbors", "neighbors", ("neighbors",)),
+                 ("--psi-prior-strength", "psi_prior_strength",
+                  ("prior_strength",)))
+
+
 def _methods(args):
-  """The routers to evaluate, with the flags that set their options."""
+  """The routers to evaluate, with the flags that set their options; a flag
+  that none of --methods has an option for is an error."""
   from uniroute_jax import protocol
+  chosen = [protocol.BUILT_IN[name] for name in args.methods]
+  for flag, attribute, fields in _METHOD_FLAGS:
+    value = getattr(args, attribute)
+    if value is None:
+      continue
+    users = [m.name for m in chosen if any(hasattr(m, f) for f in fields)]
+    if not users:
+      takers = [name for name, m in protocol.BUILT_IN.items()
+                if any(hasattr(m, f) for f in fields)]
+      raise ValueError(
+          f"{flag} applies to the routers {','.join(takers)}, none of which "
+          f"is in --methods {','.join(args.methods)}")
   methods = []
-  for name in args.methods:
-    method = protocol.BUILT_IN[name]
+  for method in chosen:
     changes = {}
-    if args.clusters and hasattr(method, "clusters"):
-      changes["clusters"] = (args.clusters,)
-    if args.clusters and hasattr(method, "ranks"):
-      changes["ranks"] = (args.clusters,)
-    if args.neighbors and hasattr(method, "neighbors"):
-      changes["neighbors"] = (args.neighbors,)
-    if hasattr(method, "prior_strength"):
-      changes["prior_strength"] = args.psi_prior_strength
+    for flag, attribute, fields in _METHOD_FLAGS:
+      value = getattr(args, attribute)
+      for field in fields:
+        if value is not None and hasattr(method, field):
+          changes[field] = value if field == "prior_strength" else (value,)
     methods.append(method.replace(**changes) if changes else method)
   return methods
 
@@ -375,10 +475,14 @@ def _build_router(args) -> int:
   _new_file("--out", args.out)
   data = _load(args)
   data.validate()
+  missing = _labels(args, data)
   k = args.clusters or max(3, data.num_prompts // 50)
   if k > data.num_prompts:
-    raise ValueError(f"--clusters must be at most the number of prompts "
-                     f"({data.num_prompts}), got {k}")
+    raise ValueError(
+        f"--clusters must be at most the number of prompts "
+        f"({data.num_prompts}), got {k}" if args.clusters else
+        f"the data has {data.num_prompts} prompt(s), fewer than the default "
+        f"{k} clusters; set --clusters")
   cost = data.cost.mean(axis=0) if data.cost.ndim == 2 else data.cost
   kmeans_key, map_key = jax.random.split(jax.random.key(args.seed))
   router = Router.from_kmeans(kmeans_key, data.embeddings, num_clusters=k)
@@ -395,11 +499,33 @@ def _build_router(args) -> int:
     router = Router.from_cluster_map(fitted)
   router = router.add_models(list(data.model_names), data.embeddings, data.loss,
                              np.asarray(cost), mask=data.mask)
+  if args.map == "kmeans":
+    _warn_uncovered_clusters(router, data)
   router.save(args.out)
+  _print_missing(missing)
   print(f"Wrote {args.out}: {args.map} map with {k} clusters of "
         f"{data.num_prompts} prompts, {router.num_models} LLMs "
         f"({', '.join(router.models)})")
   return 0
+
+
+def _warn_uncovered_clusters(router, data) -> None:
+  """Warns (once) when some LLM's labels miss some clusters: there its Psi
+  is its overall error, not a measurement."""
+  import numpy as np
+  cluster = np.asarray(router.membership(data.embeddings))
+  mask = np.asarray(data.mask, bool)
+  k = router.num_clusters
+  covered = {name: np.unique(cluster[mask[:, j]]).size
+             for j, name in enumerate(data.model_names)}
+  short = {name: c for name, c in covered.items() if c < k}
+  if short:
+    worst = min(short, key=short.get)
+    warnings.warn(
+        f"{len(short)} LLM(s) have labelled prompts in only some of the {k} "
+        f"clusters (fewest: {worst!r}, in {short[worst]}); in the others "
+        "their Psi is their overall error: set fewer --clusters or label "
+        "more prompts")
 
 
 def _read_prompts(path: str):
@@ -443,7 +569,27 @@ def _route(args) -> int:
   return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None,
+                      line=None) -> None:
+  del category, filename, lineno, file, line
+  print(f"uniroute: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+
+
+def _message(err: Exception) -> str:
+  """The first line of an error, naming flags where it names arguments."""
+  render = getattr(err, "render", None)
+  text = render(FLAGS.get) if callable(render) else str(err)
+  return text.splitlines()[0] if text else type(err).__name__
+
+
 def main(argv=None) -> int:
+  with warnings.catch_warnings():
+    warnings.filterwarnings("always", module="uniroute_jax")
+    warnings.showwarning = _one_line_warning
+    return _main(argv)
+
+
+def _main(argv) -> int:
   parser = _build_parser()
   try:
     args = parser.parse_args(argv)
@@ -464,8 +610,7 @@ def main(argv=None) -> int:
     print(str(err), file=sys.stderr)
     return _EXIT_USAGE
   except (ValueError, OSError, ImportError) as err:
-    message = str(err).splitlines()[0] if str(err) else type(err).__name__
-    print(f"uniroute: error: {message}", file=sys.stderr)
+    print(f"uniroute: error: {_message(err)}", file=sys.stderr)
     return _EXIT_USAGE
   except KeyboardInterrupt:
     # Outputs are written whole or not at all, so nothing partial is left.

@@ -85,7 +85,22 @@ def _candidates(method) -> list[int] | None:
 
 
 def format_table(evaluation: protocol.Evaluation) -> str:
-  """The results as a fixed-width text table, one row per method."""
+  """The results as a fixed-width text table, one row per method.
+
+  Raises:
+    ValueError: when a result to print is NaN (undefined on this data): a
+      table never shows NaN as a number.
+  """
+  for s in evaluation.methods.values():
+    shown = [("Area", s.area), ("Area(50%)", s.area50),
+             ("peak quality", s.peak_quality), ("QNC", s.qnc)]
+    if s.trials.area.shape[0] >= 2:   # one trial prints no interval
+      shown += list(zip(("95% CI low", "95% CI high"), s.area_ci))
+    for label, value in shown:
+      if math.isnan(float(value)):
+        raise ValueError(
+            f"the {label} of {s.title} is undefined (NaN) on this data, so "
+            "no table is printed")
   width = max([22] + [len(s.title) for s in evaluation.methods.values()])
   header = (f"{'method':<{width}} {'Area':>7} {'95% CI':>15} {'Area(50%)':>10} "
             f"{'QNC':>7} {'peak':>6} {'chosen':>9}  vs best")

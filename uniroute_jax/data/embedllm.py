@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from uniroute_jax import checks
 from uniroute_jax.data.embeddings import load_embeddings
 from uniroute_jax.data.long import (check_unit_interval, column_index,
                                     model_costs, parse_floats, parse_ints,
@@ -152,9 +153,10 @@ def _embeddings(directory: str, embeddings, prompt_ids: np.ndarray):
   if embeddings is None:
     embeddings = os.path.join(directory, "embeddings.npy")
     if not os.path.isfile(embeddings):
-      raise FileNotFoundError(
+      raise checks.MissingFileError(lambda name: (
           f"no embeddings for EmbedLLM directory {directory!r}: expected "
-          f"{embeddings!r} (row i = prompt_id i) or pass embeddings=")
+          f"{embeddings!r} (row i = prompt_id i), or give an embeddings file "
+          f"with {name('embeddings')}"))
   embeddings = os.fspath(embeddings)
   if not embeddings.lower().endswith(".npy"):
     return load_embeddings(embeddings, prompt_ids)
@@ -171,8 +173,8 @@ def _costs(directory: str, costs, model_names):
   if costs is None:
     costs = os.path.join(directory, "costs.csv")
     if not os.path.isfile(costs):
-      raise ValueError(
+      raise checks.ArgumentError(lambda name: (
           f"a cost per model is required, but {costs!r} does not exist: write "
           "a CSV with a 'model_name' column and a numeric cost column there, "
-          "or pass costs= (such a CSV, or a mapping from model name to cost)")
+          f"or give such a CSV with {name('costs')}"))
   return model_costs(costs, model_names, preferred=("num_params_b",))

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from uniroute_jax import checks
 from uniroute_jax.data.embeddings import load_embeddings
 from uniroute_jax.types import RoutingData
 
@@ -59,17 +60,19 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
   """
   path = os.fspath(path)
   if (cost_column is None) == (costs is None):
-    raise ValueError(
-        "load_long needs exactly one of cost_column (per-row costs) and costs "
-        f"(per-model costs), got cost_column={cost_column!r} and "
-        f"costs={'None' if costs is None else type(costs).__name__}")
+    given = "both were given" if costs is not None else "neither was given"
+    raise checks.ArgumentError(lambda name: (
+        f"a long-format table needs its costs from exactly one of "
+        f"{name('cost_column')} (a column of per-row costs) and "
+        f"{name('costs')} (per-model costs); {given}"))
   header, columns = _read_table(path)
   if score_column is None:
     score_column = next((c for c in SCORE_COLUMNS if c in header), None)
     if score_column is None:
-      raise ValueError(
+      raise checks.ArgumentError(lambda name: (
           f"{path!r} has no score column: expected one of "
-          f"{list(SCORE_COLUMNS)} (or pass score_column=), found {header}")
+          f"{list(SCORE_COLUMNS)} (or name it with {name('score_column')}), "
+          f"found {header}"))
   wanted = [prompt_column, model_column, score_column]
   wanted += [cost_column] if cost_column is not None else []
   for name in wanted:

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from uniroute_jax import checks
 from uniroute_jax.data.embeddings import load_embeddings
 from uniroute_jax.data.long import (check_nonnegative, check_unit_interval,
                                     column_index, parse_floats, read_csv)
@@ -106,8 +107,9 @@ def _files(path, allow_pickle: bool) -> list[str]:
                      key=os.path.basename)
       if not files:
         pickles = [f for f in os.listdir(path) if f.endswith(PICKLE_SUFFIXES)]
-        hint = (f"; to read the pickle {pickles[0]!r}, pass its path with "
-                "allow_pickle=True" if pickles else "")
+        hint = (f"; convert the pickle {pickles[0]!r} to CSV (in Python, "
+                "load_routerbench(its path, allow_pickle=True) reads it)"
+                if pickles else "")
         raise ValueError(f"RouterBench directory {path!r} has no *.csv files"
                          + hint)
       return files
@@ -122,8 +124,8 @@ def _files(path, allow_pickle: bool) -> list[str]:
     if file.lower().endswith(PICKLE_SUFFIXES) and not allow_pickle:
       raise ValueError(
           f"{file!r} is a pickle, which can execute arbitrary code when "
-          "loaded; pass allow_pickle=True only if you trust its source, or "
-          "convert it to CSV")
+          "loaded; convert it to CSV (in Python, allow_pickle=True reads it, "
+          "if you trust its source)")
   return files
 
 
@@ -206,11 +208,11 @@ def _embeddings_path(path, files, embeddings):
     candidate = os.path.join(folders.pop(), DEFAULT_EMBEDDINGS)
     if os.path.isfile(candidate):
       return candidate
-  raise ValueError(
-      "no embeddings found for the RouterBench rows: pass embeddings= a .npz "
-      "with 'file', 'row' and 'embedding' arrays (or ids '<file name>:<row>' "
-      "and 'embedding'), or a .npy with one row per CSV row, or put "
-      f"{DEFAULT_EMBEDDINGS} next to the CSVs")
+  raise checks.ArgumentError(lambda name: (
+      f"no embeddings found for the RouterBench rows: give {name('embeddings')}"
+      " a .npz with 'file', 'row' and 'embedding' arrays (or ids "
+      "'<file name>:<row>' and 'embedding'), or a .npy with one row per CSV "
+      f"row, or put {DEFAULT_EMBEDDINGS} next to the CSVs"))
 
 
 def _merge(sample_ids, score, cost, model_names, prompt_ids):

@@ -36,29 +36,35 @@ class Split(NamedTuple):
 
 def split_sizes(n: int, val_frac: float, test_frac: float) -> tuple[int, int, int]:
   """(train, val, test) counts for n prompts; each is at least 1."""
-  for name, frac in (("val_frac", val_frac), ("test_frac", test_frac)):
+  for argument, frac in (("val_frac", val_frac), ("test_frac", test_frac)):
     if not 0.0 < frac < 1.0:
-      raise ValueError(f"{name} must lie in (0, 1), got {frac}")
+      raise checks.ArgumentError(lambda name, argument=argument, frac=frac: (
+          f"{name(argument)} must lie in (0, 1), got {frac}"))
   if val_frac + test_frac >= 1.0:
-    raise ValueError(
-        f"val_frac + test_frac must be below 1, got {val_frac + test_frac}")
+    raise checks.ArgumentError(lambda name: (
+        f"{name('val_frac')} + {name('test_frac')} must be below 1, got "
+        f"{val_frac} + {test_frac}"))
   n_val = max(1, round(n * val_frac))
   n_test = max(1, round(n * test_frac))
   n_train = n - n_val - n_test
   if n_train < 1:
-    raise ValueError(f"{n} prompts are too few to split into train/val/test")
+    raise checks.ArgumentError(lambda name: (
+        f"{n} prompts are too few to split into train ({n_train}), "
+        f"validation ({n_val}) and test ({n_test}) prompts with "
+        f"{name('val_frac')} {val_frac} and {name('test_frac')} {test_frac}"))
   return n_train, n_val, n_test
 
 
 def model_split_sizes(m: int, test_model_frac: float) -> tuple[int, int]:
   """(training, test) pool sizes: at least 2 test LLMs and 1 training LLM."""
   if not 0.0 < test_model_frac < 1.0:
-    raise ValueError(f"test_model_frac must lie in (0, 1), got {test_model_frac}")
+    raise checks.ArgumentError(lambda name: (
+        f"{name('test_model_frac')} must lie in (0, 1), got {test_model_frac}"))
   m_test = max(2, round(m * test_model_frac))
   if m - m_test < 1:
     raise ValueError(
-        f"num_models={m} is too few for a training pool and a test pool of "
-        "at least 2 LLMs")
+        f"{m} LLMs are too few for the protocol: it needs a training pool of "
+        "at least 1 LLM and an unseen test pool of at least 2")
   return m - m_test, m_test
 
 

@@ -1,0 +1,301 @@
+"""The command line as a clumsy or hostile user drives it: every bad input is
+one line naming the flag or the file and exit 2; no flag is silently
+ignored; no output is overwritten, written twice or left partial; no NaN is
+printed as a result; labels that are missing are reported."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from uniroute_jax import cli
+
+LLMS = ("tiny-llm", "mid-llm", "coder-llm", "big-llm")
+
+
+def run(argv, capsys):
+  """(exit code, stdout, the stderr lines that are not progress)."""
+  code = cli.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  assert "Traceback" not in err
+  return code, out, [line for line in err.splitlines() if not line.startswith(("[", "  trials"))]
+
+
+def fails(argv, capsys, match):
+  code, _, err = run(argv, capsys)
+  assert code == 2 and len(err) == 1, err
+  assert match in err[0], err[0]
+  return err[0]
+
+
+def write_traffic(folder, *, prompts=120, drop=None, nan_label=None,
+                  columns=("prompt_id", "model", "correct", "cost")):
+  """A long-format log of ``prompts`` x 4 LLMs with per-row USD costs and
+  its embeddings; ``drop(i, model)`` leaves a row out, ``nan_label(i,
+  model)`` writes the label text ``nan``."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(prompts, 8)).astype(np.float32)
+  skill = {"tiny-llm": 0.3, "mid-llm": 0.5, "coder-llm": 0.7, "big-llm": 0.9}
+  price = {"tiny-llm": 0.0, "mid-llm": 0.0, "coder-llm": 0.015, "big-llm": 0.06}
+  rows = []
+  for i in range(prompts):
+    for model in LLMS:
+      if drop is not None and drop(i, model):
+        continue
+      label = ("nan" if nan_label is not None and nan_label(i, model)
+               else str(int(rng.random() < skill[model])))
+      rows.append((f"p{i}", model, label, price[model]))
+  data = os.path.join(folder, "traffic.csv")
+  with open(data, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    writer.writerows(rows)
+  embeddings = os.path.join(folder, "emb.npz")
+  np.savez(embeddings, prompt_ids=np.array([f"p{i}" for i in range(prompts)]),
+           embeddings=x)
+  costs = os.path.join(folder, "costs.csv")
+  with open(costs, "w") as f:
+    f.write("model_name,cost\n" + "".join(f"{m},{price[m]}\n" for m in LLMS))
+  return data, embeddings, costs
+
+
+# ------------------------------------------------------- ignored flags
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["build-router", "--format", "routerbench", "--data", "rb.csv", "--costs",
+      "c.csv"], "--costs does not apply to --format routerbench: its CSVs hold "
+                "a cost for every prompt"),
+    (["build-router", "--format", "embedllm", "--data", "d", "--prompts", "9"],
+     "--prompts does not apply to --format embedllm (only to --format synthetic)"),
+    (["build-router", "--format", "synthetic", "--data", "d"],
+     "--data does not apply to --format synthetic"),
+    (["build-router", "--format", "synthetic", "--embeddings", "e.npy"],
+     "--embeddings does not apply to --format synthetic"),
+    (["build-router", "--format", "embedllm", "--data", "d", "--cost-column",
+      "usd"], "--cost-column does not apply to --format embedllm (only to "
+              "--format long)"),
+    (["build-router", "--format", "long", "--data", "d", "--embeddings", "e",
+      "--llms", "3"], "--llms does not apply to --format long"),
+])
+def test_a_flag_that_does_not_apply_is_an_error(tmp_path, capsys, argv, match):
+  out = tmp_path / "r.npz"
+  fails(argv + ["--out", out], capsys, match)
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--methods", "zero,knn", "--clusters", "5"],
+     "--clusters applies to the routers kmeans,"),
+    (["--methods", "zero,kmeans", "--neighbors", "5"],
+     "--neighbors applies to the routers knn"),
+    (["--methods", "zero,knn,oracle", "--psi-prior-strength", "2"],
+     "--psi-prior-strength applies to the routers kmeans,"),
+])
+def test_a_router_flag_without_its_router_is_an_error(capsys, extra, match):
+  message = fails(["evaluate", "--format", "synthetic", *extra], capsys, match)
+  assert "none of which is in --methods" in message
+
+
+# ------------------------------------------ messages in the user's language
+
+
+def test_long_format_messages_name_flags_not_arguments(tmp_path, capsys):
+  data, embeddings, _ = write_traffic(tmp_path)
+  message = fails(["evaluate", "--format", "long", "--data", data,
+                   "--embeddings", embeddings], capsys,
+                  "exactly one of --cost-column (a column of per-row costs) "
+                  "and --costs (per-model costs); neither was given")
+  assert "=" not in message and "load_long" not in message
+  (tmp_path / "renamed").mkdir()
+  renamed, _, _ = write_traffic(tmp_path / "renamed",
+                                columns=("q", "llm", "ok", "usd"))
+  base = ["--format", "long", "--data", renamed, "--embeddings", embeddings,
+          "--cost-column", "usd"]
+  fails(["evaluate", *base], capsys, "or name it with --score-column")
+  fails(["evaluate", *base, "--score-column", "ok"], capsys,
+        "has no column 'prompt_id'")
+  # With every column named, the log's own per-row costs are used.
+  code, stdout, _ = run(["build-router", *base, "--score-column", "ok",
+                         "--prompt-column", "q", "--model-column", "llm",
+                         "--clusters", "3", "--out", tmp_path / "r.npz"], capsys)
+  assert code == 0 and "4 LLMs (tiny-llm, mid-llm, coder-llm, big-llm)" in stdout
+
+
+def test_embedllm_without_embeddings_names_the_flag(tmp_path, capsys):
+  (tmp_path / "model_order.csv").write_text("model_id,model_name\n0,a\n1,b\n")
+  (tmp_path / "question_order.csv").write_text("prompt_id,prompt\n0,x\n")
+  (tmp_path / "train.csv").write_text("model_id,prompt_id,label\n0,0,1\n1,0,0\n")
+  (tmp_path / "costs.csv").write_text("model_name,cost\na,1\nb,2\n")
+  message = fails(["evaluate", "--format", "embedllm", "--data", tmp_path],
+                  capsys, "or give an embeddings file with --embeddings")
+  assert "embeddings=" not in message
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["demo", "--val-frac", "0.6", "--test-frac", "0.5"],
+     "--val-frac + --test-frac must be below 1, got 0.6 + 0.5"),
+    (["demo", "--prompts", "2"], "2 prompts are too few to split into train (0)"),
+    (["demo", "--prompts", "2"], "with --val-frac 0.1 and --test-frac 0.3"),
+])
+def test_protocol_messages_name_flags(capsys, argv, match):
+  assert "_frac" not in fails(argv, capsys, match)
+
+
+def test_default_clusters_on_tiny_data_says_which_flag_to_set(tmp_path, capsys):
+  data, embeddings, costs = write_traffic(tmp_path, prompts=2)
+  fails(["build-router", "--format", "long", "--data", data, "--embeddings",
+         embeddings, "--costs", costs, "--out", tmp_path / "r.npz"], capsys,
+        "the data has 2 prompt(s), fewer than the default 3 clusters; set "
+        "--clusters")
+
+
+# --------------------------------------------- labels: reported, never silent
+
+
+def test_build_router_reports_missing_labels_and_uncovered_clusters(
+    tmp_path, capsys):
+  """Half of big-llm's rows lost and some labels written as 'nan': the
+  build says how many labels each LLM lacks and that clusters go without."""
+  data, embeddings, costs = write_traffic(
+      tmp_path, drop=lambda i, m: m == "big-llm" and i % 2 == 0,
+      nan_label=lambda i, m: m == "mid-llm" and i < 7)
+  out = tmp_path / "r.npz"
+  code, stdout, err = run(["build-router", "--format", "long", "--data", data,
+                           "--embeddings", embeddings, "--cost-column", "cost",
+                           "--clusters", "40", "--out", out], capsys)
+  assert code == 0 and out.exists()
+  assert "Missing labels (masked, never guessed): mid-llm 7, big-llm 60" in stdout
+  assert len(err) == 1 and err[0].startswith("uniroute: warning: ")
+  assert "have labelled prompts in only some of the 40 clusters" in err[0]
+  assert "'big-llm'" in err[0] and "--clusters" in err[0]
+
+
+def test_an_llm_without_any_label_is_an_error(tmp_path, capsys):
+  data, embeddings, costs = write_traffic(
+      tmp_path, nan_label=lambda i, m: m == "coder-llm")
+  for command in (["build-router", "--out", tmp_path / "r.npz"],
+                  ["evaluate", "--methods", "zero"]):
+    fails([*command, "--format", "long", "--data", data, "--embeddings",
+           embeddings, "--costs", costs], capsys,
+          f"--data {data}: LLM 'coder-llm' has no label at all")
+  assert not (tmp_path / "r.npz").exists()
+
+
+def test_more_clusters_than_distinct_prompts_warns_in_one_line(tmp_path, capsys):
+  data, _, costs = write_traffic(tmp_path, prompts=6)
+  embeddings = tmp_path / "same.npy"
+  np.save(embeddings, np.repeat(np.eye(2, 8, dtype=np.float32), 3, axis=0))
+  code, _, err = run(["build-router", "--format", "long", "--data", data,
+                      "--embeddings", embeddings, "--costs", costs,
+                      "--clusters", "3", "--out", tmp_path / "r.npz"], capsys)
+  assert code == 0
+  assert err[0] == ("uniroute: warning: embeddings has 2 distinct point(s) of "
+                    "positive weight for num_clusters=3, so 1 cluster(s) will "
+                    "repeat another's centroid; use fewer clusters")
+  assert len(err) == 2 and "in only some of the 3 clusters" in err[1]
+
+
+# ------------------------------------------------------ one reader, one set of checks
+
+
+def test_route_refuses_repeated_prompt_ids(tmp_path, capsys):
+  router = tmp_path / "r.npz"
+  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "300",
+                   "--llms", "4", "--clusters", "4", "--out", str(router)]) == 0
+  capsys.readouterr()
+  prompts = tmp_path / "p.npz"
+  np.savez(prompts, prompt_ids=np.array(["a", "b", "a"]),
+           embeddings=np.zeros((3, 32), np.float32))
+  out = tmp_path / "c.csv"
+  fails(["route", "--router", router, "--embeddings", prompts, "--out", out],
+        capsys, "must be unique, but 'a' appears more than once")
+  assert not out.exists()
+
+
+# ---------------------------------------------------------------- outputs
+
+
+SYNTHETIC = ["evaluate", "--format", "synthetic", "--prompts", "300", "--llms",
+             "5", "--trials", "2", "--methods", "zero"]
+
+
+@pytest.mark.parametrize("outputs, match", [
+    (["--json", "{d}/x.png", "--plot", "{d}/x.png"],
+     "--json and --plot name the same file"),
+    (["--plot", "{d}/curves.txt"], "--plot must end in one of .png, .svg, .pdf"),
+    (["--json", "{d}/no/such/folder/r.json"], "--json: folder"),
+    (["--json", "{d}/exists.json"], "--json: {d}/exists.json already exists"),
+])
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, outputs, match):
+  (tmp_path / "exists.json").write_text("precious")
+  argv = SYNTHETIC + [o.format(d=tmp_path) for o in outputs]
+  code, _, err = run(argv, capsys)
+  assert code == 2 and err == [e for e in err if "uniroute: error:" in e]
+  assert match.format(d=tmp_path) in err[0]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.json"]
+  assert (tmp_path / "exists.json").read_text() == "precious"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/sys") or os.access("/proc/sys", os.W_OK),
+                    reason="needs a folder this user cannot write (/proc/sys)")
+def test_an_unwritable_folder_is_named_with_its_flag(capsys):
+  fails(SYNTHETIC + ["--json", "/proc/sys/r.json"], capsys,
+        "--json: folder /proc/sys is not writable")
+
+
+def test_a_file_that_appears_while_running_is_not_overwritten(
+    tmp_path, capsys, monkeypatch):
+  """Another program writes the --plot (or --json) path during the run:
+  that file is kept, and the command says so in one line."""
+  from uniroute_jax import protocol
+  evaluate = protocol.evaluate
+  for flag, name in (("--plot", "r.png"), ("--json", "r.json")):
+    path = tmp_path / name
+
+    def evaluate_while_another_writes(*args, path=path, **kwargs):
+      path.write_text("someone else's")
+      return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "evaluate", evaluate_while_another_writes)
+    fails(SYNTHETIC + [flag, path], capsys,
+          f"{flag}: {path} appeared while running; it is never overwritten")
+    assert path.read_text() == "someone else's"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.png"]
+
+
+# ------------------------------------------------------------ no NaN printed
+
+
+def test_free_llms_give_defined_results(tmp_path, capsys):
+  """Two LLMs cost 0: every test pool made of only them has largest cost 0.
+  Curves and relative costs are defined there (relative cost 0) and no NaN
+  reaches the table or the JSON."""
+  data, embeddings, costs = write_traffic(tmp_path)
+  out = tmp_path / "r.json"
+  code, stdout, err = run(["evaluate", "--format", "long", "--data", data,
+                           "--embeddings", embeddings, "--costs", costs,
+                           "--trials", "8", "--methods", "zero,kmeans,oracle",
+                           "--test-llm-frac", "0.5", "--json", out], capsys)
+  assert code == 0, err
+  assert "nan" not in stdout.lower()
+  doc = json.loads(out.read_text())
+  for entry in doc["methods"].values():
+    assert None not in entry["trial_area"] and None not in entry["trial_area50"]
+    assert None not in entry["mean_curve"]["quality"]
+
+
+def test_a_table_never_shows_nan(capsys):
+  import jax
+  from uniroute_jax import make_synthetic, protocol, report
+  data = make_synthetic(jax.random.key(0), num_prompts=200, num_models=5)
+  evaluation = protocol.evaluate(jax.random.key(0), data, num_trials=2,
+                                 methods=("zero", "oracle"))
+  assert "nan" not in report.format_table(evaluation)
+  broken = evaluation._replace(methods={
+      **evaluation.methods,
+      "zero": evaluation.methods["zero"]._replace(area=float("nan"))})
+  with pytest.raises(ValueError, match="the Area of ZeroRouter is undefined"):
+    report.format_table(broken)
