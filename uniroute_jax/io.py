@@ -143,23 +143,61 @@ def load_router(path, *, map_types: Sequence[type[maps.ClusterMapping]] =
     raise ValueError(f"{path}: {err}") from None
 
 
+# A file a user gives may hold any bytes, and NumPy's and zipfile's parsers
+# answer corrupted ones with many exception types (EOFError, BadZipFile,
+# zlib.error, NotImplementedError for a "compression method", RuntimeError
+# for an "encrypted" member, tokenize errors from a damaged header, ...).
+# Reading is the only thing inside these guards, so any of them means the
+# file is unreadable, never a bug of ours.
+_PICKLED = "allow_pickle"
+
+
+def _unreadable(path, what: str, err: Exception) -> ValueError:
+  if isinstance(err, ValueError) and _PICKLED in str(err):
+    return ValueError(
+        f"{path} is not {what}: it holds an object array (pickled data), which "
+        "is never loaded; store text as a unicode array (dtype=str) and "
+        "numbers as a numeric array")
+  first = str(err).splitlines()[0] if str(err) else type(err).__name__
+  return ValueError(f"{path} is not {what} (unreadable: {first})")
+
+
 def read_npz(path, *, what: str) -> dict[str, np.ndarray]:
-  """Every array of an ``.npz`` file, read without pickle."""
+  """Every array of an ``.npz`` file, read without pickle.
+
+  Raises:
+    ValueError: naming ``path`` and ``what`` it should be, for anything but
+      a readable npz archive of plain arrays (truncated or corrupted files,
+      a single ``.npy`` array, object arrays).
+  """
   try:
     loaded = np.load(path, allow_pickle=False)
-  except (ValueError, EOFError, zipfile.BadZipFile) as err:
-    raise ValueError(f"{path} is not {what} (not an npz file: {err})") from None
+  except Exception as err:  # pylint: disable=broad-except (see above)
+    raise _unreadable(path, what, err) from None
   if not isinstance(loaded, np.lib.npyio.NpzFile):
     raise ValueError(f"{path} is not {what} (a single array, not npz)")
   with loaded:
     try:
       return {key: loaded[key] for key in loaded.files}
-    except ValueError as err:
-      raise ValueError(
-          f"{path} is not {what}: it holds an object array (pickled data), "
-          f"which is never loaded ({err})") from None
-    except (EOFError, OSError, zipfile.BadZipFile) as err:
-      raise ValueError(f"{path} is not {what}: {err}") from None
+    except Exception as err:  # pylint: disable=broad-except (see above)
+      raise _unreadable(path, what, err) from None
+
+
+def read_npy(path, *, what: str) -> np.ndarray:
+  """The array of an ``.npy`` file, read without pickle.
+
+  Raises:
+    ValueError: as :func:`read_npz`, for anything but one plain array.
+  """
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except Exception as err:  # pylint: disable=broad-except (see above)
+    raise _unreadable(path, what, err) from None
+  if not isinstance(loaded, np.ndarray):
+    loaded.close()
+    raise ValueError(f"{path} is not {what} (an npz archive, not one .npy "
+                     "array)")
+  return loaded
 
 
 def _read_metadata(path, arrays) -> dict:

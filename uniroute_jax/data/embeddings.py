@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from uniroute_jax import io
+
 # Keys an .npz may use for the prompt ids and for the [n, d] matrix.
 ID_KEYS = ("prompt_ids", "ids", "prompt_id")
 EMBEDDING_KEYS = ("embeddings", "embedding")
@@ -100,20 +102,6 @@ def _unique(path: str, ids: np.ndarray, id_key: str) -> None:
         f"{str(sorted_ids[repeated[0]])!r} appears more than once")
 
 
-def _load(path: str, npz=None, key: str | None = None) -> np.ndarray:
-  """One array from a .npy file, or from an open .npz under ``key``."""
-  where = f"{path!r}" if key is None else f"array {key!r} of {path!r}"
-  try:
-    return np.load(path, allow_pickle=False) if npz is None else npz[key]
-  except ValueError as err:
-    if "allow_pickle" in str(err):
-      raise ValueError(
-          f"{where} holds Python objects, which would need pickle to read; "
-          "store ids as a unicode (str) or integer array and embeddings as a "
-          "float array") from None
-    raise ValueError(f"{where} could not be read: {err}") from None
-
-
 def _matrix(path: str, array: np.ndarray) -> np.ndarray:
   if array.ndim != 2:
     raise ValueError(
@@ -142,12 +130,13 @@ def _read(path: str) -> tuple[np.ndarray | None, np.ndarray, str]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"embeddings file not found: {path!r}")
   suffix = os.path.splitext(path)[1].lower()
+  what = "an embeddings file"
   if suffix == ".npy":
-    return None, _matrix(path, _load(path)), ""
+    return None, _matrix(path, io.read_npy(path, what=what)), ""
   if suffix != ".npz":
     raise ValueError(
         f"embeddings file {path!r} must be a .npy or .npz file, got {suffix!r}")
-  ids, matrix, id_key = _from_npz(path)
+  ids, matrix, id_key = _from_npz(path, io.read_npz(path, what=what))
   if ids is not None and (ids.ndim != 1 or ids.shape[0] != matrix.shape[0]):
     raise ValueError(
         f"ids {id_key!r} in {path!r} must be 1-d with one id per embedding "
@@ -155,33 +144,30 @@ def _read(path: str) -> tuple[np.ndarray | None, np.ndarray, str]:
   return ids, matrix, id_key
 
 
-def _from_npz(path: str):
-  with np.load(path, allow_pickle=False) as npz:
-    keys = list(npz.keys())
-    id_key = next((k for k in ID_KEYS if k in keys), None)
-    emb_key = next((k for k in EMBEDDING_KEYS if k in keys), None)
-    if id_key is None and {"file", "row"} <= set(keys) and emb_key is not None:
-      files = _load(path, npz, "file")
-      rows = _load(path, npz, "row")
-      if files.shape != rows.shape or files.ndim != 1:
-        raise ValueError(
-            f"arrays 'file' and 'row' of {path!r} must be 1-d and of equal "
-            f"length, got shapes {files.shape} and {rows.shape}")
-      ids = np.char.add(np.char.add(files.astype(str), ":"), rows.astype(str))
-      return ids, _matrix(path, _load(path, npz, emb_key)), "file:row"
-    if id_key is not None:
-      if emb_key is None:
-        raise ValueError(
-            f"{path!r} has ids under {id_key!r} but no embeddings array; "
-            f"expected one of {list(EMBEDDING_KEYS)}, found {keys}")
-      return (_load(path, npz, id_key),
-              _matrix(path, _load(path, npz, emb_key)), id_key)
-    if len(keys) == 1:
-      return None, _matrix(path, _load(path, npz, keys[0])), ""
-    raise ValueError(
-        f"{path!r} holds arrays {keys}; expected a single [n, d] array, or "
-        f"ids (one of {list(ID_KEYS)}) plus embeddings (one of "
-        f"{list(EMBEDDING_KEYS)})")
+def _from_npz(path: str, arrays: dict[str, np.ndarray]):
+  keys = list(arrays)
+  id_key = next((k for k in ID_KEYS if k in keys), None)
+  emb_key = next((k for k in EMBEDDING_KEYS if k in keys), None)
+  if id_key is None and {"file", "row"} <= set(keys) and emb_key is not None:
+    files, rows = arrays["file"], arrays["row"]
+    if files.shape != rows.shape or files.ndim != 1:
+      raise ValueError(
+          f"arrays 'file' and 'row' of {path!r} must be 1-d and of equal "
+          f"length, got shapes {files.shape} and {rows.shape}")
+    ids = np.char.add(np.char.add(files.astype(str), ":"), rows.astype(str))
+    return ids, _matrix(path, arrays[emb_key]), "file:row"
+  if id_key is not None:
+    if emb_key is None:
+      raise ValueError(
+          f"{path!r} has ids under {id_key!r} but no embeddings array; "
+          f"expected one of {list(EMBEDDING_KEYS)}, found {keys}")
+    return arrays[id_key], _matrix(path, arrays[emb_key]), id_key
+  if len(keys) == 1:
+    return None, _matrix(path, arrays[keys[0]]), ""
+  raise ValueError(
+      f"{path!r} holds arrays {keys}; expected a single [n, d] array, or "
+      f"ids (one of {list(ID_KEYS)}) plus embeddings (one of "
+      f"{list(EMBEDDING_KEYS)})")
 
 
 def _aligned(path: str, ids: np.ndarray, matrix: np.ndarray, prompt_ids,

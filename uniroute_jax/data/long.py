@@ -186,31 +186,51 @@ def _large_fields():
     csv.field_size_limit(old)
 
 
+def _encoding(path: str) -> str:
+  """UTF-16 when the file starts with its byte-order mark (as spreadsheet
+  programs write "Unicode text"), otherwise UTF-8 with an optional BOM."""
+  with open(path, "rb") as f:
+    head = f.read(2)
+  return "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+
+
 def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
   """Header and data rows of a CSV; blank lines are skipped, as pandas does.
 
+  The text is UTF-8 (with or without a byte-order mark) or UTF-16 with one.
+
   Raises:
     FileNotFoundError: when the file does not exist.
-    ValueError: when it is empty, or a row has a different number of fields
-      from the header.
+    ValueError: when it is empty, not text in those encodings, or a row has
+      a different number of fields from the header.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"CSV file not found: {path!r}")
-  with _large_fields(), open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.reader(f)
-    try:
-      header = next(reader)
-    except StopIteration:
-      raise ValueError(f"CSV file {path!r} is empty (no header row)") from None
-    except csv.Error as err:
-      raise ValueError(f"CSV file {path!r} could not be parsed: {err}") from None
-    try:
-      rows = [r for r in reader if r]
-    except csv.Error as err:
-      raise ValueError(
-          f"CSV file {path!r} could not be parsed near line {reader.line_num}: "
-          f"{err}") from None
+  encoding = _encoding(path)
+  try:
+    with _large_fields(), open(path, newline="", encoding=encoding) as f:
+      reader = csv.reader(f)
+      try:
+        header = next(reader)
+      except StopIteration:
+        raise ValueError(f"CSV file {path!r} is empty (no header row)") from None
+      except csv.Error as err:
+        raise ValueError(f"CSV file {path!r} could not be parsed: {err}") from None
+      try:
+        rows = [r for r in reader if r]
+      except csv.Error as err:
+        raise ValueError(
+            f"CSV file {path!r} could not be parsed near line "
+            f"{reader.line_num}: {err}") from None
+  except UnicodeError as err:
+    # err.start counts from the decoder's current chunk, not the file, so
+    # only the offending byte is named.
+    byte = (f" (the byte 0x{err.object[err.start]:02x} cannot be decoded)"
+            if isinstance(err, UnicodeDecodeError) else "")
+    raise ValueError(
+        f"CSV file {path!r} is not {encoding.split('-sig')[0].upper()} "
+        f"text{byte}; save it as UTF-8") from None
   width = len(header)
   for k, row in enumerate(rows):
     if len(row) != width:
