@@ -170,7 +170,6 @@ def test_an_llm_with_no_label_is_assumed_always_wrong():
   """One rule for an LLM without any label, wherever a router meets it
   traced: its mean loss (ZeroRouter's input), its Psi and K-NN's
   prediction are 1."""
-  from uniroute_jax import features
   from uniroute_jax.baselines import knn_predicted_loss
   rng = np.random.default_rng(5)
   loss = rng.random((6, 3))

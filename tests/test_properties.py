@@ -10,10 +10,8 @@ Example counts are kept small for the suite's time budget; set
 import csv
 import io
 import os
-import zipfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings

@@ -21,7 +21,6 @@ import json
 import os
 import pathlib
 import uuid
-import zipfile
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax

@@ -247,7 +247,7 @@ def _fit_checked(key, embeddings, errors, *, mask, hidden, activation, use_bias,
   fit = training.check_fit_inputs(
       key, embeddings, errors, mask=mask, learning_rate=learning_rate,
       batch_size=batch_size, epochs=epochs, select=select)
-  (n, d), m = fit.embeddings.shape, fit.errors.shape[1]
+  d, m = fit.embeddings.shape[1], fit.errors.shape[1]
   config = LossPredictorConfig(d, m, checks.widths("hidden", hidden), activation,
                                bool(use_bias), dtype)
   return _fit(key, fit.embeddings, fit.errors, fit.mask, active_rank,
