@@ -192,9 +192,9 @@ def test_more_clusters_than_distinct_prompts_warns_in_one_line(tmp_path, capsys)
                       "--embeddings", embeddings, "--costs", costs,
                       "--clusters", "3", "--out", tmp_path / "r.npz"], capsys)
   assert code == 0
-  assert err[0] == ("uniroute: warning: embeddings has 2 distinct point(s) of "
-                    "positive weight for num_clusters=3, so 1 cluster(s) will "
-                    "repeat another's centroid; use fewer clusters")
+  assert err[0] == ("uniroute: warning: --embeddings: only 2 distinct "
+                    "point(s) of positive weight for --clusters 3, so 1 "
+                    "cluster(s) repeat another's centroid; use fewer clusters")
   assert len(err) == 2 and "in only some of the 3 clusters" in err[1]
 
 
@@ -299,3 +299,130 @@ def test_a_table_never_shows_nan(capsys):
       "zero": evaluation.methods["zero"]._replace(area=float("nan"))})
   with pytest.raises(ValueError, match="the Area of ZeroRouter is undefined"):
     report.format_table(broken)
+
+
+# ------------------------------------------------- found by a hostile review
+
+
+@pytest.fixture(scope="module")
+def saved_router(tmp_path_factory):
+  path = tmp_path_factory.mktemp("router") / "r.npz"
+  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "300",
+                   "--llms", "4", "--clusters", "4", "--out", str(path)]) == 0
+  return path
+
+
+def test_route_writes_text_ids_and_refuses_no_prompts(tmp_path, capsys,
+                                                      saved_router):
+  capsys.readouterr()
+  prompts, out = tmp_path / "p.npz", tmp_path / "c.csv"
+  np.savez(prompts, prompt_ids=np.array([b"p0", b"p1"]),
+           embeddings=np.zeros((2, 32), np.float32))
+  code, _, _ = run(["route", "--router", saved_router, "--embeddings", prompts,
+                    "--out", out], capsys)
+  assert code == 0
+  assert [line.split(",")[0] for line in out.read_text().splitlines()] == [
+      "prompt_id", "p0", "p1"]
+  np.save(tmp_path / "none.npy", np.zeros((0, 32), np.float32))
+  fails(["route", "--router", saved_router, "--embeddings", tmp_path / "none.npy",
+         "--out", tmp_path / "d.csv"], capsys, "holds no prompts")
+  assert not (tmp_path / "d.csv").exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--models", "llm-00,llm-00"], "--models must be unique, ['llm-00'] repeat"),
+    (["--models", "LLM-00"], "--models: ['LLM-00'] not in the pool"),
+    (["--lambda", "1e39"], "--lambda 1e+39 does not fit the router's float32"),
+    (["--lambda", "1e-50"], "--lambda 1e-50 does not fit the router's float32"),
+])
+def test_route_flags_are_named(tmp_path, capsys, saved_router, extra, match):
+  np.save(tmp_path / "p.npy", np.zeros((3, 32), np.float32))
+  out = tmp_path / "c.csv"
+  fails(["route", "--router", saved_router, "--embeddings", tmp_path / "p.npy",
+         "--out", out, *extra], capsys, match)
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: np.savez(d / "e.npz", prompt_ids=np.arange(3), ids=np.arange(3),
+                        embeddings=np.zeros((3, 32))), "holds both 'prompt_ids' and 'ids'"),
+    (lambda d: np.savez(d / "e.npz", prompt_ids=np.arange(3), junk=np.arange(3),
+                        embeddings=np.zeros((3, 32))), "holds arrays ['junk'] that"),
+    (lambda d: (d / "e.npz").write_bytes(b"PK\x03\x04garbage"), "not an embeddings file"),
+    (lambda d: (d / "e.npz").write_text("prompt_id,x\n1,2\n"),
+     "not an embeddings file: it is not a NumPy .npz file"),
+])
+def test_bad_embeddings_archives_are_one_line(tmp_path, capsys, saved_router,
+                                              make, match):
+  make(tmp_path)
+  fails(["route", "--router", saved_router, "--embeddings", tmp_path / "e.npz",
+         "--out", tmp_path / "c.csv"], capsys, match)
+
+
+@pytest.mark.parametrize("outputs, match", [
+    (["--json", ""], "--json: expected the name of a new file, got ''"),
+    (["--json", "{d}/res/"], "--json: expected the name of a new file"),
+    (["--json", "{d}/exists.json/"], "--json: expected the name of a new file"),
+    (["--plot", "{d}"], "--plot: expected the name of a new file"),
+])
+def test_output_paths_that_name_no_file(tmp_path, capsys, outputs, match):
+  (tmp_path / "exists.json").write_text("precious")
+  fails(SYNTHETIC + [o.format(d=tmp_path) for o in outputs], capsys, match)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.json"]
+
+
+def test_empty_out_paths(tmp_path, capsys, saved_router):
+  fails(["build-router", "--format", "synthetic", "--out", ""], capsys,
+        "--out: expected the name of a new file, got ''")
+  np.save(tmp_path / "p.npy", np.zeros((3, 32), np.float32))
+  fails(["route", "--router", saved_router, "--embeddings", tmp_path / "p.npy",
+         "--out", ""], capsys, "--out: expected the name of a new file")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (SYNTHETIC + ["--seed", "99999999999999999999999"],
+     "--seed: expected an integer in [0, 2**32)"),
+    (SYNTHETIC + ["--seed", "-1"], "--seed: expected an integer in [0, 2**32)"),
+    (SYNTHETIC + ["--test-llm-frac", "0.99"],
+     "--test-llm-frac 0.99 holds out 5 of the 5 LLMs, leaving none to train on"),
+])
+def test_protocol_flags_out_of_range(capsys, argv, match):
+  fails(argv, capsys, match)
+
+
+def test_tampered_router_files_are_refused(tmp_path, saved_router):
+  import json as json_module
+  from uniroute_jax import Router
+  arrays = dict(np.load(saved_router))
+  meta = json_module.loads(str(arrays["metadata"]))
+
+  def tampered(meta_changes=(), **array_changes):
+    changed = {**arrays, **array_changes}
+    changed["metadata"] = np.array(json_module.dumps({**meta, **dict(meta_changes)}))
+    path = tmp_path / f"t{len(list(tmp_path.iterdir()))}.npz"
+    np.savez(path, **changed)
+    return path
+
+  cases = [
+      (tampered(centroids=arrays["centroids"].astype(np.int32)), "must be floating"),
+      (tampered({"num_clusters": "4"}), "'num_clusters' must be a positive integer"),
+      (tampered({"num_clusters": 3.7}), "'num_clusters' must be a positive integer"),
+      (tampered({"version": True}), "format version True"),
+      (tampered({"map": "x"}), "'map' must be a mapping"),
+      (tampered({"dtype": "nonsense"}), "'dtype' is missing or not a dtype"),
+      (tampered({"dtype": "int32"}), "'dtype' must be a float dtype"),
+      (tampered({"kind": "learned_map"}), "its metadata lacks 'hidden'"),
+  ]
+  for path, match in cases:
+    with pytest.raises(ValueError, match=match):
+      Router.load(path)
+  with pytest.raises(FileNotFoundError, match="router file not found"):
+    Router.load(tmp_path / "missing.npz")
+
+
+def test_saving_into_a_missing_folder_names_the_path(tmp_path, saved_router):
+  from uniroute_jax import Router
+  target = tmp_path / "no" / "r.npz"
+  with pytest.raises(FileNotFoundError, match=f"cannot write {target}: folder"):
+    Router.load(saved_router).save(target)
+  assert not (tmp_path / "no").exists()

@@ -298,7 +298,12 @@ def test_bad_values_are_caught_under_checkify(bad, match):
   args = dict(x=np.random.default_rng(0).normal(size=(10, 2)), num_clusters=2)
   args.update(bad)
   x = jnp.asarray(args.pop("x"))
+  if "weights" in args:
+    args["weights"] = jnp.asarray(args["weights"])
   kmeans(jax.random.key(0), x, **args)          # unchecked: no error
+  if "weights" in args:   # the same values from the host: refused there
+    with pytest.raises(ValueError, match="weights must (be non-negative|have at least one positive)"):
+      kmeans(jax.random.key(0), x, **{**args, "weights": np.asarray(args["weights"])})
   with pytest.raises(ValueError, match=match):
     checked(kmeans)(jax.random.key(0), x, **args)
 
@@ -416,7 +421,7 @@ def test_large_points_within_the_bound_are_accepted_and_exact():
 
 def test_more_clusters_than_distinct_points_warns():
   x = np.repeat(np.eye(3), 10, axis=0)
-  with pytest.warns(UserWarning, match="3 distinct point.*num_clusters=5"):
+  with pytest.warns(UserWarning, match="x: only 3 distinct point.*num_clusters 5"):
     fit = kmeans(jax.random.key(0), x, num_clusters=5)
   assert len({tuple(np.round(row, 6)) for row in np.asarray(fit.centroids)}) == 3
   with pytest.warns(UserWarning, match="2 distinct point.*positive weight"):
@@ -437,6 +442,6 @@ def test_router_from_kmeans_checks_embeddings_by_name():
     Router.from_kmeans(jax.random.key(0),
                        np.arange(20, dtype=np.float32).reshape(10, 2) * 1e19,
                        num_clusters=2)
-  with pytest.warns(UserWarning, match="embeddings has 3 distinct"):
+  with pytest.warns(UserWarning, match="embeddings: only 3 distinct"):
     Router.from_kmeans(jax.random.key(0), np.repeat(np.eye(3), 4, axis=0),
                        num_clusters=4)

@@ -311,11 +311,16 @@ def test_embedllm_cost_sources(tmp_path):
   with pytest.raises(ValueError,
                      match="a cost per model is required.*costs.csv.*model_name"):
     load_embedllm(folder)
-  # Without num_params_b, the first numeric column is the cost.
-  prices = write_csv(tmp_path / "prices.csv", ["model_name", "note", "usd", "x"],
-                     [(m, "n", 2 * v, 0) for m, v in PARAMS.items()])
+  # Without num_params_b, the one numeric column is the cost (names are
+  # stripped); with several, which one is meant is not guessed.
+  prices = write_csv(tmp_path / "prices.csv", ["model_name", "note", "usd"],
+                     [(m + " ", "n", 2 * v) for m, v in PARAMS.items()])
   np.testing.assert_allclose(load_embedllm(folder, costs=prices).cost,
                              [2.2, 14.0, 141.0], rtol=1e-6)
+  prices = write_csv(tmp_path / "prices.csv", ["model_name", "note", "usd", "x"],
+                     [(m, "n", 2 * v, 0) for m, v in PARAMS.items()])
+  with pytest.raises(ValueError, match=r"it has several: \['usd', 'x'\]"):
+    load_embedllm(folder, costs=prices)
   data = load_embedllm(folder, costs={"tiny-1b": 1, "mid 7B": 2, "big/70b": 3})
   np.testing.assert_allclose(data.cost, [1, 2, 3])
   with pytest.raises(ValueError, match="no cost for model 'big/70b'"):
@@ -573,3 +578,36 @@ def test_real_mmlu_pro(mmlu_pro):
     params = {r["model_name"]: float(r["num_params_b"]) for r in csv.DictReader(f)}
   np.testing.assert_allclose(data.cost, [params[m] for m in data.model_names],
                              rtol=1e-6)
+
+
+def test_embedllm_model_names_must_agree_with_model_order(tmp_path):
+  """The split files repeat each model's name: one that contradicts
+  model_order.csv means ids were mixed up, and is refused by file and row."""
+  folder = write_embedllm(tmp_path / "e")
+  train = os.path.join(folder, "train.csv")
+  with open(train, newline="") as f:
+    rows = list(csv.reader(f))
+  header, body = rows[0], rows[1:]
+  at = header.index("model_name")
+  body[1][at] = EMBEDLLM_MODELS[(EMBEDLLM_MODELS.index(body[1][at]) + 1)
+                                % len(EMBEDLLM_MODELS)]
+  write_csv(train, header, body)
+  with pytest.raises(ValueError, match=r"train.csv' data row 1 has model_id .* "
+                                       r"but model_order.csv names"):
+    load_embedllm(folder)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda p: load_long(None, embeddings=p, costs={}), "path must be a file path"),
+    (lambda p: load_long(p, embeddings=None, costs={}), "embeddings must be a file path"),
+    (lambda p: load_embeddings(None, ["a"]), "path must be a file path"),
+    (lambda p: load_embeddings(p, None), "prompt_ids must be a 1-d sequence"),
+    (lambda p: load_embeddings(p, "p1"), "prompt_ids must be a 1-d sequence"),
+    (lambda p: load_embeddings(p, np.array("p1")), "prompt_ids must be a 1-d"),
+    (lambda p: load_embedllm(3), "directory must be a file path"),
+])
+def test_wrong_argument_types_name_the_argument(tmp_path, call, match):
+  path = tmp_path / "e.npy"
+  np.save(path, np.eye(2, dtype=np.float32))
+  with pytest.raises(ValueError, match=match):
+    call(path)

@@ -499,3 +499,36 @@ def test_routers_saved_in_format_version_1_still_load(fitted, tmp_path):
     np.testing.assert_array_equal(
         np.asarray(old.predicted_loss(p["x_test"])),
         np.asarray(router.predicted_loss(p["x_test"])))
+
+
+def test_host_values_are_checked_where_they_enter():
+  """NumPy values given to a router are checked on the way in: NaN
+  embeddings, NaN or negative lambdas, unusable weights and non-numeric
+  options are a ValueError naming the argument, never a silent answer."""
+  key = jax.random.key(0)
+  x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+  loss = (x[:, :2] > 0).astype(np.float32)
+  router = Router.from_kmeans(key, x, num_clusters=3).add_models(
+      ["a", "b"], x, loss, [1.0, 2.0])
+  for call, match in [
+      (lambda: router.route(np.full((2, 3), np.nan), 0.0), "embeddings must be finite"),
+      (lambda: router.route(x[:3], np.nan), "lambdas must be finite"),
+      (lambda: router.route(x[:3], -5.0), "lambdas must be non-negative"),
+      (lambda: router.route(x[:3], "a"), "lambdas must be a numeric"),
+      (lambda: Router.from_kmeans(key, x, num_clusters=2,
+                                  weights=np.full(20, np.nan)), "weights must be finite"),
+      (lambda: Router.from_kmeans(key, x, num_clusters=2, weights=np.zeros(20)),
+       "weights must have at least one positive entry"),
+      (lambda: Router.from_kmeans(key, x, num_clusters=2, weights=-np.ones(20)),
+       "weights must be non-negative"),
+      (lambda: Router.from_kmeans(key, x, num_clusters=2, weights="a"),
+       "weights must be a numeric"),
+      (lambda: router.add_models(["c"], x, loss[:, :1], [1.0], weights=np.zeros(20)),
+       "weights must have at least one positive entry"),
+      (lambda: router.add_models(["c"], x, loss[:, :1], [1.0], prior_strength="a"),
+       "prior_strength must be a numeric"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      call()
+  # Device values are the caller's: not read back, and routed as documented.
+  assert router.route(jnp.asarray(x[:3]), jnp.asarray(0.0)).choice.shape == (3,)

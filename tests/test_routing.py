@@ -220,6 +220,7 @@ def test_switch_path_walks_cheaper_each_step():
     (dict(membership=np.ones(4)), "membership must hold integer cluster indices"),
     (dict(lambdas=np.zeros((2, 2))), "lambdas must be a numeric 0-d or 1-d"),
     (dict(psi=np.zeros((2, 0)), cost=np.zeros(0)), "psi must have at least one LLM"),
+    (dict(psi=np.zeros((0, 3))), "psi must have at least one cluster"),
     (dict(lambdas="x"), "lambdas must be a numeric"),
 ])
 def test_bad_input(bad, match):

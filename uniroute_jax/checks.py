@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
+import os
 import warnings
 from typing import Callable, Sequence
 
@@ -53,10 +54,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-__all__ = ["ArgumentError", "MissingFileError", "checked", "kernel", "require"]
+__all__ = ["ArgumentError", "ArgumentWarning", "MissingFileError", "checked", "kernel", "require"]
 
 
-class ArgumentError(ValueError):
+class _NamesArguments:
+  """A message written as a function of a namer (see ArgumentError)."""
+
+  def __init__(self, message: Callable[[Callable[[str], str]], str]):
+    self._message = message
+    super().__init__(message(_keyword))
+
+  def render(self, name: Callable[[str], str | None]) -> str:
+    """The message with each argument named by ``name`` (its keyword where
+    ``name`` returns None)."""
+    return self._message(lambda argument: name(argument) or _keyword(argument))
+
+
+class ArgumentError(_NamesArguments, ValueError):
   """A ``ValueError`` whose message names arguments the caller can change.
 
   The message is written once, as a function of a namer: in Python an
@@ -71,14 +85,9 @@ class ArgumentError(ValueError):
     'give a cost file with --costs'
   """
 
-  def __init__(self, message: Callable[[Callable[[str], str]], str]):
-    self._message = message
-    super().__init__(message(_keyword))
 
-  def render(self, name: Callable[[str], str | None]) -> str:
-    """The message with each argument named by ``name`` (its keyword where
-    ``name`` returns None)."""
-    return self._message(lambda argument: name(argument) or _keyword(argument))
+class ArgumentWarning(_NamesArguments, UserWarning):
+  """A ``UserWarning`` that names arguments as :class:`ArgumentError` does."""
 
 
 class MissingFileError(ArgumentError, FileNotFoundError):
@@ -450,11 +459,24 @@ def host_positive_weights(name: str, w) -> None:
 
 
 
-def host_points(name: str, x, num_clusters: int, dtype, weights=None) -> None:
+def file_path(name: str, value) -> str:
+  """``value`` as a path string; ``ValueError`` naming ``name`` otherwise."""
+  if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+    raise ArgumentError(lambda arg: (
+        f"{arg(name)} must be a file path (a str or os.PathLike), got "
+        f"{value!r}"))
+  return os.fspath(value)
+
+
+def host_points(name: str, x, num_clusters: int, dtype,
+                sample_weights=None) -> None:
   """Points for k-means: finite, with squared distances that ``dtype`` can
   sum, and (a warning otherwise) at least ``num_clusters`` distinct points
-  of positive weight."""
+  of positive weight; weights non-negative with a positive entry."""
   values = host_values(x)
+  if sample_weights is not None:
+    host_positive_weights("weights",
+                          weights("weights", sample_weights, x.shape[0]))
   if values is None or not values.size:
     return
   host_finite(name, values)
@@ -474,14 +496,15 @@ def host_points(name: str, x, num_clusters: int, dtype, weights=None) -> None:
         f"so k-means' sums of squared distances over {n} points would "
         f"overflow {np.dtype(dtype).name} (at most {limit:.3g}); rescale "
         f"{name} (k-means does not depend on scale) or compute in float64")
-  w = None if weights is None else host_values(weights)
+  w = None if sample_weights is None else host_values(sample_weights)
   positive = values if w is None else values[np.asarray(w).reshape(-1) > 0]
   distinct = _distinct_rows(positive, num_clusters)
   if distinct < num_clusters:
-    warnings.warn(
-        f"{name} has {distinct} distinct point(s) of positive weight for "
-        f"num_clusters={num_clusters}, so {num_clusters - distinct} cluster(s) "
-        "will repeat another's centroid; use fewer clusters", stacklevel=3)
+    warnings.warn(ArgumentWarning(lambda arg: (
+        f"{arg(name)}: only {distinct} distinct point(s) of positive weight "
+        f"for {arg('num_clusters')} {num_clusters}, so "
+        f"{num_clusters - distinct} cluster(s) repeat another's centroid; use "
+        "fewer clusters")), stacklevel=3)
 
 
 def _distinct_rows(values: np.ndarray, enough: int) -> int:

@@ -28,7 +28,8 @@ FLAGS = {
     "cost_column": "--cost-column", "score_column": "--score-column",
     "prompt_column": "--prompt-column", "model_column": "--model-column",
     "val_frac": "--val-frac", "test_frac": "--test-frac",
-    "test_model_frac": "--test-llm-frac",
+    "test_model_frac": "--test-llm-frac", "models": "--models",
+    "num_clusters": "--clusters",
 }
 
 # The formats each data flag applies to; any other use is an error.
@@ -89,6 +90,17 @@ def _method_list(text: str) -> tuple[str, ...]:
   return names
 
 
+def _seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if not 0 <= value < 2 ** 32:   # what jax.random.key takes on every backend
+    raise argparse.ArgumentTypeError(
+        f"expected an integer in [0, 2**32), got {text!r}")
+  return value
+
+
 def _nonnegative_float(text: str) -> float:
   try:
     value = float(text)
@@ -101,7 +113,7 @@ def _nonnegative_float(text: str) -> float:
 
 
 def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
-  p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
   p.add_argument("--trials", type=_positive_int, default=trials,
                  help=f"independent random trials (default {trials})")
   p.add_argument("--val-frac", type=_fraction, default=0.1,
@@ -206,7 +218,8 @@ def _build_parser() -> argparse.ArgumentParser:
                           "K-means, the default); learned: a softmax-dense "
                           "cluster map trained on the labels, routing with "
                           "soft memberships (UniRoute LearnedMap)")
-  build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  build.add_argument("--seed", type=_seed, default=0,
+                     help="random seed (default 0)")
   build.add_argument("--out", metavar="ROUTER.npz", required=True,
                      help="where to save the router (must not exist)")
 
@@ -254,6 +267,8 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 def _new_file(flag: str, path: str) -> None:
   """Fails before any work when ``path`` cannot be created."""
+  if not path or path.endswith(("/", os.sep)) or os.path.isdir(path):
+    raise ValueError(f"{flag}: expected the name of a new file, got {path!r}")
   if os.path.lexists(path):
     raise ValueError(f"{flag}: {path} already exists; it is never overwritten")
   folder = os.path.dirname(os.path.abspath(path))
@@ -413,7 +428,7 @@ def _run(args, source: str) -> int:
         "[0, 1] and [0, 0.5]; QNC: relative cost")
   print("to match the best single unseen LLM; vs best: per-trial wins-losses, "
         f"exact sign test (* p < {evaluation.alpha}).")
-  if args.json:
+  if args.json is not None:
     document = report.to_dict(
         evaluation, dataset={"source": source, "prompts": data.num_prompts,
                              "llms": data.num_models,
@@ -422,7 +437,7 @@ def _run(args, source: str) -> int:
         seed=args.seed, wall_time_s=elapsed)
     _write_new("--json", args.json, json.dumps(document, indent=1) + "\n")
     print(f"Wrote {args.json}")
-  if args.plot:
+  if args.plot is not None:
     try:
       report.plot(evaluation, args.plot, title=f"{source}: mean deferral curves")
     except FileExistsError:
@@ -547,7 +562,17 @@ def _route(args) -> int:
   _new_file("--out", args.out)
   router = Router.load(args.router)
   ids, x = _read_prompts(args.embeddings)
-  lambdas = np.asarray(args.lambdas, router.dtype)
+  if not x.shape[0]:
+    raise ValueError(f"--embeddings {args.embeddings} holds no prompts")
+  with np.errstate(over="ignore", under="ignore"):
+    lambdas = np.asarray(args.lambdas, router.dtype)
+  lost = [text for text, value in zip(args.lambdas, lambdas)
+          if not np.isfinite(value) or (text > 0 and value == 0)]
+  if lost:
+    raise ValueError(
+        f"--lambda {lost[0]!r} does not fit the router's {router.dtype.name} "
+        f"(from {np.finfo(router.dtype).smallest_subnormal:.1g} to "
+        f"{np.finfo(router.dtype).max:.1g}); rescale the costs instead")
   result = router.route(x, lambdas, models=args.models)
   choice = np.asarray(result.choice).reshape(len(lambdas), -1)
   gamma = np.asarray(result.predicted_loss)
@@ -572,7 +597,7 @@ def _route(args) -> int:
 def _one_line_warning(message, category, filename, lineno, file=None,
                       line=None) -> None:
   del category, filename, lineno, file, line
-  print(f"uniroute: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+  print(f"uniroute: warning: {_message(message)}", file=sys.stderr)
 
 
 def _message(err: Exception) -> str:

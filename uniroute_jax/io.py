@@ -61,10 +61,15 @@ def atomic_write(path, write: Callable[[Any], None], *, overwrite: bool = False,
     ``path`` as a ``pathlib.Path``.
   """
   path = pathlib.Path(path)
+  if not str(path) or str(path) == "." or os.fspath(path).endswith(os.sep):
+    raise ValueError(f"expected a file name to write, got {os.fspath(path)!r}")
   if not overwrite and os.path.lexists(path):
     raise FileExistsError(f"{path} exists; it is never overwritten")
   if path.is_dir():
     raise IsADirectoryError(f"{path} is a directory")
+  if not path.parent.is_dir():
+    raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does "
+                            "not exist")
   tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
   # os.open applies the umask, so the file gets the usual permissions.
   fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -132,12 +137,18 @@ def load_router(path, *, map_types: Sequence[type[maps.ClusterMapping]] =
       metadata, an object array, missing or malformed arrays), or was
       written in an unknown format version.
   """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"router file not found: {path}")
   arrays = read_npz(path, what="a saved Router")
   meta = _read_metadata(path, arrays)
   try:
     return _contents(meta, arrays, {t.kind: t for t in map_types})
-  except (KeyError, TypeError, AttributeError) as err:
-    raise ValueError(f"{path} is not a valid saved Router: {err!r}") from None
+  except KeyError as err:
+    raise ValueError(f"{path} is not a valid saved Router: its metadata lacks "
+                     f"{err.args[0]!r}") from None
+  except (TypeError, AttributeError) as err:
+    raise ValueError(f"{path} is not a valid saved Router: malformed metadata "
+                     f"({err})") from None
   except ValueError as err:
     raise ValueError(f"{path}: {err}") from None
 
@@ -149,6 +160,19 @@ def load_router(path, *, map_types: Sequence[type[maps.ClusterMapping]] =
 # Reading is the only thing inside these guards, so any of them means the
 # file is unreadable, never a bug of ours.
 _PICKLED = "allow_pickle"
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")   # a member first; an empty archive
+
+
+def _magic(path, what: str, magics: Sequence[bytes], kind: str) -> None:
+  """Refuses a file that does not start like ``kind`` before NumPy reads
+  it (NumPy would try to unpickle it, and call it pickled data)."""
+  with open(path, "rb") as f:
+    head = f.read(8)
+  if not any(head.startswith(m) for m in magics):
+    raise ValueError(f"{path} is not {what}: it is not a NumPy {kind} file")
 
 
 def _unreadable(path, what: str, err: Exception) -> ValueError:
@@ -169,17 +193,19 @@ def read_npz(path, *, what: str) -> dict[str, np.ndarray]:
       a readable npz archive of plain arrays (truncated or corrupted files,
       a single ``.npy`` array, object arrays).
   """
-  try:
-    loaded = np.load(path, allow_pickle=False)
-  except Exception as err:  # pylint: disable=broad-except (see above)
-    raise _unreadable(path, what, err) from None
-  if not isinstance(loaded, np.lib.npyio.NpzFile):
-    raise ValueError(f"{path} is not {what} (a single array, not npz)")
-  with loaded:
+  _magic(path, what, _ZIP_MAGICS + (_NPY_MAGIC,), ".npz")
+  with open(path, "rb") as f:   # closed on every path, errors included
     try:
-      return {key: loaded[key] for key in loaded.files}
+      loaded = np.load(f, allow_pickle=False)
     except Exception as err:  # pylint: disable=broad-except (see above)
       raise _unreadable(path, what, err) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      raise ValueError(f"{path} is not {what} (a single array, not npz)")
+    with loaded:
+      try:
+        return {key: loaded[key] for key in loaded.files}
+      except Exception as err:  # pylint: disable=broad-except (see above)
+        raise _unreadable(path, what, err) from None
 
 
 def read_npy(path, *, what: str) -> np.ndarray:
@@ -188,15 +214,17 @@ def read_npy(path, *, what: str) -> np.ndarray:
   Raises:
     ValueError: as :func:`read_npz`, for anything but one plain array.
   """
-  try:
-    loaded = np.load(path, allow_pickle=False)
-  except Exception as err:  # pylint: disable=broad-except (see above)
-    raise _unreadable(path, what, err) from None
-  if not isinstance(loaded, np.ndarray):
-    loaded.close()
-    raise ValueError(f"{path} is not {what} (an npz archive, not one .npy "
-                     "array)")
-  return loaded
+  _magic(path, what, _ZIP_MAGICS + (_NPY_MAGIC,), ".npy")
+  with open(path, "rb") as f:
+    try:
+      loaded = np.load(f, allow_pickle=False)
+    except Exception as err:  # pylint: disable=broad-except (see above)
+      raise _unreadable(path, what, err) from None
+    if not isinstance(loaded, np.ndarray):
+      loaded.close()
+      raise ValueError(f"{path} is not {what} (an npz archive, not one .npy "
+                       "array)")
+    return loaded
 
 
 def _read_metadata(path, arrays) -> dict:
@@ -212,14 +240,27 @@ def _read_metadata(path, arrays) -> dict:
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise ValueError(f"{path} is not a saved Router (metadata format is not "
                      f"{FORMAT!r})")
-  if meta.get("version") not in _READABLE_VERSIONS:
+  version = meta.get("version")
+  if isinstance(version, bool) or version not in _READABLE_VERSIONS:
     raise ValueError(
         f"{path} has Router format version {meta.get('version')!r}; this "
         f"version of uniroute_jax reads versions {list(_READABLE_VERSIONS)}")
+  for key in ("num_clusters", "dim"):
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{path} is not a valid saved Router: metadata {key!r} "
+                       f"must be a positive integer, got {value!r}")
+  if not isinstance(meta.get("map", {}), dict):
+    raise ValueError(f"{path} is not a valid saved Router: metadata 'map' must "
+                     f"be a mapping, got {meta['map']!r}")
   try:
     dtype = np.dtype(meta["dtype"])
   except (KeyError, TypeError) as err:
-    raise ValueError(f"{path} is not a valid saved Router: {err!r}") from None
+    raise ValueError(f"{path} is not a valid saved Router: metadata 'dtype' is "
+                     f"missing or not a dtype ({err})") from None
+  if not np.issubdtype(dtype, np.floating):
+    raise ValueError(f"{path} is not a valid saved Router: metadata 'dtype' "
+                     f"must be a float dtype, got {dtype}")
   if jax.dtypes.canonicalize_dtype(dtype) != dtype:
     raise ValueError(
         f"{path} was saved in {dtype.name}; enable it with "

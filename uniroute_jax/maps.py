@@ -141,6 +141,9 @@ class CentroidMap(ClusterMapping):
   def from_arrays(cls, arrays, meta, *, num_clusters, dim):
     del meta
     centroids = take(arrays, "centroids", (num_clusters, dim))
+    if not np.issubdtype(centroids.dtype, np.floating):
+      raise ValueError(f"saved array 'centroids' must be floating, got "
+                       f"{centroids.dtype}")
     mask = arrays.pop("cluster_mask", None)
     if mask is not None and (mask.shape != (num_clusters,) or mask.dtype != bool):
       raise ValueError(f"saved array 'cluster_mask' must be bool of shape "

@@ -248,9 +248,11 @@ class Router:
       checks.host_in_range("loss", loss, 0.0, 1.0, where=host_mask.astype(bool))
       checks.host_labelled("mask", host_mask, names)
     if weights is not None:
-      checks.host_nonnegative("weights", weights)
+      checks.host_positive_weights(
+          "weights", checks.weights("weights", weights, x.shape[0]))
     if prior_strength is not None:
-      checks.host_nonnegative("prior_strength", prior_strength)
+      checks.host_nonnegative("prior_strength",
+                              checks.scalar("prior_strength", prior_strength))
     psi = features.cluster_errors(
         self.membership(x), loss, num_clusters=self.num_clusters, mask=mask,
         weights=weights, prior_strength=prior_strength).psi
@@ -314,7 +316,12 @@ class Router:
       # a caller's transfer guard sees no implicit transfer.
       pool_mask = jax.device_put(
           np.array([name in available for name in self._models]))
-    return routing.route(self.membership(embeddings), self._psi, self._cost,
+    x = self._map.check_embeddings(embeddings)
+    checks.host_finite("embeddings", x)
+    lambdas = checks.float_array("lambdas", lambdas, ndim=(0, 1),
+                                 shape_doc="(a scalar or [L])")
+    checks.host_nonnegative("lambdas", lambdas)
+    return routing.route(self.membership(x), self._psi, self._cost,
                          lambdas, pool_mask=pool_mask)
 
   # ------------------------------------------------------------ persistence
@@ -368,15 +375,16 @@ class Router:
     names = _names("names", names)
     taken = [name for name in names if name in self._models]
     if taken:
-      raise ValueError(f"names: {taken} already in the pool; remove them first")
+      raise checks.ArgumentError(lambda name: (
+          f"{name('names')}: {taken} already in the pool; remove them first"))
     return names
 
   def _known_names(self, arg: str, names) -> tuple[str, ...]:
     names = _names(arg, names)
     unknown = [name for name in names if name not in self._models]
     if unknown:
-      raise ValueError(
-          f"{arg}: {unknown} not in the pool {list(self._models)}")
+      raise checks.ArgumentError(lambda name: (
+          f"{name(arg)}: {unknown} not in the pool {list(self._models)}"))
     return names
 
   def _extended(self, names, psi, cost) -> "Router":
@@ -408,16 +416,19 @@ def _names(arg: str, names, *, allow_empty: bool = False) -> tuple[str, ...]:
   try:
     names = tuple(names)
   except TypeError:
-    raise ValueError(
-        f"{arg} must be a sequence of strings, got {names!r}") from None
-  for name in names:
-    if not isinstance(name, str) or not name:
-      raise ValueError(f"{arg} must hold non-empty strings, got {name!r}")
+    raise checks.ArgumentError(lambda name: (
+        f"{name(arg)} must be a sequence of strings, got {names!r}")) from None
+  for value in names:
+    if not isinstance(value, str) or not value:
+      raise checks.ArgumentError(lambda name: (
+          f"{name(arg)} must hold non-empty strings, got {value!r}"))
   if len(set(names)) != len(names):
     dupes = sorted({n for n in names if names.count(n) > 1})
-    raise ValueError(f"{arg} must be unique, {dupes} repeat")
+    raise checks.ArgumentError(lambda name: (
+        f"{name(arg)} must be unique, {dupes} repeat"))
   if not names and not allow_empty:
-    raise ValueError(f"{arg} must name at least one LLM")
+    raise checks.ArgumentError(lambda name: (
+        f"{name(arg)} must name at least one LLM"))
   return names
 
 

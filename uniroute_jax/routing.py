@@ -313,6 +313,9 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
   psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
   _check_models("psi", psi)
   k, m = psi.shape
+  if k < 1:
+    raise ValueError(f"psi must have at least one cluster (row), got shape "
+                     f"{tuple(psi.shape)}")
   membership = _check_membership(membership, k)
   n = membership.shape[0]
   cost = checks.cost("cost", cost, n, m)

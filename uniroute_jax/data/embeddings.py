@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from uniroute_jax import io
+from uniroute_jax import checks, io
 
 # Keys an .npz may use for the prompt ids and for the [n, d] matrix.
 ID_KEYS = ("prompt_ids", "ids", "prompt_id")
@@ -52,7 +52,8 @@ def load_embeddings(path, prompt_ids) -> np.ndarray:
       count that does not match, prompt ids absent from the file, duplicate
       ids, or NaN / infinite values.
   """
-  path = os.fspath(path)
+  path = checks.file_path("path", path)
+  prompt_ids = _prompt_ids(prompt_ids)
   ids, matrix, id_key = _read(path)
   if ids is None:
     matrix = _in_prompt_order(path, matrix, len(prompt_ids))
@@ -78,10 +79,11 @@ def read_embeddings(path) -> tuple[np.ndarray | None, np.ndarray]:
     ValueError: on an unknown file type, a missing or ambiguous array,
       repeated ids, or NaN / infinite values.
   """
-  path = os.fspath(path)
+  path = checks.file_path("path", path)
   ids, matrix, id_key = _read(path)
   if ids is not None:
-    _unique(path, ids.astype(str), id_key)
+    ids = _as_text(path, ids, id_key)
+    _unique(path, ids, id_key)
   matrix = matrix.astype(np.float32)
   bad = ~np.all(np.isfinite(matrix), axis=1)
   if bad.any():
@@ -91,6 +93,32 @@ def read_embeddings(path) -> tuple[np.ndarray | None, np.ndarray]:
         f"embeddings from {path!r} contain NaN or infinity (first at {where}; "
         "float16/float64 values beyond float32's range also become infinite)")
   return ids, matrix
+
+
+def _prompt_ids(prompt_ids) -> np.ndarray:
+  """The wanted ids as a 1-d array (a string is one id too many ways)."""
+  if isinstance(prompt_ids, (str, bytes)) or prompt_ids is None:
+    raise ValueError(f"prompt_ids must be a 1-d sequence of ids, got "
+                     f"{prompt_ids!r}")
+  try:
+    ids = np.asarray(prompt_ids)
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"prompt_ids must be a 1-d sequence of ids ({err})") from None
+  if ids.ndim != 1:
+    raise ValueError(f"prompt_ids must be a 1-d sequence of ids, got shape "
+                     f"{ids.shape}")
+  return ids
+
+
+def _as_text(path: str, ids: np.ndarray, id_key: str) -> np.ndarray:
+  """Ids as a unicode array: bytes are decoded as UTF-8, numbers written."""
+  if ids.dtype.kind == "S":
+    try:
+      return np.char.decode(ids, "utf-8")
+    except UnicodeDecodeError:
+      raise ValueError(f"ids {id_key!r} in {path!r} are bytes that are not "
+                       "UTF-8 text") from None
+  return ids.astype(str)
 
 
 def _unique(path: str, ids: np.ndarray, id_key: str) -> None:
@@ -146,8 +174,18 @@ def _read(path: str) -> tuple[np.ndarray | None, np.ndarray, str]:
 
 def _from_npz(path: str, arrays: dict[str, np.ndarray]):
   keys = list(arrays)
+  for group in (ID_KEYS, EMBEDDING_KEYS):
+    present = [k for k in group if k in keys]
+    if len(present) > 1:
+      raise ValueError(f"{path!r} holds both {present[0]!r} and "
+                       f"{present[1]!r}; keep one, as which to use is ambiguous")
   id_key = next((k for k in ID_KEYS if k in keys), None)
   emb_key = next((k for k in EMBEDDING_KEYS if k in keys), None)
+  layout = ({"file", "row", "sample_id"} if id_key is None else {id_key})
+  unused = sorted(set(keys) - layout - {emb_key}) if emb_key else []
+  if unused:
+    raise ValueError(f"{path!r} holds arrays {unused} that an embeddings file "
+                     "does not use; it should hold only ids and embeddings")
   if id_key is None and {"file", "row"} <= set(keys) and emb_key is not None:
     files, rows = arrays["file"], arrays["row"]
     if files.shape != rows.shape or files.ndim != 1:
@@ -173,7 +211,7 @@ def _from_npz(path: str, arrays: dict[str, np.ndarray]):
 def _aligned(path: str, ids: np.ndarray, matrix: np.ndarray, prompt_ids,
              id_key: str) -> np.ndarray:
   """Rows of ``matrix`` (keyed by the 1-d ``ids``) for each of ``prompt_ids``."""
-  ids = ids.astype(str)
+  ids = _as_text(path, ids, id_key)
   _unique(path, ids, id_key)
   order = np.argsort(ids, kind="stable")
   sorted_ids = ids[order]

@@ -37,7 +37,7 @@ def load_embedllm(directory, *, embeddings=None, costs=None) -> RoutingData:
       with ids is aligned by id.
     costs: per-model costs: a mapping from model name to cost, or a CSV with
       a ``model_name`` column and a numeric column (``num_params_b`` if
-      present, else the first numeric column); default
+      present, else its only numeric column); default
       ``<directory>/costs.csv``.
 
   Returns:
@@ -51,7 +51,7 @@ def load_embedllm(directory, *, embeddings=None, costs=None) -> RoutingData:
     ValueError: on missing columns, unknown or duplicate ids, labels outside
       [0, 1], a cell labelled twice with different labels, or no cost.
   """
-  directory = os.fspath(directory)
+  directory = checks.file_path("directory", directory)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"EmbedLLM directory not found: {directory!r}")
   model_ids, model_names = _model_order(os.path.join(directory, "model_order.csv"))
@@ -64,7 +64,7 @@ def load_embedllm(directory, *, embeddings=None, costs=None) -> RoutingData:
   n, m = len(prompt_ids), len(model_ids)
   rows, cols, labels, sources = [], [], [], []
   for k, path in enumerate(splits):
-    p, j, y = _labels(path, prompt_ids, model_ids)
+    p, j, y = _labels(path, prompt_ids, model_ids, model_names)
     rows.append(p)
     cols.append(j)
     labels.append(y)
@@ -135,7 +135,8 @@ def _positions(known: np.ndarray, values: np.ndarray, path: str,
   return order[at]
 
 
-def _labels(path: str, prompt_ids: np.ndarray, model_ids: np.ndarray):
+def _labels(path: str, prompt_ids: np.ndarray, model_ids: np.ndarray,
+            model_names):
   header, rows = read_csv(path)
   index = {c: column_index(header, c, path)
            for c in ("model_id", "prompt_id", "label")}
@@ -144,6 +145,19 @@ def _labels(path: str, prompt_ids: np.ndarray, model_ids: np.ndarray):
   label = parse_floats([r[index["label"]] for r in rows], path, "label")
   check_unit_interval(label, path, "label")
   cols = _positions(model_ids, model, path, "model_id", "model_order.csv")
+  if "model_name" in header:
+    # The split files repeat each model's name; one that disagrees with
+    # model_order.csv means the ids and names were mixed up somewhere.
+    named = column_index(header, "model_name", path)
+    given = np.asarray([r[named].strip() for r in rows], dtype=str)
+    expected = np.asarray(model_names, dtype=str)[cols]
+    wrong = np.nonzero(given != expected)[0]
+    if wrong.size:
+      row = int(wrong[0])
+      raise ValueError(
+          f"{path!r} data row {row} has model_id {model[row]} with "
+          f"model_name {given[row]!r}, but model_order.csv names model_id "
+          f"{model[row]} {expected[row]!r}")
   prompts = _positions(prompt_ids, prompt, path, "prompt_id",
                        "question_order.csv")
   return prompts, cols, label
@@ -157,7 +171,7 @@ def _embeddings(directory: str, embeddings, prompt_ids: np.ndarray):
           f"no embeddings for EmbedLLM directory {directory!r}: expected "
           f"{embeddings!r} (row i = prompt_id i), or give an embeddings file "
           f"with {name('embeddings')}"))
-  embeddings = os.fspath(embeddings)
+  embeddings = checks.file_path("embeddings", embeddings)
   if not embeddings.lower().endswith(".npy"):
     return load_embeddings(embeddings, prompt_ids)
   n = prompt_ids.size

@@ -45,7 +45,7 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
       cell as free.
     costs: per-model costs instead of ``cost_column``: a mapping from model
       name to cost, or a CSV path with a ``model_name`` column and a numeric
-      cost column (``cost`` if present, otherwise the first numeric column).
+      cost column (``cost`` if present, otherwise its only numeric column).
 
   Returns:
     A validated :class:`RoutingData`. Prompts and models are in order of
@@ -58,7 +58,8 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
       duplicate rows that disagree, a missing cost, or neither / both of
       ``cost_column`` and ``costs``.
   """
-  path = os.fspath(path)
+  path = checks.file_path("path", path)
+  checks.file_path("embeddings", embeddings)
   if (cost_column is None) == (costs is None):
     given = "both were given" if costs is not None else "neither was given"
     raise checks.ArgumentError(lambda name: (
@@ -344,8 +345,9 @@ def model_costs(costs, model_names, *, preferred=()) -> np.ndarray:
   Args:
     costs: a mapping from model name to a non-negative cost, or a CSV path
       with a ``model_name`` column and a numeric column (the first of
-      ``preferred`` present, otherwise the first column whose every value is
-      a number).
+      ``preferred`` present, otherwise the only column whose every value is
+      a number; several such columns are an error, not a guess). Names are
+      compared stripped of surrounding spaces.
     model_names: the m models that need a cost; extra entries are ignored.
     preferred: column names to use first.
   """
@@ -378,9 +380,11 @@ def model_costs(costs, model_names, *, preferred=()) -> np.ndarray:
 
 def _costs_from_csv(path: str, preferred) -> dict:
   header, rows = read_csv(path)
-  names = [r[column_index(header, "model_name", path)] for r in rows]
+  # Names are stripped as the long-format loader strips its model column.
+  names = [r[column_index(header, "model_name", path)].strip() for r in rows]
   column = next((c for c in preferred if c in header), None)
   if column is None:
+    numeric = []
     for c in header:
       if c == "model_name":
         continue
@@ -389,12 +393,16 @@ def _costs_from_csv(path: str, preferred) -> dict:
       except ValueError:
         continue
       if rows and np.all(np.isfinite(numbers)):
-        column = c
-        break
-    if column is None:
+        numeric.append(c)
+    if len(numeric) != 1:
+      named = (f" (or one named {' or '.join(map(repr, preferred))})"
+               if preferred else "")
       raise ValueError(
-          f"cost file {path!r} needs a numeric cost column next to "
-          f"'model_name'; its columns are {header}")
+          f"cost file {path!r} needs one numeric cost column next to "
+          f"'model_name'{named}; "
+          + (f"it has several: {numeric}" if numeric else
+             f"its columns are {header}"))
+    column = numeric[0]
   values = parse_floats([r[column_index(header, column, path)] for r in rows],
                         path, column)
   table = {}

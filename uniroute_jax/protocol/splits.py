@@ -61,10 +61,15 @@ def model_split_sizes(m: int, test_model_frac: float) -> tuple[int, int]:
     raise checks.ArgumentError(lambda name: (
         f"{name('test_model_frac')} must lie in (0, 1), got {test_model_frac}"))
   m_test = max(2, round(m * test_model_frac))
-  if m - m_test < 1:
+  if m < 3:
     raise ValueError(
         f"{m} LLMs are too few for the protocol: it needs a training pool of "
         "at least 1 LLM and an unseen test pool of at least 2")
+  if m - m_test < 1:
+    raise checks.ArgumentError(lambda name: (
+        f"{name('test_model_frac')} {test_model_frac} holds out {m_test} of "
+        f"the {m} LLMs, leaving none to train on; use less than "
+        f"{(m - 0.5) / m:.3g}"))
   return m - m_test, m_test
 
 
