@@ -426,3 +426,34 @@ def test_saving_into_a_missing_folder_names_the_path(tmp_path, saved_router):
   with pytest.raises(FileNotFoundError, match=f"cannot write {target}: folder"):
     Router.load(saved_router).save(target)
   assert not (tmp_path / "no").exists()
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+  """Ctrl-C while the command still imports JAX: the package imports it
+  only on first use, so the interrupt reaches the command's handler."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  process = subprocess.Popen(
+      [sys.executable, "-m", "uniroute_jax", *SYNTHETIC, "--json",
+       str(tmp_path / "r.json")], stderr=subprocess.PIPE, text=True,
+      cwd=tmp_path)
+  time.sleep(0.6)
+  process.send_signal(signal.SIGINT)
+  _, err = process.communicate(timeout=60)
+  assert process.returncode == 130, err
+  assert err.strip().splitlines()[-1] == (
+      "uniroute: interrupted; no partial file is left")
+  assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_importing_the_package_does_not_import_jax():
+  import subprocess
+  import sys
+  code = ("import sys, uniroute_jax, uniroute_jax.cli; "
+          "assert 'jax' not in sys.modules; uniroute_jax.route; "
+          "assert 'jax' in sys.modules; print('ok')")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=120)
+  assert result.stdout.strip() == "ok", result.stderr

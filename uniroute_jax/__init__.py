@@ -10,32 +10,61 @@ object of a map and a pool (saved by ``io``), and ``protocol`` runs the
 paper's evaluation. ``checks`` says how arguments are checked.
 """
 
-from uniroute_jax import (baselines, checks, io, learn, maps, metrics, protocol,
-                          report, router)
-from uniroute_jax.baselines import (
-    LossPredictor, ParetoHull, fit_matrix_factorization, fit_mlp,
-    knn_predicted_loss, knn_predicted_loss_grid, predict_loss, zero_router_curve,
-    zero_router_hull, zero_router_route)
-from uniroute_jax.checks import checked
-from uniroute_jax.cluster_map import (
-    ClusterMap, ClusterMapConfig, apply_cluster_map, cluster_map_loss,
-    fit_cluster_map, learned_map_predicted_loss)
-from uniroute_jax.clustering import (
-    Assignment, KMeansResult, assign_clusters, kmeans, kmeans_plusplus)
-from uniroute_jax.data import (
-    load_embedllm, load_embeddings, load_long, load_routerbench, make_synthetic,
-    missing_labels)
-from uniroute_jax.features import ClusterErrors, cluster_errors
-from uniroute_jax.learn import CheckpointSelection, FittedModel
-from uniroute_jax.maps import CentroidMap, ClusterMapping, LearnedMap
-from uniroute_jax.metrics import (
-    DeferralCurve, DeferralMetrics, Envelope, curve_from_points, deferral_curve,
-    deferral_metrics, labelled_area, upper_envelope)
-from uniroute_jax.protocol import evaluate
-from uniroute_jax.router import Router
-from uniroute_jax.routing import (
-    RoutingResult, SwitchPath, choose_models, predicted_loss, route, switch_path)
-from uniroute_jax.types import RoutingData
+import importlib
+from typing import Any
+
+# Submodules and names are imported on first use (PEP 562), so that
+# importing the package, as the command line does before it can catch
+# Ctrl-C or print a usage error, does not import JAX.
+_SUBMODULES = ("baselines", "blocks", "checks", "cli", "cluster_map",
+               "clustering", "data", "features", "io", "learn", "maps",
+               "metrics", "protocol", "report", "router", "routing", "types")
+_NAMES = {
+    "uniroute_jax.baselines": (
+        "LossPredictor", "ParetoHull", "fit_matrix_factorization", "fit_mlp",
+        "knn_predicted_loss", "knn_predicted_loss_grid", "predict_loss",
+        "zero_router_curve", "zero_router_hull", "zero_router_route"),
+    "uniroute_jax.checks": ("checked",),
+    "uniroute_jax.cluster_map": (
+        "ClusterMap", "ClusterMapConfig", "apply_cluster_map",
+        "cluster_map_loss", "fit_cluster_map", "learned_map_predicted_loss"),
+    "uniroute_jax.clustering": (
+        "Assignment", "KMeansResult", "assign_clusters", "kmeans",
+        "kmeans_plusplus"),
+    "uniroute_jax.data": (
+        "load_embedllm", "load_embeddings", "load_long", "load_routerbench",
+        "make_synthetic", "missing_labels"),
+    "uniroute_jax.features": ("ClusterErrors", "cluster_errors"),
+    "uniroute_jax.learn": ("CheckpointSelection", "FittedModel"),
+    "uniroute_jax.maps": ("CentroidMap", "ClusterMapping", "LearnedMap"),
+    "uniroute_jax.metrics": (
+        "DeferralCurve", "DeferralMetrics", "Envelope", "curve_from_points",
+        "deferral_curve", "deferral_metrics", "labelled_area", "upper_envelope"),
+    "uniroute_jax.protocol": ("evaluate",),
+    "uniroute_jax.router": ("Router",),
+    "uniroute_jax.routing": (
+        "RoutingResult", "SwitchPath", "choose_models", "predicted_loss",
+        "route", "switch_path"),
+    "uniroute_jax.types": ("RoutingData",),
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items()
+              for name in names}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _SUBMODULES:
+    value = importlib.import_module(f"uniroute_jax.{name}")
+  elif name in _MODULE_OF:
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+  else:
+    raise AttributeError(f"module 'uniroute_jax' has no attribute {name!r}")
+  globals()[name] = value   # later lookups skip this function
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.2.0"
 

@@ -615,8 +615,8 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-  parser = _build_parser()
   try:
+    parser = _build_parser()   # imports the protocol, hence JAX
     args = parser.parse_args(argv)
     if args.command is None:
       parser.print_help()
