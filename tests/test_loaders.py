@@ -611,3 +611,47 @@ def test_wrong_argument_types_name_the_argument(tmp_path, call, match):
   np.save(path, np.eye(2, dtype=np.float32))
   with pytest.raises(ValueError, match=match):
     call(path)
+
+
+def test_read_prompts_in_each_format(tmp_path):
+  from uniroute_jax.data import read_prompts
+  text = tmp_path / "p.txt"
+  # \r\n endings, an empty prompt, and characters str.splitlines splits at.
+  text.write_bytes("first\r\n\r\nthird\u2028still third\x0cand\n".encode())
+  ids, texts = read_prompts(text)
+  assert ids.tolist() == ["0", "1", "2"]
+  assert texts == ["first", "", "third\u2028still third\x0cand"]
+  jsonl = tmp_path / "p.jsonl"
+  jsonl.write_text('{"prompt": "a", "id": 7}\n\n{"prompt": "b\\nc", "id": "x"}\n')
+  ids, texts = read_prompts(jsonl, id_column="id")
+  assert ids.tolist() == ["7", "x"] and texts == ["a", "b\nc"]
+  table = tmp_path / "p.csv"
+  write_csv(table, ["qid", "question"], [("q1", "one, two"), ("q2", "three")])
+  ids, texts = read_prompts(table, column="question", id_column="qid")
+  assert ids.tolist() == ["q1", "q2"] and texts == ["one, two", "three"]
+
+
+@pytest.mark.parametrize("name, content, kwargs, match", [
+    ("p.jsonl", '{"prompt": "a"}\nnot json\n', {}, "line 2 is not JSON"),
+    ("p.jsonl", '["a"]\n', {}, "line 1 must be a JSON object"),
+    ("p.jsonl", '{"text": "a"}\n', {}, "line 1 has no field 'prompt'"),
+    ("p.jsonl", '{"prompt": 3}\n', {}, "field 'prompt' must be text"),
+    ("p.jsonl", '{"prompt": "a", "id": 1}\n{"prompt": "b", "id": "1"}\n',
+     {"id_column": "id"}, "id '1' appears more than once"),
+    ("p.csv", "prompt\n", {}, "holds no prompts"),
+    ("p.csv", "text\nhi\n", {}, "has no column 'prompt'"),
+    ("p.txt", "", {}, "holds no prompts"),
+    ("p.txt", "a\n", {"column": "x"}, "column does not apply to a plain-text"),
+    ("p.md", "a\n", {}, "must end in one of .txt"),
+])
+def test_read_prompts_errors_name_the_file_and_line(tmp_path, name, content,
+                                                    kwargs, match):
+  from uniroute_jax.data import read_prompts
+  path = tmp_path / name
+  path.write_text(content)
+  with pytest.raises(ValueError, match=match):
+    read_prompts(path, **kwargs)
+  path.write_bytes(b"caf\xe9\n")
+  if name.endswith(".txt"):
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+      read_prompts(path)

@@ -17,7 +17,7 @@ from typing import Any
 # importing the package, as the command line does before it can catch
 # Ctrl-C or print a usage error, does not import JAX.
 _SUBMODULES = ("baselines", "blocks", "checks", "cli", "cluster_map",
-               "clustering", "data", "features", "io", "learn", "maps",
+               "clustering", "data", "encoder", "features", "io", "learn", "maps",
                "metrics", "protocol", "report", "router", "routing", "types")
 _NAMES = {
     "uniroute_jax.baselines": (
@@ -33,7 +33,7 @@ _NAMES = {
         "kmeans_plusplus"),
     "uniroute_jax.data": (
         "load_embedllm", "load_embeddings", "load_long", "load_routerbench",
-        "make_synthetic", "missing_labels"),
+        "make_synthetic", "missing_labels", "read_prompts"),
     "uniroute_jax.features": ("ClusterErrors", "cluster_errors"),
     "uniroute_jax.learn": ("CheckpointSelection", "FittedModel"),
     "uniroute_jax.maps": ("CentroidMap", "ClusterMapping", "LearnedMap"),
@@ -81,6 +81,7 @@ __all__ = [
     "labelled_area", "learn", "learned_map_predicted_loss", "load_embedllm",
     "load_embeddings", "load_long", "load_routerbench", "make_synthetic",
     "maps", "metrics", "missing_labels", "predict_loss", "predicted_loss",
+    "read_prompts", "encoder",
     "protocol", "report", "route", "router", "switch_path", "upper_envelope",
     "zero_router_curve", "zero_router_hull", "zero_router_route",
 ]

