@@ -457,3 +457,30 @@ def test_importing_the_package_does_not_import_jax():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, timeout=120)
   assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_command(
+    tmp_path, capsys, monkeypatch):
+  """Python swallows a KeyboardInterrupt raised in a garbage-collector
+  callback or a finaliser (JAX runs one on every collection). The command
+  remembers the Ctrl-C, stops at its next trial, writes nothing, prints one
+  line (no "Exception ignored" traceback) and exits 130."""
+  import signal
+  from uniroute_jax import protocol
+
+  class Finaliser:
+    def __del__(self):
+      signal.raise_signal(signal.SIGINT)   # Ctrl-C, arriving in here
+
+  def evaluate_interrupted_in_a_finaliser(*args, on_progress, **kwargs):
+    Finaliser()               # dropped at once: the interrupt is swallowed
+    on_progress(1, 2)         # the next trial: the command stops here
+    raise AssertionError("the interrupt was lost")
+
+  monkeypatch.setattr(protocol, "evaluate", evaluate_interrupted_in_a_finaliser)
+  out = tmp_path / "r.json"
+  assert cli.main(SYNTHETIC + ["--json", str(out)]) == 130
+  err = capsys.readouterr().err
+  assert err.strip().splitlines()[-1] == "uniroute: interrupted; no partial file is left"
+  assert "Traceback" not in err and "Exception ignored" not in err
+  assert not out.exists()

@@ -289,7 +289,8 @@ def test_x64_off(case):
 
 # Public functions that are not numerical kernels: host-side boundaries.
 _BOUNDARY = {"checked", "evaluate", "load_embedllm", "load_embeddings",
-             "load_long", "load_routerbench", "make_synthetic", "missing_labels"}
+             "load_long", "load_routerbench", "make_synthetic", "missing_labels",
+             "read_prompts"}
 
 
 def test_every_public_numerical_function_has_a_case():

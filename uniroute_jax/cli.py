@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import warnings
 
 _EXIT_USAGE = 2
-_EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report it
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report it
 FORMATS = ("routerbench", "embedllm", "long", "synthetic")
 SYNTHETIC_PROMPTS, SYNTHETIC_LLMS = 5000, 12
 
@@ -335,6 +336,7 @@ def _check_outputs(args) -> None:
 def _write_new(flag: str, path: str, text: str) -> None:
   """Writes a new file whole or not at all (never over an existing one)."""
   from uniroute_jax import io
+  _stop_if_interrupted()
   try:
     io.atomic_write(path, lambda f: f.write(text), binary=False)
   except FileExistsError:
@@ -407,6 +409,7 @@ def _progress_printer():
   shown = [-1]
 
   def show(done: int, total: int) -> None:
+    _stop_if_interrupted()
     tenth = (10 * done) // total
     if tenth != shown[0]:
       shown[0] = tenth
@@ -468,6 +471,7 @@ def _run(args, source: str) -> int:
     _write_new("--json", args.json, json.dumps(document, indent=1) + "\n")
     print(f"Wrote {args.json}")
   if args.plot is not None:
+    _stop_if_interrupted()
     try:
       report.plot(evaluation, args.plot, title=f"{source}: mean deferral curves")
     except FileExistsError:
@@ -546,6 +550,7 @@ def _build_router(args) -> int:
                              np.asarray(cost), mask=data.mask)
   if args.map == "kmeans":
     _warn_uncovered_clusters(router, data)
+  _stop_if_interrupted()
   router.save(args.out)
   _print_missing(missing)
   print(f"Wrote {args.out}: {args.map} map with {k} clusters of "
@@ -648,6 +653,7 @@ def _embed(args) -> int:
   shown = [-1]
 
   def progress(done: int, total: int) -> None:
+    _stop_if_interrupted()
     tenth = (10 * done) // total
     if tenth != shown[0] and total > args.batch_size:
       shown[0] = tenth
@@ -660,6 +666,7 @@ def _embed(args) -> int:
     identity = json.dumps(encoder.id._asdict())
     write = lambda f: np.savez(f, prompt_ids=ids, embeddings=vectors,
                                embedder=np.array(identity))
+  _stop_if_interrupted()
   try:
     io.atomic_write(args.out, write)
   except FileExistsError:
@@ -684,32 +691,56 @@ def _message(err: Exception) -> str:
   return text.splitlines()[0] if text else type(err).__name__
 
 
+# Ctrl-C raises KeyboardInterrupt wherever Python is; when that is a
+# garbage-collector callback or a finaliser (JAX runs one on every
+# collection), Python swallows it and goes on. So the interrupt is also
+# remembered, and checked between trials and batches and before any output
+# is written: the command still stops, writes nothing and exits 130.
+_interrupted = [False]
+
+
+def _on_interrupt(signum, frame) -> None:
+  del signum, frame
+  _interrupted[0] = True
+  raise KeyboardInterrupt
+
+
+def _stop_if_interrupted() -> None:
+  if _interrupted[0]:
+    raise KeyboardInterrupt
+
+
+def _quiet_when_interrupted(unraisable) -> None:
+  """sys.unraisablehook: a swallowed Ctrl-C prints no traceback (it is
+  remembered by the handler); anything else is reported as usual."""
+  if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv=None) -> int:
-  with warnings.catch_warnings():
-    warnings.filterwarnings("always", module="uniroute_jax")
-    warnings.showwarning = _one_line_warning
-    return _main(argv)
+  _interrupted[0] = False
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = _quiet_when_interrupted
+  try:
+    previous_handler = signal.signal(signal.SIGINT, _on_interrupt)
+  except ValueError:          # not the main thread: signals stay as they are
+    previous_handler = None
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("always", module="uniroute_jax")
+      warnings.showwarning = _one_line_warning
+      return _main(argv)
+  finally:
+    sys.unraisablehook = previous_hook
+    if previous_handler is not None:
+      signal.signal(signal.SIGINT, previous_handler)
 
 
 def _main(argv) -> int:
   try:
-    parser = _build_parser()   # imports the protocol, hence JAX
-    args = parser.parse_args(argv)
-    if args.command is None:
-      parser.print_help()
-      return _EXIT_USAGE
-    if args.command == "build-router":
-      return _build_router(args)
-    if args.command == "route":
-      return _route(args)
-    if args.command == "embed":
-      return _embed(args)
-    if args.command == "demo":
-      args.format, args.data, args.embeddings, args.costs = ("synthetic", None,
-                                                             None, None)
-      return _run(args, "synthetic data")
-    source = args.data if args.format != "synthetic" else "synthetic data"
-    return _run(args, source)
+    code = _command(argv)
+    _stop_if_interrupted()
+    return code
   except _UsageError as err:
     print(str(err), file=sys.stderr)
     return _EXIT_USAGE
@@ -719,7 +750,27 @@ def _main(argv) -> int:
   except KeyboardInterrupt:
     # Outputs are written whole or not at all, so nothing partial is left.
     print("uniroute: interrupted; no partial file is left", file=sys.stderr)
-    return _EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED
+
+
+def _command(argv) -> int:
+  parser = _build_parser()   # imports the protocol, hence JAX
+  args = parser.parse_args(argv)
+  if args.command is None:
+    parser.print_help()
+    return _EXIT_USAGE
+  if args.command == "build-router":
+    return _build_router(args)
+  if args.command == "route":
+    return _route(args)
+  if args.command == "embed":
+    return _embed(args)
+  if args.command == "demo":
+    args.format, args.data, args.embeddings, args.costs = ("synthetic", None,
+                                                           None, None)
+    return _run(args, "synthetic data")
+  source = args.data if args.format != "synthetic" else "synthetic data"
+  return _run(args, source)
 
 
 if __name__ == "__main__":
