@@ -70,3 +70,11 @@ def _release_compiled_programs():
   """
   yield
   jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _private_embedding_cache(tmp_path_factory, monkeypatch):
+  """The embedding cache of the tests, and of the commands they start, lives
+  in the session's temporary folder, never in the user's cache."""
+  monkeypatch.setenv("UNIROUTE_CACHE",
+                     str(tmp_path_factory.getbasetemp() / "embedding_cache"))

@@ -227,3 +227,63 @@ def test_embed_bad_input_is_one_line(tmp_path, capsys, argv, match):
          if not line.startswith("[")]
   assert len(err) == 1 and match.format(d=tmp_path) in err[0], err
   assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
+
+
+def test_cache_embeds_each_new_text_once_and_keys_by_settings(tmp_path):
+  """A fake embedder counts what it is asked: cached texts are never asked
+  again, a changed setting misses, a damaged entry is recomputed."""
+  import sqlite3
+  from uniroute_jax.encoder import EmbeddingCache
+  asked = []
+
+  def embed(texts):
+    asked.append(list(texts))
+    return np.asarray([[len(t), 1.0, float(t.count("a"))] for t in texts])
+
+  identity = {"name": "fake", "truncation": "tail"}
+  path = tmp_path / "c" / "cache.sqlite"
+  with EmbeddingCache(path) as cache:
+    first, hits = cache.embed(embed, identity, ["a", "bb", "a"])
+    assert hits == 0 and asked == [["a", "bb"]]
+    np.testing.assert_array_equal(first, embed(["a", "bb", "a"]))
+    asked.clear()
+    again, hits = cache.embed(embed, identity, ["bb", "ccc", "a"])
+    assert hits == 2 and asked == [["ccc"]]
+    np.testing.assert_array_equal(again, embed(["bb", "ccc", "a"]))
+    asked.clear()
+    _, hits = cache.embed(embed, {**identity, "truncation": "head"}, ["a"])
+    assert hits == 0 and asked == [["a"]]
+  with sqlite3.connect(path) as db:
+    db.execute("UPDATE embeddings SET vector = x'00'")
+  asked.clear()
+  with EmbeddingCache(path) as cache:
+    out, hits = cache.embed(embed, identity, ["a"])
+  assert hits == 0 and asked == [["a"]] and out.dtype == np.float32
+  (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+  with pytest.raises(ValueError, match="junk.sqlite cannot be used"):
+    EmbeddingCache(tmp_path / "junk.sqlite")
+
+
+def test_embed_command_uses_the_cache(tmp_path, capsys, encoder):
+  from uniroute_jax import cli
+  (tmp_path / "p.txt").write_text("alpha\nbeta\nalpha\n")
+  cache = tmp_path / "cache.sqlite"
+  assert cli.main(["embed", str(tmp_path / "p.txt"), "-o", str(tmp_path / "a.npz"),
+                   "--cache", str(cache)]) == 0
+  assert "0 from the cache" in capsys.readouterr().out
+  assert cli.main(["embed", str(tmp_path / "p.txt"), "-o", str(tmp_path / "b.npz"),
+                   "--cache", str(cache)]) == 0
+  assert "3 from the cache" in capsys.readouterr().out
+  np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["embeddings"],
+                                np.load(tmp_path / "b.npz")["embeddings"])
+  np.testing.assert_allclose(np.load(tmp_path / "a.npz")["embeddings"],
+                             encoder(["alpha", "beta", "alpha"]), atol=2e-6)
+  assert cli.main(["embed", str(tmp_path / "p.txt"), "-o", str(tmp_path / "c.npy"),
+                   "--cache", str(tmp_path / "other.sqlite"), "--truncation",
+                   "head"]) == 0
+  assert "0 from the cache" in capsys.readouterr().out
+  assert cli.main(["embed", str(tmp_path / "p.txt"), "-o", str(tmp_path / "d.npy"),
+                   "--no-cache"]) == 0
+  assert "0 from the cache" in capsys.readouterr().out
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "a.npz", "b.npz", "c.npy", "cache.sqlite", "d.npy", "other.sqlite", "p.txt"]

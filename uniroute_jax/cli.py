@@ -33,6 +33,7 @@ FLAGS = {
     "num_clusters": "--clusters", "column": "--column",
     "id_column": "--id-column", "truncation": "--truncation",
     "max_length": "--max-length", "batch_size": "--batch-size",
+    "cache": "--cache",
 }
 
 # The formats each data flag applies to; any other use is an error.
@@ -253,6 +254,13 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="tokens per prompt, at most 512 (default 256)")
   embed.add_argument("--batch-size", type=_positive_int, default=64,
                      help="prompts per device call (default 64)")
+  cache = embed.add_mutually_exclusive_group()
+  cache.add_argument("--cache", metavar="FILE", default=None,
+                     help="embedding cache keyed by text and encoder settings "
+                          "(default: embeddings.sqlite under $UNIROUTE_CACHE "
+                          "or the user's cache folder)")
+  cache.add_argument("--no-cache", action="store_true",
+                     help="embed every prompt anew and store nothing")
 
   route = commands.add_parser(
       "route", help="route prompts with a saved router",
@@ -659,7 +667,13 @@ def _embed(args) -> int:
       shown[0] = tenth
       print(f"  prompts {done}/{total}", file=sys.stderr, flush=True)
 
-  vectors = encoder(texts, on_progress=progress)
+  if args.no_cache:
+    vectors, hits = encoder(texts, on_progress=progress), 0
+  else:
+    with encoders.EmbeddingCache(args.cache) as cache:
+      vectors, hits = cache.embed(
+          lambda fresh: encoder(fresh, on_progress=progress),
+          encoder.id._asdict(), texts)
   if suffix == ".npy":
     write = lambda f: np.save(f, vectors)
   else:
@@ -674,7 +688,7 @@ def _embed(args) -> int:
                      "overwritten") from None
   print(f"Wrote {args.out}: {len(texts)} prompts x {vectors.shape[1]} "
         f"({encoder.id.name}, {args.truncation} truncation at "
-        f"{args.max_length} tokens)")
+        f"{args.max_length} tokens; {hits} from the cache)")
   return 0
 
 

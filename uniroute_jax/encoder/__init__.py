@@ -1,8 +1,10 @@
 """Prompt text to embeddings: the built-in all-MiniLM-L6-v2 encoder in JAX."""
 
+from uniroute_jax.encoder.cache import EmbeddingCache, default_cache_path
 from uniroute_jax.encoder.minilm import BertConfig, encode, load_weights
 from uniroute_jax.encoder.text import (TRUNCATION_SIDES, EmbedderId, MiniLM,
                                        default_model_dir)
 
-__all__ = ["BertConfig", "EmbedderId", "MiniLM", "TRUNCATION_SIDES",
-           "default_model_dir", "encode", "load_weights"]
+__all__ = ["BertConfig", "EmbedderId", "EmbeddingCache", "MiniLM",
+           "TRUNCATION_SIDES", "default_cache_path", "default_model_dir",
+           "encode", "load_weights"]
