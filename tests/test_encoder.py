@@ -213,7 +213,7 @@ def test_text_to_decisions_on_the_command_line(tmp_path, capsys, encoder):
 @pytest.mark.parametrize("argv, match", [
     (["embed", "{d}/p.txt", "-o", "{d}/e.txt"], "--out must end in .npz or .npy"),
     (["embed", "{d}/p.txt", "-o", "{d}/e.npz", "--max-length", "600"],
-     "--max-length must be at most 512"),
+     "to 512 (the model's positions), got 600"),
     (["embed", "{d}/p.txt", "-o", "{d}/e.npz", "--id-column", "id"],
      "--id-column does not apply to a plain-text file"),
     (["embed", "{d}/missing.txt", "-o", "{d}/e.npz"], "prompt file not found"),
@@ -260,7 +260,7 @@ def test_cache_embeds_each_new_text_once_and_keys_by_settings(tmp_path):
     out, hits = cache.embed(embed, identity, ["a"])
   assert hits == 0 and asked == [["a"]] and out.dtype == np.float32
   (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
-  with pytest.raises(ValueError, match="junk.sqlite cannot be used"):
+  with pytest.raises(ValueError, match="junk.sqlite cannot be used.*choose another cache file"):
     EmbeddingCache(tmp_path / "junk.sqlite")
 
 
@@ -287,3 +287,82 @@ def test_embed_command_uses_the_cache(tmp_path, capsys, encoder):
   assert "0 from the cache" in capsys.readouterr().out
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       "a.npz", "b.npz", "c.npy", "cache.sqlite", "d.npy", "other.sqlite", "p.txt"]
+
+
+def test_a_literal_pad_token_is_attended_like_any_word(encoder):
+  """The mask comes from each prompt's length: the text "[PAD]" becomes
+  token 0 and is a real token, as sentence-transformers treats it."""
+  text = "hello [PAD] world"
+  tokens = encoder.tokenize([text])[0]
+  assert 0 in tokens
+  full = np.asarray(encoder._encode(encoder._weights, jnp.asarray([tokens]),
+                                    jnp.ones((1, len(tokens)), bool)))[0]
+  np.testing.assert_allclose(encoder([text])[0], full, atol=2e-6)
+
+
+def test_device_calls_stay_within_a_token_budget():
+  """However large batch_size is, a call holds at most 2**15 tokens, so a
+  bucket of long prompts never asks for gigabytes of attention."""
+  from uniroute_jax.encoder import text as text_module
+  encoder = object.__new__(MiniLM)
+  encoder.max_length, encoder.batch_size = 256, 100_000
+  lengths = [256] * 600 + [10] * 5000
+  calls = list(encoder._batches(lengths))
+  assert sorted(np.concatenate([rows for rows, _ in calls]).tolist()) == list(
+      range(len(lengths)))
+  for rows, length in calls:
+    assert text_module._rows(len(rows)) * length <= 2 * text_module._TOKENS_PER_CALL
+
+
+def test_encoder_arguments_of_the_wrong_kind(tmp_path, encoder):
+  import shutil
+  from uniroute_jax.encoder import default_model_dir
+  with pytest.raises(ValueError, match="texts\\[1\\] is not valid Unicode"):
+    encoder(["ok", "bad \ud800 half"])
+  with pytest.raises(ValueError, match="model_dir must be a file path"):
+    MiniLM(model_dir=5)
+  assert MiniLM(max_length=np.int64(16), batch_size=np.int64(4)).max_length == 16
+  broken = tmp_path / "model"
+  shutil.copytree(default_model_dir(), broken)
+  (broken / "model.safetensors").write_bytes(b"garbage" * 10)
+  with pytest.raises(ValueError, match="is not a safetensors file"):
+    MiniLM(model_dir=broken)
+  (broken / "config.json").write_text('{"hidden_size": 384}')
+  with pytest.raises(ValueError, match="is not a BERT config"):
+    MiniLM(model_dir=broken)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["embed", "{d}/p.csv", "--id-column", "id", "-o", "{d}/e.npy"],
+     "--id-column needs an .npz --out"),
+    (["embed", "{d}/p.csv", "-o", "{d}/e.npz", "--max-length", "2"],
+     "--max-length must be from 3"),
+    (["embed", "{d}/p.csv", "-o", "{d}/e.npz", "--cache", "{d}/e.npz"],
+     "--cache and --out name the same file"),
+    (["embed", "{d}/p.csv", "-o", "{d}/e.npz", "--cache", "{d}/p.csv"],
+     "--cache and INPUT name the same file"),
+    (["embed", "{d}/p.csv", "-o", "{d}/e.npz", "--cache", "{d}/notes.txt"],
+     "--cache: {d}/notes.txt is not an embedding cache"),
+    (["embed", "{d}/p.csv", "-o", "{d}/e.npz", "--column", ""],
+     "has no column ''"),
+])
+def test_embed_refuses_before_any_work(tmp_path, capsys, argv, match):
+  from uniroute_jax import cli
+  (tmp_path / "p.csv").write_text("id,prompt\na,x\nb,y\n")
+  (tmp_path / "notes.txt").write_text("")
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  assert cli.main([a.format(d=tmp_path) for a in argv]) == 2
+  err = [line for line in capsys.readouterr().err.splitlines()
+         if not line.startswith("[")]
+  assert len(err) == 1 and match.format(d=tmp_path) in err[0], err
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_second_ctrl_c_does_not_break_the_cleanup():
+  from uniroute_jax import cli
+  cli._interrupted[0] = False
+  with pytest.raises(KeyboardInterrupt):
+    cli._on_interrupt(2, None)
+  cli._on_interrupt(2, None)          # already stopping: ignored
+  assert cli._interrupted[0]
+  cli._interrupted[0] = False

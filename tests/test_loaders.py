@@ -637,7 +637,7 @@ def test_read_prompts_in_each_format(tmp_path):
     ("p.jsonl", '{"text": "a"}\n', {}, "line 1 has no field 'prompt'"),
     ("p.jsonl", '{"prompt": 3}\n', {}, "field 'prompt' must be text"),
     ("p.jsonl", '{"prompt": "a", "id": 1}\n{"prompt": "b", "id": "1"}\n',
-     {"id_column": "id"}, "id '1' appears more than once"),
+     {"id_column": "id"}, "id '1' of prompt 1 is also the id of prompt 0"),
     ("p.csv", "prompt\n", {}, "holds no prompts"),
     ("p.csv", "text\nhi\n", {}, "has no column 'prompt'"),
     ("p.txt", "", {}, "holds no prompts"),
@@ -655,3 +655,48 @@ def test_read_prompts_errors_name_the_file_and_line(tmp_path, name, content,
   if name.endswith(".txt"):
     with pytest.raises(ValueError, match="is not UTF-8 text"):
       read_prompts(path)
+
+
+@pytest.mark.parametrize("name, content, kwargs, match", [
+    ("p.csv", 'id,prompt\n1,"He said ""hi\n2,What is 2+2?\n', {},
+     "a quoted field is never closed"),
+    ("p.jsonl", '{"prompt": "a", "prompt": "b"}\n', {}, "has the field 'prompt' twice"),
+    ("p.jsonl", '{"prompt": "bad \\ud800 half"}\n', {}, "prompt 0 is not valid Unicode"),
+    ("p.jsonl", '{"prompt": "a", "id": ""}\n', {"id_column": "id"},
+     "must be a non-empty string or an integer"),
+    ("p.jsonl", '{"prompt": "a", "id": NaN}\n', {"id_column": "id"},
+     "must be a non-empty string or an integer"),
+    ("p.jsonl", '{"prompt": "a", "id": 1.5}\n', {"id_column": "id"},
+     "must be a non-empty string or an integer"),
+    ("p.csv", "id,prompt\n1,a\n1,b\n", {"id_column": "id"},
+     "id '1' of prompt 1 is also the id of prompt 0"),
+    ("p.txt", "one\rtwo\rthree\r", {}, "ends its lines with \\\\r alone"),
+    ("p.csv", "id,prompt\n1,a\n", {"column": ""}, "has no column ''"),
+    ("p.csv", "id,prompt\n1,a\n", {"column": ["prompt"]}, "column must be a column name"),
+])
+def test_read_prompts_hostile_files(tmp_path, name, content, kwargs, match):
+  from uniroute_jax.data import read_prompts
+  path = tmp_path / name
+  path.write_text(content, encoding="utf-8", errors="surrogatepass")
+  with pytest.raises(ValueError, match=match):
+    read_prompts(path, **kwargs)
+
+
+def test_read_prompts_ids_are_stripped_text_and_folders_refused(tmp_path):
+  from uniroute_jax.data import read_prompts
+  path = tmp_path / "p.jsonl"
+  path.write_text('{"prompt": "a", "id": " 7 "}\n{"prompt": "b", "id": 8}\n')
+  assert read_prompts(path, id_column="id")[0].tolist() == ["7", "8"]
+  (tmp_path / "dir.txt").mkdir()
+  with pytest.raises(ValueError, match="is a folder"):
+    read_prompts(tmp_path / "dir.txt")
+
+
+def test_long_format_columns_must_differ(tmp_path):
+  path = write_csv(tmp_path / "l.csv", ["prompt_id", "model", "usd"],
+                   [("q1", "m1", "1")])
+  np.save(tmp_path / "e.npy", np.eye(1, 2, dtype=np.float32))
+  with pytest.raises(ValueError, match="score_column and cost_column name the same "
+                                       "column 'usd'"):
+    load_long(path, embeddings=tmp_path / "e.npy", score_column="usd",
+              cost_column="usd")

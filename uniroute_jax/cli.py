@@ -637,6 +637,22 @@ def _route(args) -> int:
   return 0
 
 
+def _check_cache(args) -> None:
+  """The cache file must be neither an input nor the output, and an
+  existing one must be a cache (SQLite), never another file of the user's."""
+  cache = os.path.abspath(args.cache)
+  for flag, path in (("--out", args.out), ("INPUT", args.input)):
+    if cache == os.path.abspath(path):
+      raise ValueError(f"--cache and {flag} name the same file {args.cache}")
+  if os.path.isdir(args.cache):
+    raise ValueError(f"--cache: {args.cache} is a folder; name a file")
+  if os.path.isfile(args.cache):
+    with open(args.cache, "rb") as f:
+      if f.read(16) != b"SQLite format 3\x00":
+        raise ValueError(f"--cache: {args.cache} is not an embedding cache "
+                         "(an SQLite file); name another file")
+
+
 def _embed(args) -> int:
   import numpy as np
   from uniroute_jax import encoder as encoders
@@ -647,9 +663,15 @@ def _embed(args) -> int:
   suffix = os.path.splitext(args.out)[1].lower()
   if suffix not in (".npy", ".npz"):
     raise ValueError(f"--out must end in .npz or .npy, got {args.out}")
-  if args.max_length > 512:
-    raise ValueError(f"--max-length must be at most 512 (the model's "
-                     f"positions), got {args.max_length}")
+  if not 3 <= args.max_length <= 512:
+    raise ValueError(f"--max-length must be from 3 ([CLS], one word piece, "
+                     f"[SEP]) to 512 (the model's positions), got "
+                     f"{args.max_length}")
+  if args.out.lower().endswith(".npy") and args.id_column is not None:
+    raise ValueError("--id-column needs an .npz --out: a .npy holds no ids, "
+                     "so its rows could not be matched to the prompts")
+  if args.cache is not None:
+    _check_cache(args)
   ids, texts = read_prompts(args.input, column=args.column,
                             id_column=args.id_column)
   print("[1/2] loading the encoder ...", file=sys.stderr, flush=True)
@@ -715,6 +737,8 @@ _interrupted = [False]
 
 def _on_interrupt(signum, frame) -> None:
   del signum, frame
+  if _interrupted[0]:
+    return        # already stopping: a second Ctrl-C must not break cleanup
   _interrupted[0] = True
   raise KeyboardInterrupt
 
@@ -787,5 +811,21 @@ def _command(argv) -> int:
   return _run(args, source)
 
 
+def run() -> None:
+  """The ``uniroute`` program: :func:`main`, then exit with its status.
+
+  After a Ctrl-C the process ends at once (everything is written and cleaned
+  up by then): an interrupt that landed in an XLA compilation or crossed an
+  exec() can leave the interpreter's teardown to crash or to re-raise
+  SIGINT, which would turn the promised status 130 into 139 or -2.
+  """
+  code = main()
+  if code == EXIT_INTERRUPTED:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

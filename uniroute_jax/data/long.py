@@ -76,6 +76,13 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
           f"found {header}"))
   wanted = [prompt_column, model_column, score_column]
   wanted += [cost_column] if cost_column is not None else []
+  roles = ("prompt_column", "model_column", "score_column", "cost_column")
+  for i, a in enumerate(wanted):
+    for j in range(i):
+      if wanted[j] == a:
+        raise checks.ArgumentError(lambda name, i=i, j=j, a=a: (
+            f"{name(roles[j])} and {name(roles[i])} name the same column "
+            f"{a!r}"))
   for name in wanted:
     column_index(header, name, path)
   prompt_pos, prompt_ids = _first_appearance(columns(prompt_column), path,
@@ -211,7 +218,9 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
   encoding = _encoding(path)
   try:
     with _large_fields(), open(path, newline="", encoding=encoding) as f:
-      reader = csv.reader(f)
+      # strict: a quoted field still open at the end of the file is an
+      # error, not a field that silently swallows every later row.
+      reader = csv.reader(f, strict=True)
       try:
         header = next(reader)
       except StopIteration:
@@ -221,9 +230,11 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
       try:
         rows = [r for r in reader if r]
       except csv.Error as err:
+        why = ("a quoted field is never closed" if "end of data" in str(err)
+               else str(err))
         raise ValueError(
             f"CSV file {path!r} could not be parsed near line "
-            f"{reader.line_num}: {err}") from None
+            f"{reader.line_num}: {why}") from None
   except UnicodeError as err:
     # err.start counts from the decoder's current chunk, not the file, so
     # only the offending byte is named.

