@@ -366,3 +366,37 @@ def test_a_second_ctrl_c_does_not_break_the_cleanup():
   cli._on_interrupt(2, None)          # already stopping: ignored
   assert cli._interrupted[0]
   cli._interrupted[0] = False
+
+
+def test_routers_refuse_prompts_from_another_encoder(tmp_path, capsys, encoder):
+  """build-router records the encoder of its embeddings; route refuses
+  prompts embedded with other settings, and says in one line when a file
+  does not record its encoder."""
+  from uniroute_jax import Router, cli
+  prompts = [f"question {i} about {'math' if i % 2 else 'poems'}" for i in range(30)]
+  (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+  with open(tmp_path / "log.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["prompt_id", "model", "correct", "cost"])
+    for i in range(30):
+      writer.writerows([(i, "a", i % 2, 1.0), (i, "b", 1 - i % 2, 1.0)])
+  assert cli.main(["embed", str(tmp_path / "p.txt"), "-o", str(tmp_path / "e.npz")]) == 0
+  assert cli.main(["build-router", "--format", "long", "--data",
+                   str(tmp_path / "log.csv"), "--embeddings", str(tmp_path / "e.npz"),
+                   "--cost-column", "cost", "--clusters", "2", "--out",
+                   str(tmp_path / "r.npz")]) == 0
+  assert Router.load(tmp_path / "r.npz").embedder == encoder.id._asdict()
+  assert cli.main(["embed", str(tmp_path / "p.txt"), "--truncation", "head",
+                   "--max-length", "8", "-o", str(tmp_path / "h.npz")]) == 0
+  capsys.readouterr()
+  assert cli.main(["route", "--router", str(tmp_path / "r.npz"), "--embeddings",
+                   str(tmp_path / "h.npz"), "--out", str(tmp_path / "c.csv")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "were embedded differently from the router's" in err[0]
+  assert "max_length 8 (the router's: 256)" in err[0]
+  assert not (tmp_path / "c.csv").exists()
+  np.save(tmp_path / "plain.npy", encoder(prompts[:3]))
+  assert cli.main(["route", "--router", str(tmp_path / "r.npz"), "--embeddings",
+                   str(tmp_path / "plain.npy"), "--out", str(tmp_path / "c.csv")]) == 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "does not record its encoder" in err[0]

@@ -532,3 +532,25 @@ def test_host_values_are_checked_where_they_enter():
       call()
   # Device values are the caller's: not read back, and routed as documented.
   assert router.route(jnp.asarray(x[:3]), jnp.asarray(0.0)).choice.shape == (3,)
+
+
+def test_the_embedder_identity_travels_with_the_router(tmp_path):
+  """Saved, loaded, flattened as a pytree, and kept by pool edits."""
+  key = jax.random.key(0)
+  x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+  identity = {"name": "enc", "weights_sha256": "ab" * 32, "truncation": "tail",
+              "max_length": 256}
+  router = Router.from_kmeans(key, x, num_clusters=3).with_embedder(identity)
+  router = router.add_models(["a", "b"], x, (x[:, :2] > 0).astype(np.float32),
+                             [1.0, 2.0]).remove_models(["a"])
+  assert router.embedder == identity
+  leaves, tree = jax.tree.flatten(router)
+  assert jax.tree.unflatten(tree, leaves).embedder == identity
+  router.save(tmp_path / "r.npz")
+  assert Router.load(tmp_path / "r.npz").embedder == identity
+  router.check_embedder(identity)
+  with pytest.raises(ValueError, match=r"truncation 'head' \(the router's: 'tail'\)"):
+    router.check_embedder({**identity, "truncation": "head"})
+  Router.from_kmeans(key, x, num_clusters=3).check_embedder(identity)  # none kept
+  with pytest.raises(ValueError, match="embedder must be a mapping"):
+    router.with_embedder("enc")

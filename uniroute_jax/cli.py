@@ -556,6 +556,11 @@ def _build_router(args) -> int:
     router = Router.from_cluster_map(fitted)
   router = router.add_models(list(data.model_names), data.embeddings, data.loss,
                              np.asarray(cost), mask=data.mask)
+  if args.embeddings is not None:
+    from uniroute_jax.data import embedder_of
+    identity = embedder_of(args.embeddings)
+    if identity is not None:   # route then refuses prompts embedded otherwise
+      router = router.with_embedder(identity)
   if args.map == "kmeans":
     _warn_uncovered_clusters(router, data)
   _stop_if_interrupted()
@@ -595,6 +600,24 @@ def _read_prompts(path: str):
   return (np.arange(matrix.shape[0]) if ids is None else ids), matrix
 
 
+def _check_embedder(args, router) -> None:
+  """Prompts embedded otherwise than the router's are refused; unknown
+  provenance is said in one line."""
+  from uniroute_jax.data import embedder_of
+  if router.embedder is None:
+    return
+  identity = embedder_of(args.embeddings)
+  if identity is None:
+    known = router.embedder
+    warnings.warn(
+        f"--embeddings {args.embeddings} does not record its encoder, so it "
+        f"cannot be checked against the router's ({known.get('name')}, "
+        f"{known.get('truncation')} truncation at {known.get('max_length')} "
+        "tokens); embed prompts with uniroute embed to have it checked")
+    return
+  router.check_embedder(identity, what=f"--embeddings {args.embeddings}")
+
+
 def _route(args) -> int:
   import csv
   import io
@@ -604,6 +627,7 @@ def _route(args) -> int:
 
   _new_file("--out", args.out)
   router = Router.load(args.router)
+  _check_embedder(args, router)
   ids, x = _read_prompts(args.embeddings)
   if not x.shape[0]:
     raise ValueError(f"--embeddings {args.embeddings} holds no prompts")

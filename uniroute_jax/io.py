@@ -41,6 +41,7 @@ class RouterContents(NamedTuple):
   models: tuple[str, ...]
   psi: np.ndarray
   cost: np.ndarray
+  embedder: dict | None = None   # the encoder's identity, when known
 
 
 # ------------------------------------------------------------ atomic writes
@@ -114,6 +115,8 @@ def save_router(path, contents: RouterContents, *, overwrite: bool = False
           "models": list(contents.models),
           "num_clusters": cluster_map.num_clusters, "dim": cluster_map.dim,
           "dtype": np.dtype(contents.psi.dtype).name, "map": map_meta}
+  if contents.embedder is not None:
+    meta["embedder"] = dict(contents.embedder)
   arrays = {"psi": np.asarray(contents.psi), "cost": np.asarray(contents.cost)}
   for key, value in map_arrays.items():
     if key in arrays or key == _METADATA_KEY:
@@ -308,4 +311,8 @@ def _contents(meta: dict, arrays: dict, map_types: dict) -> RouterContents:
   if cluster_map.dtype != dtype:
     raise ValueError(f"saved Router's dtype {dtype} does not match its map's "
                      f"({cluster_map.dtype})")
-  return RouterContents(cluster_map, tuple(models), psi, cost)
+  embedder = meta.get("embedder")
+  if embedder is not None and not isinstance(embedder, dict):
+    raise ValueError(f"saved Router metadata 'embedder' must be a mapping, "
+                     f"got {embedder!r}")
+  return RouterContents(cluster_map, tuple(models), psi, cost, embedder)

@@ -40,7 +40,9 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import pathlib
+from collections.abc import Mapping
 from typing import Sequence
 
 import jax
@@ -70,6 +72,10 @@ class Router:
     psi: [k, m] per-cluster loss of each LLM, in [0, 1]; required with
       ``models``. Stored in the router's dtype.
     cost: [m] non-negative cost of each LLM; required with ``models``.
+    embedder: optional identity of the encoder the router's prompts were
+      embedded with (a JSON-able mapping, e.g. ``MiniLM().id._asdict()``);
+      saved with the router, so prompts from another encoder can be
+      refused (:meth:`check_embedder`).
 
   Attributes:
     cluster_map: the map.
@@ -78,10 +84,10 @@ class Router:
     cost: [m] costs of the pool.
   """
 
-  __slots__ = ("_map", "_models", "_psi", "_cost")
+  __slots__ = ("_map", "_models", "_psi", "_cost", "_embedder")
 
   def __init__(self, cluster_map=None, *, centroids=None, models=(),
-               psi=None, cost=None):
+               psi=None, cost=None, embedder=None):
     if (cluster_map is None) == (centroids is None):
       raise ValueError("give exactly one of cluster_map and centroids")
     cluster_map = maps.as_cluster_map(
@@ -96,7 +102,7 @@ class Router:
     psi = _check_psi(psi, k, m, "models")
     cost = _check_cost(cost, m, "models")
     _set(self, cluster_map, models, jnp.asarray(psi, dtype),
-         jnp.asarray(cost, dtype))
+         jnp.asarray(cost, dtype), _embedder_text(embedder))
 
   # ------------------------------------------------------------ construction
 
@@ -178,13 +184,42 @@ class Router:
     children = ((jax.tree_util.GetAttrKey("cluster_map"), self._map),
                 (jax.tree_util.GetAttrKey("psi"), self._psi),
                 (jax.tree_util.GetAttrKey("cost"), self._cost))
-    return children, self._models
+    return children, (self._models, self._embedder)
 
   @classmethod
-  def tree_unflatten(cls, models, children):
+  def tree_unflatten(cls, aux, children):
     router = object.__new__(cls)
-    _set(router, children[0], models, children[1], children[2])
+    _set(router, children[0], aux[0], children[1], children[2], aux[1])
     return router
+
+  # ---------------------------------------------------------------- embedder
+
+  @property
+  def embedder(self) -> dict | None:
+    """The identity of the encoder the router's prompts came from, if known."""
+    return None if self._embedder is None else json.loads(self._embedder)
+
+  def with_embedder(self, embedder) -> "Router":
+    """The same router, recording ``embedder`` (see the constructor)."""
+    router = self._with_pool(self._models, self._psi, self._cost)
+    object.__setattr__(router, "_embedder", _embedder_text(embedder))
+    return router
+
+  def check_embedder(self, embedder, *, what: str = "the prompts") -> None:
+    """Raises ``ValueError`` when ``embedder`` (an identity mapping) differs
+    from the one this router records; nothing is checked when it records
+    none. Embeddings from another encoder or other settings live in another
+    space: the router's clusters mean nothing there."""
+    mine = self.embedder
+    if mine is None:
+      return
+    theirs = json.loads(_embedder_text(embedder))
+    differ = [f"{key} {theirs.get(key)!r} (the router's: {mine.get(key)!r})"
+              for key in sorted(set(mine) | set(theirs))
+              if mine.get(key) != theirs.get(key)]
+    if differ:
+      raise ValueError(f"{what} were embedded differently from the router's "
+                       f"prompts: {'; '.join(differ)}")
 
   # ------------------------------------------------------------- clustering
 
@@ -344,7 +379,7 @@ class Router:
     return router_io.save_router(
         path, router_io.RouterContents(self._map, self._models,
                                        np.asarray(self._psi),
-                                       np.asarray(self._cost)),
+                                       np.asarray(self._cost), self.embedder),
         overwrite=overwrite)
 
   @classmethod
@@ -365,7 +400,8 @@ class Router:
     contents = router_io.load_router(path, map_types=map_types)
     try:
       return cls(contents.cluster_map, models=contents.models,
-                 psi=contents.psi, cost=contents.cost)
+                 psi=contents.psi, cost=contents.cost,
+                 embedder=contents.embedder)
     except ValueError as err:
       raise ValueError(f"{path} is not a valid saved Router: {err}") from None
 
@@ -396,14 +432,30 @@ class Router:
 
   def _with_pool(self, models, psi, cost) -> "Router":
     router = object.__new__(type(self))
-    _set(router, self._map, models, psi, cost)
+    _set(router, self._map, models, psi, cost, self._embedder)
     return router
 
 
-def _set(router, cluster_map, models, psi, cost) -> None:
+def _set(router, cluster_map, models, psi, cost, embedder) -> None:
   for name, value in (("_map", cluster_map), ("_models", models),
-                      ("_psi", psi), ("_cost", cost)):
+                      ("_psi", psi), ("_cost", cost), ("_embedder", embedder)):
     object.__setattr__(router, name, value)
+
+
+def _embedder_text(embedder) -> str | None:
+  """An encoder identity as canonical JSON (hashable pytree metadata)."""
+  if embedder is None:
+    return None
+  if hasattr(embedder, "_asdict"):
+    embedder = embedder._asdict()
+  if not isinstance(embedder, Mapping) or not all(
+      isinstance(k, str) for k in embedder):
+    raise ValueError(f"embedder must be a mapping with str keys, got "
+                     f"{embedder!r}")
+  try:
+    return json.dumps(dict(embedder), sort_keys=True)
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"embedder must hold JSON values ({err})") from None
 
 
 # ---------------------------------------------------------------- validation

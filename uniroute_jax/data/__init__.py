@@ -8,13 +8,14 @@ how many there are per model.
 import numpy as np
 
 from uniroute_jax.data.embedllm import load_embedllm
-from uniroute_jax.data.embeddings import load_embeddings, read_embeddings
+from uniroute_jax.data.embeddings import (embedder_of, load_embeddings,
+                                          read_embeddings)
 from uniroute_jax.data.long import load_long
 from uniroute_jax.data.prompts import read_prompts
 from uniroute_jax.data.routerbench import load_routerbench
 from uniroute_jax.data.synthetic import make_synthetic
 
-__all__ = ["load_embedllm", "load_embeddings", "load_long", "load_routerbench",
+__all__ = ["embedder_of", "load_embedllm", "load_embeddings", "load_long", "load_routerbench",
            "make_synthetic", "missing_labels", "read_embeddings", "read_prompts"]
 
 

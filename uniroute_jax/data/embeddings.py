@@ -8,6 +8,7 @@ never as object arrays.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -110,6 +111,30 @@ def _prompt_ids(prompt_ids) -> np.ndarray:
     raise ValueError(f"prompt_ids must be a 1-d sequence of ids, got shape "
                      f"{ids.shape}")
   return ids
+
+
+def embedder_of(path) -> dict | None:
+  """The encoder identity an embeddings ``.npz`` records (``uniroute embed``
+  writes it), or None when the file records none (a ``.npy``, or an ``.npz``
+  from elsewhere).
+
+  Raises:
+    ValueError: when the recorded identity is not a JSON object.
+  """
+  path = checks.file_path("path", path)
+  if not path.lower().endswith(".npz"):
+    return None
+  raw = io.read_npz(path, what="an embeddings file").get(EMBEDDER_KEY)
+  if raw is None:
+    return None
+  try:
+    identity = json.loads(str(raw[()]))
+  except (json.JSONDecodeError, TypeError, IndexError):
+    identity = None
+  if not isinstance(identity, dict):
+    raise ValueError(f"{path!r} array {EMBEDDER_KEY!r} must be a JSON object "
+                     "naming the encoder")
+  return identity
 
 
 def _as_text(path: str, ids: np.ndarray, id_key: str) -> np.ndarray:
