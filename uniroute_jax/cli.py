@@ -341,12 +341,17 @@ def _check_outputs(args) -> None:
                        f"got {args.plot}")
 
 
-def _write_new(flag: str, path: str, text: str) -> None:
-  """Writes a new file whole or not at all (never over an existing one)."""
+def _write_new(flag: str, path: str, write=None, *, text: str | None = None
+               ) -> None:
+  """Writes a new file whole or not at all (never over an existing one):
+  ``text``, or what ``write(binary file)`` writes."""
   from uniroute_jax import io
   _stop_if_interrupted()
   try:
-    io.atomic_write(path, lambda f: f.write(text), binary=False)
+    if text is not None:
+      io.atomic_write(path, lambda f: f.write(text), binary=False)
+    else:
+      io.atomic_write(path, write)
   except FileExistsError:
     raise ValueError(f"{flag}: {path} appeared while running; it is never "
                      f"overwritten") from None
@@ -413,15 +418,18 @@ def _print_missing(missing: dict[str, int]) -> None:
     print(f"Missing labels (masked, never guessed): {listed}")
 
 
-def _progress_printer():
+def _progress_printer(unit: str, *, quiet_up_to: int = 0):
+  """``on_progress(done, total)`` printing each tenth on stderr (nothing
+  for totals up to ``quiet_up_to``); it is also where a remembered Ctrl-C
+  stops the work."""
   shown = [-1]
 
   def show(done: int, total: int) -> None:
     _stop_if_interrupted()
     tenth = (10 * done) // total
-    if tenth != shown[0]:
+    if tenth != shown[0] and total > quiet_up_to:
       shown[0] = tenth
-      print(f"  trials {done}/{total}", file=sys.stderr, flush=True)
+      print(f"  {unit} {done}/{total}", file=sys.stderr, flush=True)
 
   return show
 
@@ -452,7 +460,8 @@ def _run(args, source: str) -> int:
   evaluation = protocol.evaluate(
       jax.random.key(args.seed), data, num_trials=args.trials,
       methods=methods, val_frac=args.val_frac, test_frac=args.test_frac,
-      test_model_frac=args.test_llm_frac, on_progress=_progress_printer())
+      test_model_frac=args.test_llm_frac,
+      on_progress=_progress_printer("trials"))
   elapsed = time.perf_counter() - start
   print(f"[3/3] done in {elapsed:.1f}s", file=sys.stderr, flush=True)
 
@@ -476,7 +485,8 @@ def _run(args, source: str) -> int:
                              "model_names": list(data.model_names),
                              "missing_labels": missing_labels(data)},
         seed=args.seed, wall_time_s=elapsed)
-    _write_new("--json", args.json, json.dumps(document, indent=1) + "\n")
+    _write_new("--json", args.json,
+               text=json.dumps(document, indent=1) + "\n")
     print(f"Wrote {args.json}")
   if args.plot is not None:
     _stop_if_interrupted()
@@ -489,11 +499,13 @@ def _run(args, source: str) -> int:
   return 0
 
 
-# The router options each protocol flag sets, for the routers that have them.
-_METHOD_FLAGS = (("--clusters", "clusters", ("clusters", "ranks")),
-                 ("--neighbors", "neighbors", ("neighbors",)),
+# The router options each protocol flag sets, for the routers that have
+# them: (flag, its attribute, the options, whether the value becomes the one
+# candidate of a hyper-parameter search or the option itself).
+_METHOD_FLAGS = (("--clusters", "clusters", ("clusters", "ranks"), True),
+                 ("--neighbors", "neighbors", ("neighbors",), True),
                  ("--psi-prior-strength", "psi_prior_strength",
-                  ("prior_strength",)))
+                  ("prior_strength",), False))
 
 
 def _methods(args):
@@ -501,12 +513,11 @@ def _methods(args):
   that none of --methods has an option for is an error."""
   from uniroute_jax import protocol
   chosen = [protocol.BUILT_IN[name] for name in args.methods]
-  for flag, attribute, fields in _METHOD_FLAGS:
+  for flag, attribute, fields, _ in _METHOD_FLAGS:
     value = getattr(args, attribute)
     if value is None:
       continue
-    users = [m.name for m in chosen if any(hasattr(m, f) for f in fields)]
-    if not users:
+    if not any(hasattr(m, f) for m in chosen for f in fields):
       takers = [name for name, m in protocol.BUILT_IN.items()
                 if any(hasattr(m, f) for f in fields)]
       raise ValueError(
@@ -515,11 +526,11 @@ def _methods(args):
   methods = []
   for method in chosen:
     changes = {}
-    for flag, attribute, fields in _METHOD_FLAGS:
+    for _, attribute, fields, candidate in _METHOD_FLAGS:
       value = getattr(args, attribute)
       for field in fields:
         if value is not None and hasattr(method, field):
-          changes[field] = value if field == "prior_strength" else (value,)
+          changes[field] = (value,) if candidate else value
     methods.append(method.replace(**changes) if changes else method)
   return methods
 
@@ -652,7 +663,7 @@ def _route(args) -> int:
     for prompt_id, model, loss in zip(ids.tolist(), names[chosen],
                                       gamma[rows, chosen]):
       writer.writerow([prompt_id, repr(lam), model, f"{loss:.6g}"])
-  _write_new("--out", args.out, text.getvalue())
+  _write_new("--out", args.out, text=text.getvalue())
   shares = ", ".join(
       f"{name} {np.mean(choice[-1] == j):.0%}" for j, name in enumerate(names)
       if np.any(choice[-1] == j))
@@ -670,17 +681,15 @@ def _check_cache(args) -> None:
       raise ValueError(f"--cache and {flag} name the same file {args.cache}")
   if os.path.isdir(args.cache):
     raise ValueError(f"--cache: {args.cache} is a folder; name a file")
-  if os.path.isfile(args.cache):
-    with open(args.cache, "rb") as f:
-      if f.read(16) != b"SQLite format 3\x00":
-        raise ValueError(f"--cache: {args.cache} is not an embedding cache "
-                         "(an SQLite file); name another file")
+  from uniroute_jax.encoder.cache import is_cache_file
+  if os.path.isfile(args.cache) and not is_cache_file(args.cache):
+    raise ValueError(f"--cache: {args.cache} is not an embedding cache "
+                     "(an SQLite file); name another file")
 
 
 def _embed(args) -> int:
   import numpy as np
   from uniroute_jax import encoder as encoders
-  from uniroute_jax import io
   from uniroute_jax.data import read_prompts
 
   _new_file("--out", args.out)
@@ -691,7 +700,7 @@ def _embed(args) -> int:
     raise ValueError(f"--max-length must be from 3 ([CLS], one word piece, "
                      f"[SEP]) to 512 (the model's positions), got "
                      f"{args.max_length}")
-  if args.out.lower().endswith(".npy") and args.id_column is not None:
+  if suffix == ".npy" and args.id_column is not None:
     raise ValueError("--id-column needs an .npz --out: a .npy holds no ids, "
                      "so its rows could not be matched to the prompts")
   if args.cache is not None:
@@ -704,15 +713,7 @@ def _embed(args) -> int:
                             batch_size=args.batch_size)
   print(f"[2/2] embedding {len(texts)} prompt(s) ...", file=sys.stderr,
         flush=True)
-  shown = [-1]
-
-  def progress(done: int, total: int) -> None:
-    _stop_if_interrupted()
-    tenth = (10 * done) // total
-    if tenth != shown[0] and total > args.batch_size:
-      shown[0] = tenth
-      print(f"  prompts {done}/{total}", file=sys.stderr, flush=True)
-
+  progress = _progress_printer("prompts", quiet_up_to=args.batch_size)
   if args.no_cache:
     vectors, hits = encoder(texts, on_progress=progress), 0
   else:
@@ -726,12 +727,7 @@ def _embed(args) -> int:
     identity = json.dumps(encoder.id._asdict())
     write = lambda f: np.savez(f, prompt_ids=ids, embeddings=vectors,
                                embedder=np.array(identity))
-  _stop_if_interrupted()
-  try:
-    io.atomic_write(args.out, write)
-  except FileExistsError:
-    raise ValueError(f"--out: {args.out} appeared while running; it is never "
-                     "overwritten") from None
+  _write_new("--out", args.out, write)
   print(f"Wrote {args.out}: {len(texts)} prompts x {vectors.shape[1]} "
         f"({encoder.id.name}, {args.truncation} truncation at "
         f"{args.max_length} tokens; {hits} from the cache)")

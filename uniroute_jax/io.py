@@ -188,8 +188,10 @@ def _unreadable(path, what: str, err: Exception) -> ValueError:
   return ValueError(f"{path} is not {what} (unreadable: {first})")
 
 
-def read_npz(path, *, what: str) -> dict[str, np.ndarray]:
-  """Every array of an ``.npz`` file, read without pickle.
+def read_npz(path, *, what: str,
+             keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """Every array of an ``.npz`` file (or those of ``keys`` it holds; the
+  others are not read), without pickle.
 
   Raises:
     ValueError: naming ``path`` and ``what`` it should be, for anything but
@@ -205,8 +207,9 @@ def read_npz(path, *, what: str) -> dict[str, np.ndarray]:
     if not isinstance(loaded, np.lib.npyio.NpzFile):
       raise ValueError(f"{path} is not {what} (a single array, not npz)")
     with loaded:
+      wanted = [k for k in loaded.files if keys is None or k in keys]
       try:
-        return {key: loaded[key] for key in loaded.files}
+        return {key: loaded[key] for key in wanted}
       except Exception as err:  # pylint: disable=broad-except (see above)
         raise _unreadable(path, what, err) from None
 

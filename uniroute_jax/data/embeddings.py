@@ -124,7 +124,8 @@ def embedder_of(path) -> dict | None:
   path = checks.file_path("path", path)
   if not path.lower().endswith(".npz"):
     return None
-  raw = io.read_npz(path, what="an embeddings file").get(EMBEDDER_KEY)
+  raw = io.read_npz(path, what="an embeddings file",
+                    keys=(EMBEDDER_KEY,)).get(EMBEDDER_KEY)
   if raw is None:
     return None
   try:

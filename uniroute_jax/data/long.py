@@ -194,12 +194,24 @@ def _large_fields():
     csv.field_size_limit(old)
 
 
-def _encoding(path: str) -> str:
+def text_encoding(path: str) -> str:
   """UTF-16 when the file starts with its byte-order mark (as spreadsheet
   programs write "Unicode text"), otherwise UTF-8 with an optional BOM."""
   with open(path, "rb") as f:
     head = f.read(2)
   return "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+
+
+def undecodable(what: str, path: str, encoding: str,
+                err: UnicodeError) -> ValueError:
+  """The error for a text file that is not in ``encoding``."""
+  # err.start counts from the decoder's current chunk, not the file, so
+  # only the offending byte is named.
+  byte = (f" (the byte 0x{err.object[err.start]:02x} cannot be decoded)"
+          if isinstance(err, UnicodeDecodeError) else "")
+  return ValueError(f"{what} {path!r} is not "
+                    f"{encoding.split('-sig')[0].upper()} text{byte}; save it "
+                    "as UTF-8")
 
 
 def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
@@ -215,7 +227,7 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"CSV file not found: {path!r}")
-  encoding = _encoding(path)
+  encoding = text_encoding(path)
   try:
     with _large_fields(), open(path, newline="", encoding=encoding) as f:
       # strict: a quoted field still open at the end of the file is an
@@ -236,13 +248,7 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
             f"CSV file {path!r} could not be parsed near line "
             f"{reader.line_num}: {why}") from None
   except UnicodeError as err:
-    # err.start counts from the decoder's current chunk, not the file, so
-    # only the offending byte is named.
-    byte = (f" (the byte 0x{err.object[err.start]:02x} cannot be decoded)"
-            if isinstance(err, UnicodeDecodeError) else "")
-    raise ValueError(
-        f"CSV file {path!r} is not {encoding.split('-sig')[0].upper()} "
-        f"text{byte}; save it as UTF-8") from None
+    raise undecodable("CSV file", path, encoding, err) from None
   width = len(header)
   for k, row in enumerate(rows):
     if len(row) != width:

@@ -12,7 +12,8 @@ import os
 import numpy as np
 
 from uniroute_jax import checks
-from uniroute_jax.data.long import column_index, read_csv
+from uniroute_jax.data.long import (column_index, read_csv, text_encoding,
+                                    undecodable)
 
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -39,7 +40,7 @@ def read_prompts(path, *, column: str | None = None,
   Raises:
     FileNotFoundError: when ``path`` does not exist.
     ValueError: naming the file and line or row: an unknown suffix, text
-      that is not UTF-8, a line that is not a JSON object, a missing or
+      that is not UTF-8 (or UTF-16 with its byte-order mark), a line that is not a JSON object, a missing or
       non-text field, repeated ids, or no prompt at all.
   """
   path = checks.file_path("path", path)
@@ -91,14 +92,13 @@ def read_prompts(path, *, column: str | None = None,
 
 
 def _read_text(path: str) -> str:
+  """The text, decoded as CSVs are (UTF-8, or UTF-16 with its mark)."""
+  encoding = text_encoding(path)
   try:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding=encoding, newline="") as f:
       return f.read()
-  except UnicodeDecodeError as err:
-    raise ValueError(
-        f"prompt file {path!r} is not UTF-8 text (the byte "
-        f"0x{err.object[err.start]:02x} cannot be decoded); save it as "
-        "UTF-8") from None
+  except UnicodeError as err:
+    raise undecodable("prompt file", path, encoding, err) from None
 
 
 def _lines(path: str) -> list[str]:

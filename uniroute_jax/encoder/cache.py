@@ -30,6 +30,17 @@ def default_cache_path() -> str:
   return os.path.join(folder, "embeddings.sqlite")
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def is_cache_file(path) -> bool:
+  """Whether an existing ``path`` is an SQLite file (the cache's format);
+  the command line never takes over any other file of the user's, an empty
+  one included."""
+  with open(path, "rb") as f:
+    return f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+
+
 def _keys(identity: dict, texts: Sequence[str]) -> list[bytes]:
   prefix = json.dumps(identity, sort_keys=True).encode() + b"\0"
   return [hashlib.sha256(prefix + text.encode("utf-8", "surrogatepass")).digest()

@@ -140,12 +140,16 @@ class MiniLM:
     tokens = self.tokenize(texts)
     out = np.zeros((len(tokens), self.dim), np.float32)
     done = 0
-    for rows, length in self._batches([len(t) for t in tokens]):
+    lengths = np.asarray([len(t) for t in tokens])
+    for rows, length in self._batches(lengths):
       ids = np.zeros((_rows(len(rows)), length), np.int32)
       for r, i in enumerate(rows):
-        ids[r, :len(tokens[i])] = tokens[i]
-      # From the lengths: a prompt may hold the literal text [PAD] (id 0).
-      mask = _mask(rows, tokens, ids.shape)
+        ids[r, :lengths[i]] = tokens[i]
+      # From the lengths, not ids != 0: a prompt may hold the literal text
+      # [PAD] (id 0). Padding rows have length 0.
+      real = np.zeros(ids.shape[0], np.int64)
+      real[:len(rows)] = lengths[rows]
+      mask = np.arange(length)[None, :] < real[:, None]
       vectors = self._encode(self._weights, jnp.asarray(ids), jnp.asarray(mask))
       out[rows] = np.asarray(vectors)[:len(rows)]
       done += len(rows)
@@ -155,7 +159,8 @@ class MiniLM:
 
   def _batches(self, lengths):
     """(prompt indices, padded length) per device call: prompts sorted by
-    length into power-of-two buckets, ``batch_size`` at a time."""
+    length into power-of-two buckets, ``batch_size`` at a time, and fewer
+    in long buckets (at most ``_TOKENS_PER_CALL`` tokens a call)."""
     order = np.argsort(lengths, kind="stable")
     buckets = np.asarray([_bucket(n, self.max_length) for n in lengths])
     for length in np.unique(buckets):
@@ -180,13 +185,6 @@ def _rows(count: int) -> int:
   while rows < count:
     rows *= 2
   return rows
-
-
-def _mask(rows, tokens, shape):
-  mask = np.zeros(shape, bool)
-  for r, i in enumerate(rows):
-    mask[r, :len(tokens[i])] = True
-  return mask
 
 
 def _texts(texts) -> list[str]:
