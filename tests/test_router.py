@@ -209,9 +209,12 @@ def test_adding_one_at_a_time_equals_adding_at_once():
 def test_add_psi_equals_add_models():
   p = problem(seed=5)
   router = kmeans_router(p)
-  again = Router(centroids=p["centroids"]).add_psi(p["names"], router.psi,
-                                                  p["cost"])
+  again = Router(centroids=p["centroids"]).add_psi(
+      p["names"], router.psi, p["cost"], counts=router.counts)
   assert_same_router(again, router)
+  unknown = Router(centroids=p["centroids"]).add_psi(p["names"], router.psi,
+                                                    p["cost"])
+  assert np.isnan(np.asarray(unknown.counts)).all()
 
 
 @pytest.mark.parametrize("kind", ["kmeans", "learned_map"])
@@ -284,6 +287,10 @@ def saved_kinds(fitted, tmp_path):
       "kmeans_empty": (Router(centroids=p["centroids"]), p),
       "learned": (learned_router(fitted, p32), p32),
       "single_layer64": (learned_router(plain, p), p),
+      "kmeans_representatives": (kmeans_router(p).with_representatives(
+          p["x_val"], ids=[f"q{i}" for i in range(60)]), p),
+      "learned_representatives": (learned_router(fitted, p32)
+                                  .with_representatives(p32["x_val"]), p32),
   }
 
 
@@ -293,6 +300,9 @@ def test_save_load_round_trip(fitted, tmp_path):
     loaded = Router.load(path)
     assert repr(loaded) == repr(router)
     assert_same_router(loaded, router)
+    assert (loaded.representatives is None) == (router.representatives is None)
+    if router.representatives is not None:
+      assert loaded.representatives.ids == router.representatives.ids
     if router.kind == "learned_map":
       assert loaded.cluster_map.fitted.graphdef == router.cluster_map.fitted.graphdef
     np.testing.assert_array_equal(
@@ -479,8 +489,10 @@ def as_version_1(path, out):
   spec = meta.pop("map")
   if meta["kind"] == "learned_map":
     meta["cluster_map"] = spec
+  meta.pop("representatives", None)
   for key in list(arrays):
-    if key in ("state/cluster_mask", "cluster_mask"):
+    if key in ("state/cluster_mask", "cluster_mask", "counts") or (
+        key.startswith("representatives/")):
       arrays.pop(key)
     elif key.startswith("state/"):
       arrays["batch_stats/" + key[len("state/"):]] = arrays.pop(key)
@@ -554,3 +566,116 @@ def test_the_embedder_identity_travels_with_the_router(tmp_path):
   Router.from_kmeans(key, x, num_clusters=3).check_embedder(identity)  # none kept
   with pytest.raises(ValueError, match="embedder must be a mapping"):
     router.with_embedder("enc")
+
+
+# ------------------------------------------------------ onboarding an LLM
+
+
+def numpy_counts(phi, mask):
+  """Labelled-prompt weight per (cluster, LLM), looping."""
+  k, m = phi.shape[1], mask.shape[1]
+  return np.array([[phi[mask[:, j], c].sum() for j in range(m)]
+                   for c in range(k)])
+
+
+@pytest.mark.parametrize("kind", ["kmeans", "learned_map"])
+def test_onboard_equals_a_router_fitted_with_the_llm(kind, fitted):
+  """An LLM onboarded on the stored representatives gets the Psi, counts
+  and routes it would have had in the pool from the start."""
+  p = problem(seed=11, dtype=np.float32)
+  full = kmeans_router(p) if kind == "kmeans" else learned_router(fitted, p)
+  base = (Router(centroids=p["centroids"]) if kind == "kmeans"
+          else Router.from_cluster_map(fitted))
+  ids = [f"q{i}" for i in range(p["x_val"].shape[0])]
+  early = base.add_models(p["names"][:3], p["x_val"], p["loss"][:, :3],
+                          p["cost"][:3], mask=p["mask"][:, :3])
+  early = early.with_representatives(p["x_val"], ids=ids)
+  late = early.onboard(p["names"][3:], p["loss"][:, 3:], p["cost"][3:],
+                       mask=p["mask"][:, 3:])
+  assert late.models == full.models
+  assert late.representatives.ids == tuple(ids)
+  for mine, theirs in ((late.psi, full.psi), (late.counts, full.counts),
+                       (late.cost, full.cost)):
+    np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+  np.testing.assert_array_equal(
+      np.asarray(late.route(p["x_test"], LAMBDAS.astype(np.float32)).choice),
+      np.asarray(full.route(p["x_test"], LAMBDAS.astype(np.float32)).choice))
+  phi = (np.eye(4)[numpy_nearest(p["x_val"], p["centroids"])]
+         if kind == "kmeans" else np.asarray(apply_cluster_map(fitted,
+                                                               p["x_val"])))
+  np.testing.assert_allclose(np.asarray(late.counts),
+                             numpy_counts(phi, p["mask"]), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(late.psi),
+                             numpy_psi(phi, np.nan_to_num(p["loss"]),
+                                       p["mask"]), rtol=1e-5, atol=1e-6)
+
+
+def test_representatives_travel_with_pool_edits_and_jit():
+  p = problem(seed=12, dtype=np.float32)
+  router = kmeans_router(p).with_representatives(p["x_val"])
+  smaller = router.remove_models(["llm1", "llm3"])
+  assert smaller.representatives is router.representatives
+  np.testing.assert_array_equal(np.asarray(smaller.counts),
+                                np.asarray(router.counts)[:, [0, 2, 4]])
+  assert router.with_embedder({"name": "e"}).representatives is not None
+  np.testing.assert_array_equal(
+      np.asarray(router.representatives.membership),
+      numpy_nearest(p["x_val"], p["centroids"]))
+  fn = jax.jit(lambda r, x: r.route(x, 0.5).choice)
+  np.testing.assert_array_equal(np.asarray(fn(router, p["x_test"])),
+                                np.asarray(router.route(p["x_test"], 0.5).choice))
+  added = jax.jit(lambda r, loss: r.onboard(["new"], loss, [1.0]).psi)(
+      router, np.nan_to_num(p["loss"][:, :1]))
+  eager = router.add_models(["new"], p["x_val"], np.nan_to_num(p["loss"][:, :1]),
+                            [1.0])
+  np.testing.assert_allclose(np.asarray(added), np.asarray(eager.psi),
+                             rtol=1e-6)
+
+
+def test_onboarding_refuses_what_does_not_fit():
+  p = problem(seed=13, dtype=np.float32)
+  router = kmeans_router(p)
+  with pytest.raises(ValueError, match="no representative prompts"):
+    router.onboard(["new"], p["loss"][:, :1], [1.0])
+  router = router.with_representatives(p["x_val"])
+  with pytest.raises(ValueError, match="representatives"):
+    router.onboard(["new"], p["loss"][:10, :1], [1.0])
+  with pytest.raises(ValueError, match="already in the pool"):
+    router.onboard(["llm0"], np.zeros((60, 1)), [1.0])
+  with pytest.raises(ValueError, match="ids must be unique; 'a' repeats"):
+    router.with_representatives(p["x_val"][:2], ids=["a", "a"])
+  with pytest.raises(ValueError, match="one id per representative"):
+    router.with_representatives(p["x_val"][:2], ids=["a"])
+  with pytest.raises(ValueError, match="embeddings"):
+    router.with_representatives(np.full((2, 3), np.nan, np.float32))
+  with pytest.raises(ValueError, match="counts must be non-negative"):
+    router.add_psi(["new"], np.full((4, 1), 0.5), [1.0],
+                   counts=np.full((4, 1), -1.0))
+
+
+def test_saved_representatives_are_checked(tmp_path):
+  p = problem(seed=14)
+  path = kmeans_router(p).with_representatives(p["x_val"]).save(
+      tmp_path / "router.npz")
+  with np.load(path, allow_pickle=False) as npz:
+    arrays = {key: npz[key] for key in npz.files}
+
+  def tampered(name, **changes):
+    out = dict(arrays, **changes)
+    for key in [k for k, v in changes.items() if v is None]:
+      out.pop(key)
+    np.savez(tmp_path / name, **out)
+    return tmp_path / name
+
+  meta = json.loads(str(arrays["metadata"][()]))
+  bad = {"representatives/membership": np.full(60, 9, np.int32)}
+  with pytest.raises(ValueError, match=r"memberships must be int32 clusters"):
+    Router.load(tampered("bad_membership.npz", **bad))
+  unannounced = dict(meta)
+  unannounced.pop("representatives")
+  with pytest.raises(ValueError, match="does not announce"):
+    Router.load(tampered("unannounced.npz",
+                         metadata=np.array(json.dumps(unannounced))))
+  with pytest.raises(ValueError, match="ids must be text"):
+    Router.load(tampered("int_ids.npz",
+                         **{"representatives/ids": np.arange(60)}))

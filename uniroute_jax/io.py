@@ -29,9 +29,17 @@ import numpy as np
 from uniroute_jax import maps
 
 FORMAT = "uniroute_jax.Router"
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _METADATA_KEY = "metadata"
+
+
+class SavedRepresentatives(NamedTuple):
+  """A router's representative prompts, as stored."""
+
+  ids: tuple[str, ...]
+  embeddings: np.ndarray     # [n, d]
+  membership: np.ndarray     # [n] int32 or [n, k]
 
 
 class RouterContents(NamedTuple):
@@ -42,6 +50,12 @@ class RouterContents(NamedTuple):
   psi: np.ndarray
   cost: np.ndarray
   embedder: dict | None = None   # the encoder's identity, when known
+  counts: np.ndarray | None = None   # [k, m]; None (files before version 3)
+  representatives: SavedRepresentatives | None = None
+
+
+_REPRESENTATIVES = ("representatives/ids", "representatives/embeddings",
+                    "representatives/membership")
 
 
 # ------------------------------------------------------------ atomic writes
@@ -118,6 +132,14 @@ def save_router(path, contents: RouterContents, *, overwrite: bool = False
   if contents.embedder is not None:
     meta["embedder"] = dict(contents.embedder)
   arrays = {"psi": np.asarray(contents.psi), "cost": np.asarray(contents.cost)}
+  if contents.counts is not None:
+    arrays["counts"] = np.asarray(contents.counts)
+  rep = contents.representatives
+  if rep is not None:
+    meta["representatives"] = len(rep.ids)
+    arrays.update(zip(_REPRESENTATIVES, (np.asarray(rep.ids, dtype=str),
+                                          np.asarray(rep.embeddings),
+                                          np.asarray(rep.membership))))
   for key, value in map_arrays.items():
     if key in arrays or key == _METADATA_KEY:
       raise ValueError(f"a map may not store an array named {key!r}")
@@ -303,6 +325,9 @@ def _contents(meta: dict, arrays: dict, map_types: dict) -> RouterContents:
   m = len(models)
   psi = maps.take(arrays, "psi", (k, m), dtype)
   cost = maps.take(arrays, "cost", (m,), dtype)
+  counts = (maps.take(arrays, "counts", (k, m), dtype) if "counts" in arrays
+            else None)
+  representatives = _representatives(meta, arrays, k, d, dtype)
   kind = meta.get("kind")
   if kind not in map_types:
     raise ValueError(f"saved Router has a map of kind {kind!r}; known: "
@@ -318,4 +343,34 @@ def _contents(meta: dict, arrays: dict, map_types: dict) -> RouterContents:
   if embedder is not None and not isinstance(embedder, dict):
     raise ValueError(f"saved Router metadata 'embedder' must be a mapping, "
                      f"got {embedder!r}")
-  return RouterContents(cluster_map, tuple(models), psi, cost, embedder)
+  return RouterContents(cluster_map, tuple(models), psi, cost, embedder,
+                        counts, representatives)
+
+
+def _representatives(meta: dict, arrays: dict, k: int, d: int, dtype
+                     ) -> SavedRepresentatives | None:
+  n = meta.get("representatives")
+  if n is None:
+    if any(key in arrays for key in _REPRESENTATIVES):
+      raise ValueError("saved Router holds representative prompts its "
+                       "metadata does not announce")
+    return None
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise ValueError(f"saved Router metadata 'representatives' must be a "
+                     f"positive integer, got {n!r}")
+  ids = maps.take(arrays, _REPRESENTATIVES[0], (n,))
+  if ids.dtype.kind != "U":
+    raise ValueError(f"saved representative ids must be text, got {ids.dtype}")
+  embeddings = maps.take(arrays, _REPRESENTATIVES[1], (n, d), dtype)
+  membership = maps.take(arrays, _REPRESENTATIVES[2])
+  if membership.shape == (n,):
+    if membership.dtype != np.int32 or np.any(membership < 0) or np.any(
+        membership >= k):
+      raise ValueError(f"saved representative memberships must be int32 "
+                       f"clusters in [0, {k})")
+  elif membership.shape == (n, k):
+    membership = maps.take({"m": membership}, "m", (n, k), dtype)
+  else:
+    raise ValueError(f"saved representative memberships have shape "
+                     f"{membership.shape}, expected ({n},) or ({n}, {k})")
+  return SavedRepresentatives(tuple(ids.tolist()), embeddings, membership)

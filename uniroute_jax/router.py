@@ -40,6 +40,8 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import pathlib
 from collections.abc import Mapping
@@ -72,22 +74,32 @@ class Router:
     psi: [k, m] per-cluster loss of each LLM, in [0, 1]; required with
       ``models``. Stored in the router's dtype.
     cost: [m] non-negative cost of each LLM; required with ``models``.
+    counts: optional [k, m] labelled-prompt weight behind each entry of
+      ``psi`` (``ClusterErrors.counts``); default unknown (NaN).
     embedder: optional identity of the encoder the router's prompts were
       embedded with (a JSON-able mapping, e.g. ``MiniLM().id._asdict()``);
       saved with the router, so prompts from another encoder can be
       refused (:meth:`check_embedder`).
+    representatives: optional :class:`Representatives`, the prompts a new
+      LLM is run on to join the pool (:meth:`with_representatives`,
+      :meth:`onboard`).
 
   Attributes:
     cluster_map: the map.
     models: tuple of the pool's LLM names; routing choices index it.
     psi: [k, m] feature vectors of the pool.
     cost: [m] costs of the pool.
+    counts: [k, m] labelled-prompt weight behind each entry of ``psi``
+      (NaN where unknown, e.g. for LLMs added by :meth:`add_psi`).
+    representatives: the representative prompts, or None.
   """
 
-  __slots__ = ("_map", "_models", "_psi", "_cost", "_embedder")
+  __slots__ = ("_map", "_models", "_psi", "_cost", "_counts", "_embedder",
+               "_representatives")
 
   def __init__(self, cluster_map=None, *, centroids=None, models=(),
-               psi=None, cost=None, embedder=None):
+               psi=None, cost=None, counts=None, embedder=None,
+               representatives=None):
     if (cluster_map is None) == (centroids is None):
       raise ValueError("give exactly one of cluster_map and centroids")
     cluster_map = maps.as_cluster_map(
@@ -101,8 +113,14 @@ class Router:
       raise ValueError("psi and cost must both be given with models")
     psi = _check_psi(psi, k, m, "models")
     cost = _check_cost(cost, m, "models")
-    _set(self, cluster_map, models, jnp.asarray(psi, dtype),
-         jnp.asarray(cost, dtype), _embedder_text(embedder))
+    counts = _check_counts(counts, k, m)
+    if representatives is not None:
+      representatives = _check_representatives(representatives, cluster_map)
+    _set(self, _map=cluster_map, _models=models,
+         _psi=jnp.asarray(psi, dtype), _cost=jnp.asarray(cost, dtype),
+         _counts=jnp.asarray(counts, dtype),
+         _embedder=_embedder_text(embedder),
+         _representatives=representatives)
 
   # ------------------------------------------------------------ construction
 
@@ -141,6 +159,8 @@ class Router:
   models = property(lambda self: self._models)
   psi = property(lambda self: self._psi)
   cost = property(lambda self: self._cost)
+  counts = property(lambda self: self._counts)
+  representatives = property(lambda self: self._representatives)
 
   @property
   def kind(self) -> str:
@@ -181,15 +201,15 @@ class Router:
   # ------------------------------------------------------------------ pytree
 
   def tree_flatten_with_keys(self):
-    children = ((jax.tree_util.GetAttrKey("cluster_map"), self._map),
-                (jax.tree_util.GetAttrKey("psi"), self._psi),
-                (jax.tree_util.GetAttrKey("cost"), self._cost))
+    children = tuple((jax.tree_util.GetAttrKey(name), getattr(self, "_" + name))
+                     for name in _CHILDREN)
     return children, (self._models, self._embedder)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
     router = object.__new__(cls)
-    _set(router, children[0], aux[0], children[1], children[2], aux[1])
+    _set(router, _models=aux[0], _embedder=aux[1],
+         **{"_" + name: child for name, child in zip(_CHILDREN, children)})
     return router
 
   # ---------------------------------------------------------------- embedder
@@ -201,9 +221,7 @@ class Router:
 
   def with_embedder(self, embedder) -> "Router":
     """The same router, recording ``embedder`` (see the constructor)."""
-    router = self._with_pool(self._models, self._psi, self._cost)
-    object.__setattr__(router, "_embedder", _embedder_text(embedder))
-    return router
+    return self._replaced(_embedder=_embedder_text(embedder))
 
   def check_embedder(self, embedder, *, what: str = "the prompts") -> None:
     """Raises ``ValueError`` when ``embedder`` (an identity mapping) differs
@@ -264,6 +282,84 @@ class Router:
     Returns:
       A new :class:`Router` whose pool is this one's followed by ``names``.
     """
+    x = self._map.check_embeddings(embeddings)
+    checks.host_finite("embeddings", x)
+    return self._add_labelled(names, "embeddings", x.shape[0],
+                              lambda: self.membership(x), loss, cost, mask=mask,
+                              weights=weights, prior_strength=prior_strength)
+
+  def onboard(self, names, loss, cost, *, mask=None, prior_strength=None
+              ) -> "Router":
+    """A new router with LLMs added from their labels on the router's own
+    representative prompts (:attr:`representatives`, in their order).
+
+    This is how UniRoute onboards an LLM: run it once on the representative
+    prompts, label its answers, and average them per cluster. The result
+    equals :meth:`add_models` with the representatives' embeddings, but no
+    prompt is embedded or mapped again: their memberships are stored.
+
+    Args:
+      names, cost, prior_strength: as :meth:`add_models`.
+      loss: [n_rep, m_new] loss of each new LLM on each representative
+        prompt, in [0, 1].
+      mask: optional [n_rep, m_new] bool, False where a label is missing.
+    """
+    rep = self._representatives
+    if rep is None:
+      raise ValueError("the router keeps no representative prompts: give "
+                       "their embeddings to add_models, or record them with "
+                       "with_representatives")
+    return self._add_labelled(names, "representatives", len(rep.ids),
+                              lambda: rep.membership, loss, cost, mask=mask,
+                              prior_strength=prior_strength)
+
+  def add_psi(self, names, psi, cost, *, counts=None) -> "Router":
+    """A new router with LLMs added from feature vectors computed elsewhere.
+
+    Args:
+      names: the new LLMs' names (unique, not in the pool).
+      psi: [k, m_new] per-cluster loss of each new LLM, in [0, 1].
+      cost: [m_new] non-negative cost of each new LLM.
+      counts: optional [k, m_new] labelled-prompt weight behind each entry
+        of ``psi`` (default unknown, NaN).
+    """
+    names = self._new_names(names)
+    k, m = self.num_clusters, len(names)
+    psi = _check_psi(psi, k, m, "names")
+    return self._extended(names, psi, _check_cost(cost, m, "names"),
+                          _check_counts(counts, k, m))
+
+  def remove_models(self, names) -> "Router":
+    """A new router without the LLMs ``names`` (each must be in the pool);
+    the others keep their order."""
+    drop = set(self._known_names("names", names))
+    keep = np.array([i for i, name in enumerate(self._models)
+                     if name not in drop], dtype=np.int32)
+    return self._replaced(_models=tuple(self._models[i] for i in keep),
+                          _psi=self._psi[:, keep], _cost=self._cost[keep],
+                          _counts=self._counts[:, keep])
+
+  def with_representatives(self, embeddings, ids=None) -> "Router":
+    """The same router, keeping ``embeddings`` [n, d] as its representative
+    prompts (with their memberships) for :meth:`onboard`.
+
+    Args:
+      embeddings: [n, d] embeddings of the prompts every LLM is (and every
+        new LLM will be) labelled on.
+      ids: optional n unique prompt ids (strings, or integers, stored as
+        text); default "0" .. "n-1".
+    """
+    x = self._map.check_embeddings(embeddings)
+    checks.host_finite("embeddings", x)
+    ids = _prompt_ids(ids, x.shape[0])
+    x = jnp.asarray(x, self._map.dtype)
+    return self._replaced(_representatives=Representatives(
+        ids, x, self.membership(x)))
+
+  def _add_labelled(self, names, rows_arg: str, n: int, membership, loss, cost,
+                    *, mask, weights=None, prior_strength=None) -> "Router":
+    """Checks the labels of new LLMs on ``n`` prompts and adds their Psi,
+    grouped by ``membership()`` of those prompts."""
     names = self._new_names(names)
     m = len(names)
     loss = checks.float_array("loss", loss, ndim=2, shape_doc="[n, m_new]")
@@ -271,10 +367,8 @@ class Router:
       raise ValueError(
           f"loss must have one column per name ({m}), got shape {loss.shape}")
     cost = _check_cost(cost, m, "names")
-    x = self._map.check_embeddings(embeddings)
-    checks.same_size("embeddings", x.shape[0], "loss", loss.shape[0], "prompts")
+    checks.same_size(rows_arg, n, "loss", loss.shape[0], "prompts")
     mask = checks.mask("mask", mask, loss.shape)
-    checks.host_finite("embeddings", x)
     if mask is not None:
       checks.host_bool_mask("mask", mask)
     host_mask = (np.ones(loss.shape, bool) if mask is None
@@ -283,36 +377,14 @@ class Router:
       checks.host_in_range("loss", loss, 0.0, 1.0, where=host_mask.astype(bool))
       checks.host_labelled("mask", host_mask, names)
     if weights is not None:
-      checks.host_positive_weights(
-          "weights", checks.weights("weights", weights, x.shape[0]))
+      checks.host_positive_weights("weights", checks.weights("weights", weights, n))
     if prior_strength is not None:
       checks.host_nonnegative("prior_strength",
                               checks.scalar("prior_strength", prior_strength))
-    psi = features.cluster_errors(
-        self.membership(x), loss, num_clusters=self.num_clusters, mask=mask,
-        weights=weights, prior_strength=prior_strength).psi
-    return self._extended(names, psi, cost)
-
-  def add_psi(self, names, psi, cost) -> "Router":
-    """A new router with LLMs added from feature vectors computed elsewhere.
-
-    Args:
-      names: the new LLMs' names (unique, not in the pool).
-      psi: [k, m_new] per-cluster loss of each new LLM, in [0, 1].
-      cost: [m_new] non-negative cost of each new LLM.
-    """
-    names = self._new_names(names)
-    psi = _check_psi(psi, self.num_clusters, len(names), "names")
-    return self._extended(names, psi, _check_cost(cost, len(names), "names"))
-
-  def remove_models(self, names) -> "Router":
-    """A new router without the LLMs ``names`` (each must be in the pool);
-    the others keep their order."""
-    drop = set(self._known_names("names", names))
-    keep = np.array([i for i, name in enumerate(self._models)
-                     if name not in drop], dtype=np.int32)
-    return self._with_pool(tuple(self._models[i] for i in keep),
-                           self._psi[:, keep], self._cost[keep])
+    errors = features.cluster_errors(
+        membership(), loss, num_clusters=self.num_clusters, mask=mask,
+        weights=weights, prior_strength=prior_strength)
+    return self._extended(names, errors.psi, cost, errors.counts)
 
   # ---------------------------------------------------------------- routing
 
@@ -377,9 +449,14 @@ class Router:
       ``path`` as a ``pathlib.Path``.
     """
     return router_io.save_router(
-        path, router_io.RouterContents(self._map, self._models,
-                                       np.asarray(self._psi),
-                                       np.asarray(self._cost), self.embedder),
+        path, router_io.RouterContents(
+            self._map, self._models, np.asarray(self._psi),
+            np.asarray(self._cost), self.embedder, np.asarray(self._counts),
+            None if self._representatives is None else
+            router_io.SavedRepresentatives(
+                self._representatives.ids,
+                np.asarray(self._representatives.embeddings),
+                np.asarray(self._representatives.membership))),
         overwrite=overwrite)
 
   @classmethod
@@ -399,9 +476,12 @@ class Router:
     """
     contents = router_io.load_router(path, map_types=map_types)
     try:
+      saved = contents.representatives
       return cls(contents.cluster_map, models=contents.models,
-                 psi=contents.psi, cost=contents.cost,
-                 embedder=contents.embedder)
+                 psi=contents.psi, cost=contents.cost, counts=contents.counts,
+                 embedder=contents.embedder,
+                 representatives=None if saved is None else Representatives(
+                     saved.ids, saved.embeddings, saved.membership))
     except ValueError as err:
       raise ValueError(f"{path} is not a valid saved Router: {err}") from None
 
@@ -423,23 +503,58 @@ class Router:
           f"{name(arg)}: {unknown} not in the pool {list(self._models)}"))
     return names
 
-  def _extended(self, names, psi, cost) -> "Router":
+  def _extended(self, names, psi, cost, counts) -> "Router":
     dtype = self.dtype
-    return self._with_pool(
-        self._models + names,
-        jnp.concatenate([self._psi, jnp.asarray(psi).astype(dtype)], axis=1),
-        jnp.concatenate([self._cost, jnp.asarray(cost).astype(dtype)]))
 
-  def _with_pool(self, models, psi, cost) -> "Router":
+    def joined(mine, new, axis):
+      return jnp.concatenate([mine, jnp.asarray(new).astype(dtype)], axis=axis)
+
+    return self._replaced(_models=self._models + names,
+                          _psi=joined(self._psi, psi, 1),
+                          _cost=joined(self._cost, cost, 0),
+                          _counts=joined(self._counts, counts, 1))
+
+  def _replaced(self, **changes) -> "Router":
     router = object.__new__(type(self))
-    _set(router, self._map, models, psi, cost, self._embedder)
+    _set(router, **{name: changes.get(name, getattr(self, name))
+                    for name in self.__slots__})
     return router
 
 
-def _set(router, cluster_map, models, psi, cost, embedder) -> None:
-  for name, value in (("_map", cluster_map), ("_models", models),
-                      ("_psi", psi), ("_cost", cost), ("_embedder", embedder)):
+# The router's arrays (pytree children); the names and the encoder are its
+# static data.
+_CHILDREN = ("map", "psi", "cost", "counts", "representatives")
+
+
+def _set(router, **fields) -> None:
+  for name, value in fields.items():
     object.__setattr__(router, name, value)
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["embeddings", "membership"],
+                   meta_fields=["ids"])
+@dataclasses.dataclass(frozen=True)
+class Representatives:
+  """The representative prompts a router keeps: every LLM of its pool is
+  represented by its labels on them, and a new LLM is run on them once to
+  join (:meth:`Router.onboard`).
+
+  Attributes:
+    ids: n unique prompt ids, strings (static: they name rows, never enter
+      a computation).
+    embeddings: [n, d] their embeddings.
+    membership: [n] int32 clusters or [n, k] soft memberships under the
+      router's map.
+  """
+
+  ids: tuple[str, ...]
+  embeddings: Array
+  membership: Array
+
+  def __repr__(self):
+    return (f"Representatives({len(self.ids)} prompts, "
+            f"dim={self.embeddings.shape[-1]})")
 
 
 def _embedder_text(embedder) -> str | None:
@@ -493,6 +608,56 @@ def _check_psi(psi, k: int, m: int, names_arg: str):
   checks.host_finite("psi", psi)
   checks.host_in_range("psi", psi, 0.0, 1.0)
   return psi
+
+
+def _check_counts(counts, k: int, m: int):
+  if counts is None:
+    return np.full((k, m), np.nan, np.float32)
+  counts = checks.float_array("counts", counts, ndim=2, shape_doc="[k, m]")
+  if counts.shape != (k, m):
+    raise ValueError(f"counts must have shape [{k}, {m}], like psi, got "
+                     f"{counts.shape}")
+  host = checks.host_values(counts)
+  if host is not None and np.any(host[~np.isnan(host)] < 0):
+    raise ValueError("counts must be non-negative (NaN where unknown)")
+  return counts
+
+
+def _prompt_ids(ids, n: int) -> tuple[str, ...]:
+  """n unique ids as text; default "0" .. "n-1"."""
+  if ids is None:
+    return tuple(str(i) for i in range(n))
+  values = np.asarray(ids)
+  if values.ndim != 1 or values.shape[0] != n:
+    raise ValueError(f"ids must be one id per representative prompt ({n}), "
+                     f"got shape {values.shape}")
+  if values.dtype.kind not in "iuUS":
+    raise ValueError(f"ids must be strings or integers, got dtype {values.dtype}")
+  text = tuple(v.decode() if isinstance(v, bytes) else str(v)
+               for v in values.tolist())
+  if len(set(text)) != n:
+    first = next(t for t in text if text.count(t) > 1)
+    raise ValueError(f"ids must be unique; {first!r} repeats")
+  return text
+
+
+def _check_representatives(rep, cluster_map) -> Representatives:
+  if not isinstance(rep, Representatives):
+    raise ValueError(f"representatives must be a Representatives, got "
+                     f"{type(rep).__name__}")
+  n = len(rep.ids)
+  x = cluster_map.check_embeddings(rep.embeddings)
+  checks.same_size("representatives.embeddings", x.shape[0],
+                   "representatives.ids", n, "prompts")
+  k = cluster_map.num_clusters
+  membership = checks.array("representatives.membership", rep.membership,
+                            ndim=(1, 2), shape_doc="[n] or [n, k]")
+  if membership.shape[0] != n or membership.shape[1:] not in ((), (k,)):
+    raise ValueError(f"representatives.membership must be [{n}] or [{n}, {k}], "
+                     f"got {membership.shape}")
+  return Representatives(_prompt_ids(rep.ids, n),
+                         jnp.asarray(x, cluster_map.dtype),
+                         jnp.asarray(membership))
 
 
 def _check_cost(cost, m: int, names_arg: str):
