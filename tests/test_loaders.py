@@ -441,9 +441,43 @@ def test_long_round_trip(tmp_path):
       load_long(path, embeddings=emb, costs=costs).cost, [2, 4])
 
 
+def test_long_averages_repeated_rows_into_a_score_and_its_count(tmp_path):
+  """A log that asks an LLM the same prompt several times: each cell's
+  score and cost are the means of its rows (a dict-of-lists oracle), and
+  label_counts says how many scores each mean holds."""
+  rng = np.random.default_rng(0)
+  prompts, models = [f"q{i}" for i in range(6)], ["a", "b", "c"]
+  rows = []
+  for _ in range(80):
+    score = "" if rng.random() < 0.1 else f"{rng.integers(0, 2)}"
+    rows.append((str(rng.choice(prompts)), str(rng.choice(models)), score,
+                 f"{rng.uniform(0.1, 2.0):.4f}"))
+  path = write_csv(tmp_path / "log.csv", ["prompt_id", "model", "correct",
+                                          "usd"], rows)
+  order = list(dict.fromkeys(r[0] for r in rows))
+  np.save(tmp_path / "emb.npy", np.arange(len(order) * 2, dtype=np.float32)
+          .reshape(-1, 2))
+  data = load_long(path, embeddings=tmp_path / "emb.npy", cost_column="usd")
+  names = data.model_names
+  for i, prompt in enumerate(data.prompt_ids):
+    for j, model in enumerate(names):
+      cell = [r for r in rows if r[0] == prompt and r[1] == model]
+      scores = [float(r[2]) for r in cell if r[2]]
+      assert data.label_counts[i, j] == len(scores)
+      assert data.mask[i, j] == bool(scores)
+      if scores:
+        np.testing.assert_allclose(data.loss[i, j], 1 - np.mean(scores),
+                                   rtol=1e-6)
+      if cell:
+        np.testing.assert_allclose(data.cost[i, j],
+                                   np.mean([float(r[3]) for r in cell]),
+                                   rtol=1e-6)
+  assert data.label_counts.sum() == sum(1 for r in rows if r[2])
+  assert data.select_prompts([1, 0]).label_counts.shape == (2, len(names))
+  assert data.select_models([2]).label_counts.shape == (len(order), 1)
+
+
 @pytest.mark.parametrize("rows, kwargs, message", [
-    (LONG_ROWS + [("q1", "m1", "1", "0.75")], {"cost_column": "usd"},
-     "rows 3 and 8 for prompt 'q1' and model 'm1' with different values"),
     ([("q1", "m1", "1", "")], {"cost_column": "usd"},
      "'usd' is empty in data row 0, which has a label"),
     (LONG_ROWS, {}, "exactly one of cost_column .*and costs .*neither was given"),

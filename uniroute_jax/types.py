@@ -30,6 +30,9 @@ class RoutingData(NamedTuple):
     cost: [m] cost per prompt of each LLM, or [n, m] per-prompt costs.
     model_names: m names.
     prompt_ids: [n] prompt identifiers.
+    label_counts: optional [n, m] number of observations each label
+      averages (a traffic log may ask an LLM the same prompt twice); None
+      when every label is one observation.
   """
 
   embeddings: np.ndarray
@@ -38,6 +41,7 @@ class RoutingData(NamedTuple):
   cost: np.ndarray
   model_names: tuple[str, ...]
   prompt_ids: np.ndarray
+  label_counts: np.ndarray | None = None
 
   @property
   def num_prompts(self) -> int:
@@ -73,6 +77,14 @@ class RoutingData(NamedTuple):
       raise ValueError("model_names must be unique")
     if len(self.prompt_ids) != n:
       raise ValueError(f"prompt_ids must have {n} entries, got {len(self.prompt_ids)}")
+    if self.label_counts is not None:
+      counts = np.asarray(self.label_counts)
+      if counts.shape != (n, m) or counts.dtype.kind not in "iu":
+        raise ValueError(f"label_counts must be [n, m] = [{n}, {m}] integers, "
+                         f"got {counts.dtype} {counts.shape}")
+      if np.any((counts > 0) != mask.astype(bool)):
+        raise ValueError("label_counts must be positive exactly where mask is "
+                         "True")
     return self
 
   def select_prompts(self, index) -> "RoutingData":
@@ -82,7 +94,9 @@ class RoutingData(NamedTuple):
     return self._replace(
         embeddings=self.embeddings[index], loss=self.loss[index],
         mask=self.mask[index], cost=cost,
-        prompt_ids=np.asarray(self.prompt_ids)[index])
+        prompt_ids=np.asarray(self.prompt_ids)[index],
+        label_counts=None if self.label_counts is None
+        else np.asarray(self.label_counts)[index])
 
   def select_models(self, index) -> "RoutingData":
     """The dataset restricted to the LLMs ``index`` (indices or bool mask)."""
@@ -91,4 +105,6 @@ class RoutingData(NamedTuple):
     return self._replace(
         loss=self.loss[:, positions], mask=self.mask[:, positions],
         cost=np.asarray(self.cost)[..., positions],
-        model_names=tuple(self.model_names[i] for i in positions))
+        model_names=tuple(self.model_names[i] for i in positions),
+        label_counts=None if self.label_counts is None
+        else np.asarray(self.label_counts)[:, positions])

@@ -50,13 +50,15 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
   Returns:
     A validated :class:`RoutingData`. Prompts and models are in order of
     first appearance; ``prompt_ids`` are strings. (prompt, model) pairs
-    without a row, or with an empty score, have mask False and loss 0.
+    without a row, or with an empty score, have mask False and loss 0. A
+    pair with several rows (a log that asked an LLM the same prompt again)
+    gets the mean of their scores, and of their costs; ``label_counts``
+    [n, m] says how many scores each cell averages.
 
   Raises:
     FileNotFoundError: when a file does not exist.
-    ValueError: on missing columns, non-numeric or out-of-range values,
-      duplicate rows that disagree, a missing cost, or neither / both of
-      ``cost_column`` and ``costs``.
+    ValueError: on missing columns, non-numeric or out-of-range values, a
+      missing cost, or neither / both of ``cost_column`` and ``costs``.
   """
   path = checks.file_path("path", path)
   checks.file_path("embeddings", embeddings)
@@ -93,32 +95,30 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
   check_unit_interval(score, path, score_column)
   n, m = len(prompt_ids), len(model_names)
   cell = prompt_pos * m + model_pos
-  values = [score]
+  observed = ~np.isnan(score)
+  # A log repeats a prompt for an LLM with different outcomes: each
+  # (prompt, LLM) cell gets its mean score and the count behind it.
+  counts = np.bincount(cell[observed], minlength=n * m).reshape(n, m)
+  totals = np.bincount(cell[observed], weights=score[observed],
+                       minlength=n * m).reshape(n, m)
+  mask = counts > 0
+  loss = np.zeros((n, m), np.float32)
+  loss[mask] = 1.0 - totals[mask] / counts[mask]
   if cost_column is not None:
     row_cost = parse_floats(columns(cost_column), path, cost_column)
-    values.append(row_cost)
-  reject_conflicts(cell, values, lambda a, b: (
-      f"{path!r} has rows {a} and {b} for prompt "
-      f"{str(prompt_ids[prompt_pos[a]])!r} and model "
-      f"{str(model_names[model_pos[a]])!r} with different values"))
-  observed = ~np.isnan(score)
-  loss = np.zeros((n, m), np.float32)
-  mask = np.zeros((n, m), bool)
-  loss[prompt_pos[observed], model_pos[observed]] = 1.0 - score[observed]
-  mask[prompt_pos[observed], model_pos[observed]] = True
-  if cost_column is not None:
-    cost = _per_prompt_costs(row_cost, observed, prompt_pos, model_pos, n,
-                             model_names, path, cost_column)
+    cost = _per_prompt_costs(row_cost, observed, cell, n, model_names, path,
+                             cost_column)
   else:
     cost = model_costs(costs, model_names, preferred=("cost",))
   return RoutingData(
       embeddings=load_embeddings(embeddings, prompt_ids), loss=loss, mask=mask,
       cost=cost, model_names=tuple(model_names),
-      prompt_ids=np.asarray(prompt_ids)).validate()
+      prompt_ids=np.asarray(prompt_ids),
+      label_counts=counts.astype(np.int32)).validate()
 
 
-def _per_prompt_costs(row_cost, observed, prompt_pos, model_pos, n,
-                      model_names, path, column) -> np.ndarray:
+def _per_prompt_costs(row_cost, observed, cell, n, model_names, path, column
+                      ) -> np.ndarray:
   unpriced = observed & np.isnan(row_cost)
   if np.any(unpriced):
     row = int(np.nonzero(unpriced)[0][0])
@@ -127,9 +127,12 @@ def _per_prompt_costs(row_cost, observed, prompt_pos, model_pos, n,
         "label; every labelled row needs a cost")
   check_nonnegative(row_cost, path, column)
   m = len(model_names)
-  cost = np.full((n, m), np.nan)
   priced = ~np.isnan(row_cost)
-  cost[prompt_pos[priced], model_pos[priced]] = row_cost[priced]
+  rows = np.bincount(cell[priced], minlength=n * m).reshape(n, m)
+  totals = np.bincount(cell[priced], weights=row_cost[priced],
+                       minlength=n * m).reshape(n, m)
+  cost = np.full((n, m), np.nan)
+  cost[rows > 0] = totals[rows > 0] / rows[rows > 0]   # a repeated cell's mean
   for j in range(m):
     known = ~np.isnan(cost[:, j])
     if not np.any(known):
