@@ -403,3 +403,20 @@ def test_learned_map_options_are_the_documented_fit(small):
                              metrics.deferral_metrics(curve).area, rtol=1e-9)
   with pytest.raises(ValueError, match="train_psi_from must be"):
     protocol.LearnedMapRouter(train_psi_from="test")
+
+
+def test_fixed_pool_trials_route_among_every_llm():
+  splits = protocol.make_trials(jax.random.key(0), 3, 50, 4, fixed_pool=True)
+  for t in range(3):
+    np.testing.assert_array_equal(splits.test_models[t], np.arange(4))
+    np.testing.assert_array_equal(splits.train_models[t], np.arange(4))
+    prompts = np.concatenate([splits.train[t], splits.val[t], splits.test[t]])
+    np.testing.assert_array_equal(np.sort(prompts), np.arange(50))
+  with pytest.raises(ValueError, match="too few to route between"):
+    protocol.make_trials(jax.random.key(0), 1, 50, 1, fixed_pool=True)
+  data = make_synthetic(jax.random.key(1), num_prompts=300, num_models=2)
+  evaluation = protocol.evaluate(jax.random.key(2), data, num_trials=2,
+                           fixed_pool=True, methods=["zero", "oracle"])
+  assert evaluation.pool.quality.shape == (2, 2)
+  # The oracle picks, per test prompt, the best of both LLMs.
+  assert evaluation.methods["oracle"].area >= evaluation.methods["zero"].area

@@ -308,3 +308,94 @@ def test_an_empty_lambda_grid_routes_nothing():
   out = route(cluster, psi, cost, np.zeros(0))
   assert out.choice.shape == (0, len(cluster))
   assert choose_models(psi[cluster], cost, np.zeros(0)).shape == (0, len(cluster))
+
+
+# ------------------------------------------------------ budgets (operating_point)
+
+
+def brute_operating_points(gamma, cost, pool):
+  """(lambda, mean cost, quality) of routing at every lambda where the
+  choice can change, and between them: the rule is constant in between."""
+  m = gamma.shape[1]
+  breaks = {0.0}
+  for i, j, l in itertools.product(range(gamma.shape[0]), range(m), range(m)):
+    if pool[j] and pool[l] and cost[j] > cost[l]:
+      lam = (gamma[i, l] - gamma[i, j]) / (cost[j] - cost[l])
+      if lam >= 0:
+        breaks.add(float(lam))
+  breaks = sorted(breaks)
+  probes = breaks + [(a + b) / 2 for a, b in zip(breaks, breaks[1:])]
+  probes.append(2 * breaks[-1] + 1)
+  rows = np.arange(gamma.shape[0])
+  out = []
+  for lam in probes:
+    choice = brute_choice(gamma, cost, lam, pool)
+    out.append((lam, cost[choice].mean(), 1 - gamma[rows, choice].mean()))
+  return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_operating_point_matches_a_brute_force_lambda_sweep(seed, dtype):
+  rng = np.random.default_rng(seed)
+  n, m = 12, 4
+  # Coarse values make exact ties (several prompts switching at one lambda).
+  gamma = (rng.integers(0, 5, (n, m)) / 4).astype(dtype)
+  cost = rng.choice([0.0, 0.5, 1.0, 2.0], m, replace=False).astype(dtype)
+  pool = np.ones(m, bool) if seed != 2 else np.array([True, False, True, True])
+  points = brute_operating_points(gamma, cost, pool)
+  # Budgets just above each reachable mean cost (and just below each
+  # quality): exactly at a level, the answer would hang on the last bit of
+  # a float sum.
+  costs = sorted({float(c) for _, c, _ in points})
+  qualities = sorted({float(q) for _, _, q in points})
+  margin = 1e-4
+  fn = jax.jit(lambda g, c, b, p: routing.operating_point(g, c, max_cost=b,
+                                                          pool_mask=p))
+  for budget in [costs[0] - 0.1] + [c + margin for c in costs] + [
+      (a + b) / 2 for a, b in zip(costs, costs[1:])]:
+    want = [q for _, c, q in points if c <= budget]
+    for point in (routing.operating_point(gamma, cost, max_cost=budget,
+                                          pool_mask=pool),
+                  fn(gamma, cost, budget, pool)):
+      if not want:
+        assert not point.feasible
+        assert float(point.mean_cost) == pytest.approx(min(costs), abs=1e-5)
+        continue
+      assert point.feasible
+      assert float(point.quality) == pytest.approx(max(want), abs=1e-5)
+      assert float(point.mean_cost) <= budget + 1e-5
+      # The reported lambda routes as reported.
+      choice = brute_choice(gamma, cost, float(point.lam), pool)
+      assert cost[choice].mean() == pytest.approx(float(point.mean_cost),
+                                                  abs=1e-5)
+  for target in [q - margin for q in qualities] + [qualities[-1] + 0.1]:
+    want = [c for _, c, q in points if q >= target]
+    point = routing.operating_point(gamma, cost, min_quality=target,
+                                    pool_mask=pool)
+    if not want:
+      assert not point.feasible
+      assert float(point.quality) == pytest.approx(max(qualities), abs=1e-5)
+      continue
+    assert point.feasible
+    assert float(point.mean_cost) == pytest.approx(min(want), abs=1e-5)
+    choice = brute_choice(gamma, cost, float(point.lam), pool)
+    assert 1 - gamma[np.arange(n), choice].mean() == pytest.approx(
+        float(point.quality), abs=1e-5)
+
+
+def test_operating_point_budgets_are_traced_and_vmap():
+  rng = np.random.default_rng(3)
+  gamma, cost = rng.random((30, 5)), rng.uniform(0, 2, 5)
+  fn = jax.jit(lambda b: routing.operating_point(gamma, cost, max_cost=b))
+  fn(0.1)
+  with no_retrace():
+    for budget in (0.5, 0.9, 1.3):
+      fn(budget)
+  budgets = jnp.array([0.5, 0.9, 1.3])
+  batched = jax.vmap(fn)(budgets)
+  for b, lam in zip(budgets, batched.lam):
+    assert float(lam) == float(fn(b).lam)
+  with pytest.raises(ValueError, match="exactly one of max_cost and min_quality"):
+    routing.operating_point(gamma, cost)
+  with pytest.raises(ValueError, match="cost must have shape"):
+    routing.operating_point(gamma, cost[:3], max_cost=1.0)

@@ -6,8 +6,9 @@ vector Psi, ``routing`` sends each prompt to argmin gamma + lambda * cost,
 ``metrics`` scores the resulting deferral curve. ``cluster_map`` learns a
 soft map Phi(x) (trained by the shared ``learn`` stack), ``baselines`` holds
 the paper's comparison routers, ``maps`` and ``router`` make a routable
-object of a map and a pool (saved by ``io``), and ``protocol`` runs the
-paper's evaluation. ``checks`` says how arguments are checked.
+object of a map and a pool (saved by ``io``), ``protocol`` runs the
+paper's evaluation, and ``fitting`` fits a router to a pool one has, its
+map and K chosen on held-out prompts. ``checks`` says how arguments are checked.
 """
 
 import importlib
@@ -17,7 +18,8 @@ from typing import Any
 # importing the package, as the command line does before it can catch
 # Ctrl-C or print a usage error, does not import JAX.
 _SUBMODULES = ("baselines", "blocks", "checks", "cli", "cluster_map",
-               "clustering", "data", "encoder", "features", "io", "learn", "maps",
+               "clustering", "data", "encoder", "features", "fitting", "io", "learn",
+               "maps",
                "metrics", "protocol", "report", "router", "routing", "types")
 _NAMES = {
     "uniroute_jax.baselines": (
@@ -35,16 +37,17 @@ _NAMES = {
         "load_embedllm", "load_embeddings", "load_long", "load_routerbench",
         "make_synthetic", "missing_labels", "read_prompts"),
     "uniroute_jax.features": ("ClusterErrors", "cluster_errors"),
+    "uniroute_jax.fitting": ("FitReport", "FittedRouter", "fit_router"),
     "uniroute_jax.learn": ("CheckpointSelection", "FittedModel"),
     "uniroute_jax.maps": ("CentroidMap", "ClusterMapping", "LearnedMap"),
     "uniroute_jax.metrics": (
         "DeferralCurve", "DeferralMetrics", "Envelope", "curve_from_points",
         "deferral_curve", "deferral_metrics", "labelled_area", "upper_envelope"),
     "uniroute_jax.protocol": ("evaluate",),
-    "uniroute_jax.router": ("Router",),
+    "uniroute_jax.router": ("Representatives", "Router"),
     "uniroute_jax.routing": (
-        "RoutingResult", "SwitchPath", "choose_models", "predicted_loss",
-        "route", "switch_path"),
+        "OperatingPoint", "RoutingResult", "SwitchPath", "choose_models",
+        "operating_point", "predicted_loss", "route", "switch_path"),
     "uniroute_jax.types": ("RoutingData",),
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items()
@@ -81,7 +84,8 @@ __all__ = [
     "labelled_area", "learn", "learned_map_predicted_loss", "load_embedllm",
     "load_embeddings", "load_long", "load_routerbench", "make_synthetic",
     "maps", "metrics", "missing_labels", "predict_loss", "predicted_loss",
-    "read_prompts", "encoder",
+    "read_prompts", "encoder", "FitReport", "FittedRouter", "fit_router",
+    "fitting", "Representatives", "OperatingPoint", "operating_point",
     "protocol", "report", "route", "router", "switch_path", "upper_envelope",
     "zero_router_curve", "zero_router_hull", "zero_router_route",
 ]

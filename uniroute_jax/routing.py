@@ -410,3 +410,121 @@ def _switch_path_jit(gamma_, cost, pool_mask, *, dtype):
   (_, _), (lambdas, choice) = jax.lax.scan(
       step, (start, jnp.zeros((n,), gamma_.dtype)), None, length=steps)
   return SwitchPath(start, lambdas.reshape(steps, n), choice.reshape(steps, n))
+
+
+class OperatingPoint(NamedTuple):
+  """A lambda that meets a budget, and what routing at it predicts.
+
+  Attributes:
+    lam: [] the lambda (a representative of the interval of lambdas that
+      all route alike: 0, or the midpoint between two switch points).
+    mean_cost: [] mean cost per prompt when routing at ``lam``.
+    quality: [] predicted mean quality, 1 - mean gamma of the choices.
+    feasible: [] bool, False when no lambda meets the budget; the point is
+      then the one closest to it (the cheapest routing for a cost budget,
+      the most accurate for a quality target).
+  """
+
+  lam: Array
+  mean_cost: Array
+  quality: Array
+  feasible: Array
+
+
+def operating_point(predicted_loss, cost, *, max_cost=None, min_quality=None,
+                    pool_mask=None) -> OperatingPoint:
+  """The lambda that routes ``predicted_loss``'s prompts within a budget.
+
+  As lambda grows, each prompt's choice walks to cheaper LLMs
+  (:func:`switch_path`): the mean cost per prompt falls and the predicted
+  mean quality 1 - gamma falls with it, changing only at the prompts'
+  switch points. Every switch point is visited (sorted, with cumulative
+  sums), so the answer is exact, not the best of a lambda grid:
+
+  - ``max_cost``: the most accurate routing whose mean cost per prompt is
+    at most ``max_cost`` (the smallest such lambda);
+  - ``min_quality``: the cheapest routing whose predicted quality is at
+    least ``min_quality`` (the largest such lambda).
+
+  Args:
+    predicted_loss: [n, m] gamma of the prompts to route (finite).
+    cost: [m] non-negative cost of each LLM.
+    max_cost, min_quality: exactly one, a scalar (traced: a new budget
+      does not recompile).
+    pool_mask: optional [m] bool of the LLMs available.
+
+  Returns:
+    An :class:`OperatingPoint`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> gamma = jnp.array([[0.1, 0.3], [0.2, 0.6]])   # 2 prompts, 2 LLMs
+    >>> point = operating_point(gamma, jnp.array([1.0, 0.0]), max_cost=0.5)
+    >>> float(point.mean_cost), round(float(point.quality), 3)
+    (0.5, 0.75)
+  """
+  if (max_cost is None) == (min_quality is None):
+    raise ValueError("give exactly one of max_cost and min_quality")
+  gamma_ = checks.float_array("predicted_loss", predicted_loss, ndim=2,
+                              shape_doc="[n, m]")
+  _check_models("predicted_loss", gamma_)
+  n, m = gamma_.shape
+  cost = checks.float_array("cost", cost, ndim=1, shape_doc="[m]")
+  if cost.shape != (m,):
+    raise ValueError(f"cost must have shape [{m}] (one cost per LLM), got "
+                     f"{tuple(cost.shape)}")
+  pool_mask = _check_pool(pool_mask, m)
+  budget = checks.scalar("max_cost" if max_cost is not None else "min_quality",
+                         max_cost if max_cost is not None else min_quality)
+  return _operating_point_jit(gamma_, cost, pool_mask, budget,
+                              by_cost=max_cost is not None,
+                              dtype=checks.compute_dtype(gamma_, cost))
+
+
+@checks.kernel(static_argnames=("by_cost", "dtype"))
+def _operating_point_jit(gamma_, cost, pool_mask, budget, *, by_cost, dtype):
+  gamma_, cost = gamma_.astype(dtype), cost.astype(dtype)
+  budget = jnp.asarray(budget, dtype)
+  n, m = gamma_.shape
+  path = _switch_path_jit(gamma_, cost, pool_mask, dtype=dtype)
+  rows = jnp.arange(n)
+  start = jnp.maximum(path.start, 0)
+  previous = jnp.concatenate([start[None], path.choice[:-1]], axis=0)
+  # Each switch event (a prompt leaving one LLM for a cheaper one) moves the
+  # pool's totals by its differences; events sorted by lambda, cumulated.
+  lam = path.lambdas.reshape(-1)
+  d_cost = (cost[path.choice] - cost[previous]).reshape(-1)
+  d_loss = (gamma_[rows, path.choice] - gamma_[rows, previous]).reshape(-1)
+  happens = jnp.isfinite(lam)
+  order = jnp.argsort(jnp.where(happens, lam, jnp.inf))
+  lam, d_cost, d_loss = lam[order], d_cost[order], d_loss[order]
+  d_cost, d_loss = (jnp.where(jnp.isfinite(lam), d, 0.0) for d in (d_cost, d_loss))
+  total_cost = jnp.sum(cost[start]) + jnp.concatenate(
+      [jnp.zeros((1,), dtype), jnp.cumsum(d_cost)])
+  total_loss = jnp.sum(gamma_[rows, start]) + jnp.concatenate(
+      [jnp.zeros((1,), dtype), jnp.cumsum(d_loss)])
+  # State s (0: before any event; s: after the first s events) holds for
+  # lambda in [begin_s, end_s); states inside a group of equal lambdas hold
+  # for no lambda at all.
+  begin = jnp.concatenate([jnp.zeros((1,), dtype), lam])
+  end = jnp.concatenate([lam, jnp.full((1,), jnp.inf, dtype)])
+  valid = (begin < end) & jnp.isfinite(begin)
+  mean_cost, quality = total_cost / n, 1.0 - total_loss / n
+  if by_cost:
+    meets = valid & (mean_cost <= budget)
+    # Cost falls with the state: the first state that meets the budget is
+    # the most accurate; failing that, the cheapest (the last valid one).
+    fallback = jnp.argmax(jnp.where(valid, jnp.arange(begin.size), -1))
+    state = jnp.where(jnp.any(meets), jnp.argmax(meets), fallback)
+  else:
+    meets = valid & (quality >= budget)
+    last = jnp.argmax(jnp.where(meets, jnp.arange(begin.size), -1))
+    state = jnp.where(jnp.any(meets), last, 0)
+  lo, hi = begin[state], end[state]
+  # A lambda strictly inside the interval, so that rounding in the rule's
+  # comparisons at a break-even point cannot change the routing.
+  inside = jnp.where(state == 0, 0.0,
+                     jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi),
+                               2.0 * lo + 1.0))
+  return OperatingPoint(inside, mean_cost[state], quality[state],
+                        jnp.any(meets))

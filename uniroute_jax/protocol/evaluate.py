@@ -37,7 +37,7 @@ class Evaluation(NamedTuple):
 def evaluate(key, data: RoutingData, *, num_trials: int = 10,
              methods: Sequence[Method | str] = DEFAULT_METHODS,
              val_frac=0.1, test_frac=0.3, test_model_frac=1 / 3,
-             curve_points: int = 1001, alpha: float = 0.01,
+             fixed_pool: bool = False, curve_points: int = 1001, alpha: float = 0.01,
              batch_size: int = 8,
              on_progress: Callable[[int, int], None] | None = None,
              mesh: jax.sharding.Mesh | None = None) -> Evaluation:
@@ -55,6 +55,8 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
     val_frac, test_frac: prompt fractions (the rest trains); the paper uses
       0.1 / 0.3, and 0.01 validation for RouterBench.
     test_model_frac: fraction of LLMs held out as the unseen test pool.
+    fixed_pool: route among every LLM of the data instead, each seen in
+      training (see :func:`~uniroute_jax.protocol.make_trials`).
     curve_points: size of the relative-cost grid of the mean curves.
     alpha: level of the sign tests.
     batch_size: trials per compiled call (memory grows with it).
@@ -70,7 +72,8 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
   split_key, run_key = jax.random.split(key)
   splits = make_trials(split_key, num_trials, data.num_prompts, data.num_models,
                        val_frac=val_frac, test_frac=test_frac,
-                       test_model_frac=test_model_frac)
+                       test_model_frac=test_model_frac,
+                       fixed_pool=fixed_pool)
   n_train, n_val = splits.train.shape[1], splits.val.shape[1]
   # Resolve (and so check) every method before any work.
   methods = tuple(m.resolve(n_train, n_val) for m in methods)

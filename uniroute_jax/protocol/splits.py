@@ -74,33 +74,49 @@ def model_split_sizes(m: int, test_model_frac: float) -> tuple[int, int]:
 
 
 def make_trials(key, num_trials: int, num_prompts: int, num_models: int, *,
-                val_frac=0.1, test_frac=0.3, test_model_frac=1 / 3) -> Split:
+                val_frac=0.1, test_frac=0.3, test_model_frac=1 / 3,
+                fixed_pool: bool = False) -> Split:
   """Random prompt and LLM splits for ``num_trials`` trials: a batched Split.
 
   Each field has shape [num_trials, size]; indices are sorted within a trial.
   Trial t uses ``jax.random.fold_in(key, t)``, so the first trials are the
   same whatever ``num_trials`` is.
+
+  With ``fixed_pool``, every LLM is both a training and a test LLM (the
+  routers see every LLM's training and validation labels; test prompts are
+  still held out): what routing buys on a pool one already has, beside the
+  paper's unseen-LLM protocol. ``test_model_frac`` is then not used.
   """
   num_trials = checks.positive_int("num_trials", num_trials)
   n_train, n_val, _ = split_sizes(num_prompts, val_frac, test_frac)
-  m_train, _ = model_split_sizes(num_models, test_model_frac)
+  if fixed_pool:
+    if num_models < 2:
+      raise ValueError(f"{num_models} LLM(s) are too few to route between; "
+                       "a pool needs at least 2")
+    m_train = num_models
+  else:
+    m_train, _ = model_split_sizes(num_models, test_model_frac)
 
   def one(t):
     prompt_key, model_key = jax.random.split(jax.random.fold_in(key, t))
     prompts = jax.random.permutation(prompt_key, num_prompts)
     models = jax.random.permutation(model_key, num_models)
+    test_models = (jnp.arange(num_models) if fixed_pool
+                   else jnp.sort(models[m_train:]))
     return (jnp.sort(prompts[:n_train]),
             jnp.sort(prompts[n_train:n_train + n_val]),
             jnp.sort(prompts[n_train + n_val:]),
-            jnp.sort(models[:m_train]), jnp.sort(models[m_train:]))
+            jnp.sort(models[:m_train]), test_models)
 
   parts = jax.vmap(one)(jnp.arange(num_trials))
   return Split(*(np.asarray(p, np.int32) for p in parts))
 
 
 def make_split(key, num_prompts: int, num_models: int, *, val_frac=0.1,
-               test_frac=0.3, test_model_frac=1 / 3) -> Split:
+               test_frac=0.3, test_model_frac=1 / 3,
+               fixed_pool: bool = False) -> Split:
   """One trial's split: trial 0 of :func:`make_trials`."""
   trials = make_trials(key, 1, num_prompts, num_models, val_frac=val_frac,
-                       test_frac=test_frac, test_model_frac=test_model_frac)
+                       test_frac=test_frac, test_model_frac=test_model_frac,
+                       fixed_pool=fixed_pool)
   return Split(*(part[0] for part in trials))

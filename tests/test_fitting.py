@@ -1,0 +1,90 @@
+"""fit_router: a router for the pool one has, its map and K chosen on
+held-out prompts, every LLM represented on the kept representatives."""
+
+import jax
+import numpy as np
+import pytest
+
+import uniroute_jax as ur
+from uniroute_jax import protocol
+from uniroute_jax.fitting import candidate_method, fit_router
+
+
+@pytest.fixture(scope="module")
+def data():
+  return ur.make_synthetic(jax.random.key(0), num_prompts=400, num_models=4)
+
+
+def test_a_given_map_and_k_fit_without_a_search(data):
+  fitted = fit_router(jax.random.key(1), data, maps=("kmeans",), clusters=(5,))
+  router, report = fitted
+  assert report.scores == {} and (report.map, report.num_clusters) == ("kmeans", 5)
+  rep = router.representatives
+  assert len(rep.ids) == report.num_representatives == 80
+  assert report.num_train + report.num_representatives == data.num_prompts
+  where = {str(p): i for i, p in enumerate(data.prompt_ids)}
+  rows = np.array([where[i] for i in rep.ids])
+  np.testing.assert_array_equal(np.asarray(rep.embeddings),
+                                np.asarray(data.embeddings)[rows])
+  # Psi: each LLM's mean loss per cluster on the representatives (a loop).
+  cluster = np.asarray(rep.membership)
+  loss, mask = np.asarray(data.loss)[rows], np.asarray(data.mask)[rows]
+  psi = np.asarray(router.psi)
+  for j in range(data.num_models):
+    overall = loss[mask[:, j], j].mean()
+    for c in range(5):
+      labelled = (cluster == c) & mask[:, j]
+      want = loss[labelled, j].mean() if labelled.any() else overall
+      np.testing.assert_allclose(psi[c, j], want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(router.cost), np.asarray(data.cost),
+                             rtol=1e-6)
+  # The map was fitted on the other prompts: the centroids are k-means of
+  # the training prompts, which no representative is among.
+  assert not set(rep.ids) & {str(p) for p in np.delete(
+      np.asarray(data.prompt_ids), rows)}
+
+
+def test_an_llm_onboarded_later_equals_one_fitted_from_the_start(data, tmp_path):
+  full = fit_router(jax.random.key(2), data, maps=("kmeans",), clusters=(4,))
+  without = fit_router(jax.random.key(2), data.select_models([0, 1, 2]),
+                       maps=("kmeans",), clusters=(4,)).router
+  where = {str(p): i for i, p in enumerate(data.prompt_ids)}
+  rows = np.array([where[i] for i in without.representatives.ids])
+  late = without.onboard(data.model_names[3], np.asarray(data.loss)[rows, 3:],
+                         np.asarray(data.cost)[3:],
+                         mask=np.asarray(data.mask)[rows, 3:])
+  assert late.models == full.router.models
+  np.testing.assert_array_equal(np.asarray(late.psi), np.asarray(full.router.psi))
+  np.testing.assert_array_equal(np.asarray(late.counts),
+                                np.asarray(full.router.counts))
+  again = ur.Router.load(late.save(tmp_path / "late.npz"))
+  np.testing.assert_array_equal(np.asarray(again.representatives.membership),
+                                np.asarray(late.representatives.membership))
+
+
+def test_the_search_keeps_the_map_with_the_larger_held_out_area(data):
+  key = jax.random.key(3)
+  fitted = fit_router(key, data, clusters=(3, 6), num_trials=2)
+  report = fitted.report
+  assert set(report.scores) == {"kmeans", "learned"}
+  best = max(report.scores, key=lambda k: report.scores[k].area)
+  assert report.map == best
+  assert report.num_clusters in report.scores[best].chosen_clusters.tolist()
+  assert fitted.router.kind == {"kmeans": "kmeans", "learned": "learned_map"}[best]
+  # The scores are the fixed-pool protocol's, trial for trial.
+  choose_key, _ = jax.random.split(key)
+  evaluation = protocol.evaluate(
+      choose_key, data, num_trials=2, fixed_pool=True, val_frac=0.2,
+      test_frac=0.2, methods=[candidate_method("kmeans", (3, 6))])
+  np.testing.assert_allclose(report.scores["kmeans"].area_per_trial,
+                             np.asarray(evaluation.methods["kmeans"].trials.area))
+
+
+def test_fit_router_refuses_what_cannot_be_fitted(data):
+  with pytest.raises(ValueError, match="map must be one of kmeans, learned"):
+    fit_router(jax.random.key(0), data, maps=("tree",))
+  sparse = data._replace(mask=np.asarray(data.mask).copy())
+  sparse.mask[:, 2] = False
+  sparse.mask[0, 2] = True
+  with pytest.raises(ValueError, match="no label on the 80 representative"):
+    fit_router(jax.random.key(0), sparse, maps=("kmeans",), clusters=(3,))
