@@ -94,7 +94,8 @@ def test_interrupting_a_run_prints_one_line_and_leaves_no_file(
     (["evaluate", "--format", "embedllm"], "--data is required with --format embedllm"),
     (["evaluate", "--format", "embedllm", "--data", "/no/such/dir"], "/no/such/dir"),
     (["evaluate", "--format", "routerbench", "--data", "/no/such.csv"], "/no/such.csv"),
-    (["evaluate", "--format", "long", "--data", "x.csv"], "--embeddings is required"),
+    (["evaluate", "--format", "long", "--data", "x.csv", "--costs", "c.csv"],
+     "not found: 'x.csv'"),
     (["evaluate", "--format", "csv", "--data", "x"], "invalid choice: 'csv'"),
     (["evaluate", "--format", "synthetic", "--json", "/no/such/dir/out.json"],
      "folder /no/such/dir does not exist"),
@@ -144,38 +145,113 @@ def test_evaluate_on_the_shared_data(tmp_path, capsys, fmt, folder):
     assert 0.0 < doc["methods"][name]["area"] < 1.0
 
 
-def test_build_router_then_route(tmp_path, capsys):
-  """The saved router routes like the Python API; the CSV has one row per
-  prompt and lambda; outputs are never overwritten."""
+def test_fit_then_route(tmp_path, capsys):
+  """The saved router is the Python API's fit_router; route writes one row
+  per prompt and lambda with the chosen LLM, its cluster, every LLM's
+  predicted loss and the cost, in CSV or JSONL; outputs are never
+  overwritten."""
+  import csv
+
   import jax
   import numpy as np
-  from uniroute_jax import Router, make_synthetic
-  router_path, prompts, out = (tmp_path / "r.npz", tmp_path / "p.npz",
-                               tmp_path / "c.csv")
+  from uniroute_jax import Router, fit_router, make_synthetic
+  router_path, prompts = tmp_path / "r.npz", tmp_path / "p.npz"
   assert cli.main(["build-router", "--format", "synthetic", "--prompts", "600",
-                   "--llms", "5", "--clusters", "8", "--out", str(router_path)]) == 0
-  assert "kmeans map with 8 clusters of 600 prompts, 5 LLMs" in capsys.readouterr().out
+                   "--llms", "5", "--map", "kmeans", "--clusters", "8",
+                   "--out", str(router_path)]) == 0
+  out = capsys.readouterr().out
+  assert "kmeans map with K = 8, fitted on 480 prompts; 5 LLMs" in out
+  assert "represented on 120 representative prompts" in out
+  assert "--lambda (loss per unit of cost) changes choices between" in out
   router = Router.load(router_path)
   data = make_synthetic(jax.random.key(0), num_prompts=600, num_models=5)
-  assert router.models == tuple(data.model_names) and router.num_clusters == 8
+  expected = fit_router(jax.random.key(0), data, maps=("kmeans",),
+                        clusters=(8,)).router
+  np.testing.assert_array_equal(np.asarray(router.psi), np.asarray(expected.psi))
+  assert router.representatives.ids == expected.representatives.ids
   x = make_synthetic(jax.random.key(1), num_prompts=50, num_models=5).embeddings[:9]
   ids = np.array([f"q{i}" for i in range(9)])
   np.savez(prompts, prompt_ids=ids, embeddings=x)
-  argv = ["route", "--router", str(router_path), "--embeddings", str(prompts),
-          "--lambda", "0,50", "--models", "llm-01,llm-03,llm-04", "--out", str(out)]
-  assert cli.main(argv) == 0
-  lines = out.read_text().splitlines()
-  assert lines[0] == "prompt_id,lambda,model,predicted_loss" and len(lines) == 19
-  expected = router.route(x, np.array([0.0, 50.0], router.dtype),
-                          models=["llm-01", "llm-03", "llm-04"]).choice
-  got = [line.split(",") for line in lines[1:]]
-  assert [row[0] for row in got[:9]] == ids.tolist()
-  assert [row[2] for row in got] == [router.models[j] for j in
-                                     np.asarray(expected).ravel()]
-  before = out.read_text()
-  assert cli.main(argv) == 2
-  assert "already exists" in capsys.readouterr().err
-  assert out.read_text() == before
+  pool = ["llm-01", "llm-03", "llm-04"]
+  want = np.asarray(router.route(x, np.array([0.0, 50.0], router.dtype),
+                                 models=pool).choice).ravel()
+  gamma = np.asarray(router.predicted_loss(x))
+  cluster = np.asarray(router.membership(x))
+  for suffix in ("csv", "jsonl"):
+    out = tmp_path / f"c.{suffix}"
+    argv = ["route", str(router_path), str(prompts), "--lambda", "0,50",
+            "--models", ",".join(pool), "-o", str(out)]
+    assert cli.main(argv) == 0
+    if suffix == "csv":
+      rows = list(csv.DictReader(out.open()))
+      assert list(rows[0]) == ["prompt_id", "lambda", "model", "cluster",
+                               "predicted_loss", "cost"] + [
+                                   f"predicted_loss:{m}" for m in pool]
+      losses = [[float(r[f"predicted_loss:{m}"]) for m in pool] for r in rows]
+    else:
+      rows = [json.loads(line) for line in out.read_text().splitlines()]
+      losses = [[r["predicted_losses"][m] for m in pool] for r in rows]
+    assert len(rows) == 18 and [r["prompt_id"] for r in rows[:9]] == ids.tolist()
+    assert [r["model"] for r in rows] == [router.models[j] for j in want]
+    assert [int(r["cluster"]) for r in rows] == cluster.tolist() * 2
+    np.testing.assert_allclose(
+        losses, np.tile(gamma[:, [1, 3, 4]], (2, 1)), rtol=1e-5)
+    np.testing.assert_allclose([float(r["cost"]) for r in rows],
+                               np.asarray(router.cost)[want], rtol=1e-5)
+    before = out.read_text()
+    assert cli.main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+def test_route_at_a_budget_matches_a_brute_force_sweep(tmp_path, capsys):
+  """--max-cost-per-prompt and --min-quality route at the lambda a sweep of
+  lambdas would pick, and say what it predicts."""
+  import jax
+  import numpy as np
+  from uniroute_jax import Router, make_synthetic
+  router_path = tmp_path / "r.npz"
+  assert cli.main(["fit", "--format", "synthetic", "--prompts", "400",
+                   "--llms", "4", "--map", "kmeans", "--clusters", "6",
+                   "--out", str(router_path)]) == 0
+  router = Router.load(router_path)
+  x = np.asarray(make_synthetic(jax.random.key(5), num_prompts=80,
+                                num_models=4).embeddings)
+  np.save(tmp_path / "p.npy", x)
+  gamma, cost = np.asarray(router.predicted_loss(x)), np.asarray(router.cost)
+  lambdas = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 4000)])
+  choices = np.asarray(router.route(x, lambdas.astype(router.dtype)).choice)
+  spent = cost[choices].mean(axis=1)
+  quality = 1 - gamma[np.arange(x.shape[0])[None, :], choices].mean(axis=1)
+  budget = float(np.quantile(spent, 0.5)) * 1.0001
+  target = float(np.quantile(quality, 0.3)) - 1e-4
+  capsys.readouterr()
+  for flag, value in (("--max-cost-per-prompt", budget),
+                      ("--min-quality", target)):
+    out = tmp_path / f"{flag[2:]}.csv"
+    assert cli.main(["route", str(router_path), str(tmp_path / "p.npy"),
+                     flag, repr(value), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "meets it: predicted quality" in printed
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    got_cost = np.mean([float(r[5]) for r in rows])
+    got_quality = 1 - np.mean([float(r[4]) for r in rows])
+    if flag == "--max-cost-per-prompt":
+      assert got_cost <= budget + 1e-6
+      assert got_quality == pytest.approx(quality[spent <= budget].max(),
+                                          abs=1e-5)
+    else:
+      assert got_quality >= target - 1e-6
+      assert got_cost == pytest.approx(spent[quality >= target].min(),
+                                       rel=1e-5)
+  if cost.min() > 0:
+    assert cli.main(["route", str(router_path), str(tmp_path / "p.npy"),
+                     "--max-cost-per-prompt", "0", "-o",
+                     str(tmp_path / "x.csv")]) == 2
+    assert "is below the cheapest routing" in capsys.readouterr().err
+  assert cli.main(["route", str(router_path), str(tmp_path / "p.npy"),
+                   "--min-quality", "1", "-o", str(tmp_path / "y.csv")]) == 2
+  assert "is above the best predicted quality" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, match", [
@@ -184,7 +260,7 @@ def test_build_router_then_route(tmp_path, capsys):
 ])
 def test_route_bad_input_is_one_line(tmp_path, capsys, extra, match):
   router_path = tmp_path / "r.npz"
-  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "300",
+  assert cli.main(["fit", "--map", "kmeans", "--format", "synthetic", "--prompts", "300",
                    "--llms", "4", "--out", str(router_path)]) == 0
   import numpy as np
   np.save(tmp_path / "p.npy", np.zeros((3, 32), np.float32))
@@ -196,27 +272,21 @@ def test_route_bad_input_is_one_line(tmp_path, capsys, extra, match):
   assert not (tmp_path / "c.csv").exists()
 
 
-def test_build_router_with_a_learned_map(tmp_path, capsys):
-  """--map learned saves the documented router: k-means Psi as the map's
-  target, a softmax-dense map, soft Psi of every LLM."""
+def test_fit_with_a_learned_map(tmp_path, capsys):
+  """--map learned saves the Python API's router: a softmax-dense map on the
+  training prompts, soft Psi of every LLM on the representatives."""
   import jax
   import numpy as np
-  from uniroute_jax import Router, cluster_errors, fit_cluster_map, make_synthetic
+  from uniroute_jax import Router, fit_router, make_synthetic
   path = tmp_path / "r.npz"
-  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "400",
+  assert cli.main(["fit", "--format", "synthetic", "--prompts", "400",
                    "--llms", "4", "--clusters", "5", "--map", "learned",
                    "--seed", "2", "--out", str(path)]) == 0
-  assert "learned map with 5 clusters" in capsys.readouterr().out
+  assert "learned map with K = 5" in capsys.readouterr().out
   saved = Router.load(path)
   data = make_synthetic(jax.random.key(2), num_prompts=400, num_models=4)
-  kmeans_key, map_key = jax.random.split(jax.random.key(2))
-  hard = Router.from_kmeans(kmeans_key, data.embeddings, num_clusters=5)
-  psi = cluster_errors(hard.membership(data.embeddings), data.loss, num_clusters=5,
-                       mask=data.mask).psi
-  fitted = fit_cluster_map(map_key, data.embeddings, data.loss, psi,
-                           mask=data.mask, hidden=(), batch_norm=False)
-  expected = Router.from_cluster_map(fitted).add_models(
-      list(data.model_names), data.embeddings, data.loss, data.cost, mask=data.mask)
+  expected = fit_router(jax.random.key(2), data, maps=("learned",),
+                        clusters=(5,)).router
   assert saved.kind == "learned_map" and saved.models == expected.models
   np.testing.assert_array_equal(saved.predicted_loss(data.embeddings[:20]),
                                 expected.predicted_loss(data.embeddings[:20]))

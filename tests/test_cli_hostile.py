@@ -20,7 +20,8 @@ def run(argv, capsys):
   code = cli.main([str(a) for a in argv])
   out, err = capsys.readouterr()
   assert "Traceback" not in err
-  return code, out, [line for line in err.splitlines() if not line.startswith(("[", "  trials"))]
+  return code, out, [line for line in err.splitlines()
+                     if not line.startswith(("[", "  "))]   # progress lines
 
 
 def fails(argv, capsys, match):
@@ -118,7 +119,7 @@ def test_long_format_messages_name_flags_not_arguments(tmp_path, capsys):
   fails(["evaluate", *base, "--score-column", "ok"], capsys,
         "has no column 'prompt_id'")
   # With every column named, the log's own per-row costs are used.
-  code, stdout, _ = run(["build-router", *base, "--score-column", "ok",
+  code, stdout, _ = run(["fit", "--map", "kmeans", *base, "--score-column", "ok",
                          "--prompt-column", "q", "--model-column", "llm",
                          "--clusters", "3", "--out", tmp_path / "r.npz"], capsys)
   assert code == 0 and "4 LLMs (tiny-llm, mid-llm, coder-llm, big-llm)" in stdout
@@ -144,12 +145,23 @@ def test_protocol_messages_name_flags(capsys, argv, match):
   assert "_frac" not in fails(argv, capsys, match)
 
 
-def test_default_clusters_on_tiny_data_says_which_flag_to_set(tmp_path, capsys):
+def test_tiny_data_says_which_flags_set_its_split(tmp_path, capsys):
   data, embeddings, costs = write_traffic(tmp_path, prompts=2)
-  fails(["build-router", "--format", "long", "--data", data, "--embeddings",
+  fails(["fit", "--format", "long", "--data", data, "--embeddings",
          embeddings, "--costs", costs, "--out", tmp_path / "r.npz"], capsys,
-        "the data has 2 prompt(s), fewer than the default 3 clusters; set "
-        "--clusters")
+        "--data holds 2 prompt(s), too few to fit a router: it needs training,"
+        " representative (--representatives 0.2) and held-out (--holdout 0.2)")
+  (tmp_path / "more").mkdir()
+  data, embeddings, costs = write_traffic(tmp_path / "more", prompts=40)
+  fails(["fit", "--format", "long", "--data", data, "--embeddings",
+         embeddings, "--costs", costs, "--clusters", "30", "--out",
+         tmp_path / "r.npz"], capsys,
+        "--clusters must be at most the 24 training prompts of a selection "
+        "trial, got 30")
+  fails(["fit", "--format", "long", "--data", data, "--embeddings",
+         embeddings, "--costs", costs, "--representatives", "0.5",
+         "--holdout", "0.5", "--out", tmp_path / "r.npz"], capsys,
+        "--representatives + --holdout must be below 1, got 0.5 + 0.5")
 
 
 # --------------------------------------------- labels: reported, never silent
@@ -163,14 +175,14 @@ def test_build_router_reports_missing_labels_and_uncovered_clusters(
       tmp_path, drop=lambda i, m: m == "big-llm" and i % 2 == 0,
       nan_label=lambda i, m: m == "mid-llm" and i < 7)
   out = tmp_path / "r.npz"
-  code, stdout, err = run(["build-router", "--format", "long", "--data", data,
+  code, stdout, err = run(["fit", "--map", "kmeans", "--format", "long", "--data", data,
                            "--embeddings", embeddings, "--cost-column", "cost",
-                           "--clusters", "40", "--out", out], capsys)
+                           "--clusters", "12", "--out", out], capsys)
   assert code == 0 and out.exists()
   assert "Missing labels (masked, never guessed): mid-llm 7, big-llm 60" in stdout
   assert len(err) == 1 and err[0].startswith("uniroute: warning: ")
-  assert "have labelled prompts in only some of the 40 clusters" in err[0]
-  assert "'big-llm'" in err[0] and "--clusters" in err[0]
+  assert "have labelled prompts in only some of the 12 clusters" in err[0]
+  assert "--clusters" in err[0]
 
 
 def test_an_llm_without_any_label_is_an_error(tmp_path, capsys):
@@ -188,7 +200,7 @@ def test_more_clusters_than_distinct_prompts_warns_in_one_line(tmp_path, capsys)
   data, _, costs = write_traffic(tmp_path, prompts=6)
   embeddings = tmp_path / "same.npy"
   np.save(embeddings, np.repeat(np.eye(2, 8, dtype=np.float32), 3, axis=0))
-  code, _, err = run(["build-router", "--format", "long", "--data", data,
+  code, _, err = run(["fit", "--map", "kmeans", "--format", "long", "--data", data,
                       "--embeddings", embeddings, "--costs", costs,
                       "--clusters", "3", "--out", tmp_path / "r.npz"], capsys)
   assert code == 0
@@ -203,7 +215,7 @@ def test_more_clusters_than_distinct_prompts_warns_in_one_line(tmp_path, capsys)
 
 def test_route_refuses_repeated_prompt_ids(tmp_path, capsys):
   router = tmp_path / "r.npz"
-  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "300",
+  assert cli.main(["fit", "--map", "kmeans", "--format", "synthetic", "--prompts", "300",
                    "--llms", "4", "--clusters", "4", "--out", str(router)]) == 0
   capsys.readouterr()
   prompts = tmp_path / "p.npz"
@@ -307,7 +319,7 @@ def test_a_table_never_shows_nan(capsys):
 @pytest.fixture(scope="module")
 def saved_router(tmp_path_factory):
   path = tmp_path_factory.mktemp("router") / "r.npz"
-  assert cli.main(["build-router", "--format", "synthetic", "--prompts", "300",
+  assert cli.main(["fit", "--map", "kmeans", "--format", "synthetic", "--prompts", "300",
                    "--llms", "4", "--clusters", "4", "--out", str(path)]) == 0
   return path
 

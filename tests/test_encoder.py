@@ -193,7 +193,7 @@ def test_text_to_decisions_on_the_command_line(tmp_path, capsys, encoder):
                              atol=2e-6)
   assert stored["prompt_ids"].tolist() == [i for i, _ in logged]
   router = tmp_path / "r.npz"
-  assert cli.main(["build-router", "--format", "long", "--data",
+  assert cli.main(["fit", "--map", "kmeans", "--format", "long", "--data",
                    str(tmp_path / "traffic.csv"), "--embeddings", str(emb),
                    "--cost-column", "cost", "--clusters", "2", "--out",
                    str(router)]) == 0
@@ -360,12 +360,12 @@ def test_embed_refuses_before_any_work(tmp_path, capsys, argv, match):
 
 def test_a_second_ctrl_c_does_not_break_the_cleanup():
   from uniroute_jax import cli
-  cli._interrupted[0] = False
+  cli.common.interrupted[0] = False
   with pytest.raises(KeyboardInterrupt):
-    cli._on_interrupt(2, None)
-  cli._on_interrupt(2, None)          # already stopping: ignored
-  assert cli._interrupted[0]
-  cli._interrupted[0] = False
+    cli.common.on_interrupt(2, None)
+  cli.common.on_interrupt(2, None)          # already stopping: ignored
+  assert cli.common.interrupted[0]
+  cli.common.interrupted[0] = False
 
 
 def test_routers_refuse_prompts_from_another_encoder(tmp_path, capsys, encoder):
@@ -381,7 +381,7 @@ def test_routers_refuse_prompts_from_another_encoder(tmp_path, capsys, encoder):
     for i in range(30):
       writer.writerows([(i, "a", i % 2, 1.0), (i, "b", 1 - i % 2, 1.0)])
   assert cli.main(["embed", str(tmp_path / "p.txt"), "-o", str(tmp_path / "e.npz")]) == 0
-  assert cli.main(["build-router", "--format", "long", "--data",
+  assert cli.main(["fit", "--map", "kmeans", "--format", "long", "--data",
                    str(tmp_path / "log.csv"), "--embeddings", str(tmp_path / "e.npz"),
                    "--cost-column", "cost", "--clusters", "2", "--out",
                    str(tmp_path / "r.npz")]) == 0

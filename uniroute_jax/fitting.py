@@ -49,6 +49,21 @@ def candidate_method(kind: str, clusters=None) -> protocol.Method:
       f"{name('map')} must be one of {', '.join(MAPS)}, got {kind!r}"))
 
 
+def default_cluster_grid(n_train: int, n_rep: int) -> tuple[int, ...]:
+  """Candidate K from 3 to representative prompts / 10, at most 8 of them.
+
+  The paper's grid (3 .. validation prompts / 50, App. F.1) is made for
+  thousands of validation prompts; a log of a few hundred would get K = 3
+  alone. Ten representative prompts a cluster on average keep each LLM's
+  per-cluster error an average of several labels, and the held-out
+  prompts decide among the candidates.
+  """
+  high = max(3, n_rep // 10)
+  values = np.unique(np.round(np.geomspace(3, high, 8)).astype(int)) if (
+      high > 3) else np.array([3])
+  return tuple(int(k) for k in values if k <= n_train) or (n_train,)
+
+
 class MapScore(NamedTuple):
   """How one candidate map did on the held-out prompts.
 
@@ -100,8 +115,7 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
     data: every LLM's labels on the prompts (missing labels masked); the
       router ranks each LLM by its mean cost over the prompts.
     maps: the candidate map kinds, among :data:`MAPS`.
-    clusters: candidate K; default the protocol's grid (3 .. representative
-      prompts / 50).
+    clusters: candidate K; default :func:`default_cluster_grid`.
     representative_frac: the share of the prompts every LLM is represented
       on (kept by the router for onboarding).
     holdout_frac: the share held out of each selection trial to score the
@@ -126,7 +140,7 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
   choose_key, fit_key = jax.random.split(key)
   grid = clusters
   if grid is None:
-    grid = protocol.default_cluster_grid(n_train, n_rep)
+    grid = default_cluster_grid(n_train, n_rep)
   grid = tuple(int(k) for k in
                protocol.methods.candidate_array("clusters", grid, n_train,
                                                 f"the {n_train} training "
@@ -199,4 +213,4 @@ def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float
 
 
 __all__ = ["FitReport", "FittedRouter", "MAPS", "MapScore", "candidate_method",
-           "fit_router"]
+           "default_cluster_grid", "fit_router"]

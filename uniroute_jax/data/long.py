@@ -26,14 +26,18 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
               model_column: str = "model", score_column: str | None = None,
-              cost_column: str | None = None, costs=None) -> RoutingData:
+              cost_column: str | None = None, costs=None,
+              text_column: str | None = None) -> RoutingData:
   """Loads a long table: one row per (prompt, model) with a score in [0, 1].
 
   Args:
     path: a ``.csv`` file, or a ``.parquet`` / ``.pq`` file (needs pyarrow).
     embeddings: a ``.npy`` / ``.npz`` file of prompt embeddings, read by
       :func:`uniroute_jax.data.load_embeddings`; a ``.npy`` must follow the
-      prompt order below (first appearance in the table).
+      prompt order below (first appearance in the table). Or a callable
+      that embeds text: ``embeddings(texts)`` gets each prompt's text (from
+      ``text_column``) in that order and returns [n, d] embeddings, e.g.
+      :class:`uniroute_jax.encoder.MiniLM`.
     prompt_column: the column of prompt ids (read as strings).
     model_column: the column of model names.
     score_column: the column of scores / correctness in [0, 1] (``True`` /
@@ -46,6 +50,9 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
     costs: per-model costs instead of ``cost_column``: a mapping from model
       name to cost, or a CSV path with a ``model_name`` column and a numeric
       cost column (``cost`` if present, otherwise its only numeric column).
+    text_column: with a callable ``embeddings``, the column of prompt text
+      (default ``prompt_column``: the ids are the text, as in a log of
+      prompts); every row of a prompt must hold the same text.
 
   Returns:
     A validated :class:`RoutingData`. Prompts and models are in order of
@@ -61,7 +68,11 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
       missing cost, or neither / both of ``cost_column`` and ``costs``.
   """
   path = checks.file_path("path", path)
-  checks.file_path("embeddings", embeddings)
+  embed = embeddings if callable(embeddings) else None
+  if embed is None:
+    checks.file_path("embeddings", embeddings)
+  elif text_column is None:
+    text_column = prompt_column
   if (cost_column is None) == (costs is None):
     given = "both were given" if costs is not None else "neither was given"
     raise checks.ArgumentError(lambda name: (
@@ -79,6 +90,8 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
   wanted = [prompt_column, model_column, score_column]
   wanted += [cost_column] if cost_column is not None else []
   roles = ("prompt_column", "model_column", "score_column", "cost_column")
+  if embed is not None and text_column != prompt_column:
+    wanted, roles = wanted + [text_column], roles[:len(wanted)] + ("text_column",)
   for i, a in enumerate(wanted):
     for j in range(i):
       if wanted[j] == a:
@@ -110,11 +123,41 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
                              cost_column)
   else:
     cost = model_costs(costs, model_names, preferred=("cost",))
+  if embed is None:
+    matrix = load_embeddings(embeddings, prompt_ids)
+  else:
+    texts = (prompt_ids if text_column == prompt_column else
+             _prompt_texts(columns(text_column), prompt_pos, prompt_ids, path,
+                           text_column))
+    matrix = _embedded(embed, texts)
   return RoutingData(
-      embeddings=load_embeddings(embeddings, prompt_ids), loss=loss, mask=mask,
+      embeddings=matrix, loss=loss, mask=mask,
       cost=cost, model_names=tuple(model_names),
       prompt_ids=np.asarray(prompt_ids),
       label_counts=counts.astype(np.int32)).validate()
+
+
+def _prompt_texts(values, prompt_pos, prompt_ids, path, column) -> list[str]:
+  """Each prompt's text: the same in every row of the prompt."""
+  texts = [None] * len(prompt_ids)
+  first = [0] * len(prompt_ids)
+  for row, (i, value) in enumerate(zip(prompt_pos.tolist(), values)):
+    text = "" if value is None else str(value)
+    if texts[i] is None:
+      texts[i], first[i] = text, row
+    elif texts[i] != text:
+      raise ValueError(
+          f"{path!r} column {column!r} gives prompt {prompt_ids[i]!r} two "
+          f"texts, in data rows {first[i]} and {row}")
+  return texts
+
+
+def _embedded(embed, texts) -> np.ndarray:
+  matrix = np.asarray(embed(list(texts)))
+  if matrix.ndim != 2 or matrix.shape[0] != len(texts):
+    raise ValueError(f"the embedder returned shape {matrix.shape} for "
+                     f"{len(texts)} texts; expected [{len(texts)}, d]")
+  return matrix
 
 
 def _per_prompt_costs(row_cost, observed, cell, n, model_names, path, column

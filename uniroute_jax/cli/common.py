@@ -1,0 +1,183 @@
+"""What every command shares: argument types, output files, progress,
+Ctrl-C and how errors and warnings are printed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report it
+
+# The flag of each library argument a message may name (see
+# checks.ArgumentError), so that errors speak the command line's language.
+FLAGS = {
+    "embeddings": "--embeddings", "costs": "--costs",
+    "cost_column": "--cost-column", "score_column": "--score-column",
+    "prompt_column": "--prompt-column", "model_column": "--model-column",
+    "val_frac": "--val-frac", "test_frac": "--test-frac",
+    "test_model_frac": "--test-llm-frac", "models": "--models",
+    "num_clusters": "--clusters", "column": "--column",
+    "id_column": "--id-column", "truncation": "--truncation",
+    "max_length": "--max-length", "batch_size": "--batch-size",
+    "cache": "--cache", "text_column": "--text-column",
+    "representative_frac": "--representatives", "holdout_frac": "--holdout",
+}
+
+
+class UsageError(Exception):
+  pass
+
+
+class Parser(argparse.ArgumentParser):
+  """An ArgumentParser whose errors are one line and exit 2."""
+
+  def error(self, message):  # argparse's hook
+    raise UsageError(f"{self.prog}: error: {message}")
+
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+  return value
+
+
+def fraction(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+  if not 0.0 < value < 1.0:
+    raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+  return value
+
+
+def seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if not 0 <= value < 2 ** 32:   # what jax.random.key takes on every backend
+    raise argparse.ArgumentTypeError(
+        f"expected an integer in [0, 2**32), got {text!r}")
+  return value
+
+
+def nonnegative_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected a non-negative number, got {text!r}") from None
+  if not 0.0 <= value < float("inf"):
+    raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value}")
+  return value
+
+
+def lambda_list(text: str) -> tuple[float, ...]:
+  try:
+    values = tuple(float(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    values = ()
+  if not values or not all(v >= 0 and v < float("inf") for v in values):
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated non-negative numbers, got {text!r}")
+  return values
+
+
+def name_list(text: str) -> tuple[str, ...]:
+  names = tuple(n.strip() for n in text.split(",") if n.strip())
+  if not names:
+    raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+  return names
+
+
+def new_file(flag: str, path: str) -> None:
+  """Fails before any work when ``path`` cannot be created."""
+  if not path or path.endswith(("/", os.sep)) or os.path.isdir(path):
+    raise ValueError(f"{flag}: expected the name of a new file, got {path!r}")
+  if os.path.lexists(path):
+    raise ValueError(f"{flag}: {path} already exists; it is never overwritten")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise ValueError(f"{flag}: folder {folder} does not exist")
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise ValueError(f"{flag}: folder {folder} is not writable")
+
+
+def write_new(flag: str, path: str, write=None, *, text: str | None = None
+               ) -> None:
+  """Writes a new file whole or not at all (never over an existing one):
+  ``text``, or what ``write(binary file)`` writes."""
+  from uniroute_jax import io
+  stop_if_interrupted()
+  try:
+    if text is not None:
+      io.atomic_write(path, lambda f: f.write(text), binary=False)
+    else:
+      io.atomic_write(path, write)
+  except FileExistsError:
+    raise ValueError(f"{flag}: {path} appeared while running; it is never "
+                     f"overwritten") from None
+
+
+def progress_printer(unit: str, *, quiet_up_to: int = 0):
+  """``on_progress(done, total)`` printing each tenth on stderr (nothing
+  for totals up to ``quiet_up_to``); it is also where a remembered Ctrl-C
+  stops the work."""
+  shown = [-1]
+
+  def show(done: int, total: int) -> None:
+    stop_if_interrupted()
+    tenth = (10 * done) // total
+    if tenth != shown[0] and total > quiet_up_to:
+      shown[0] = tenth
+      print(f"  {unit} {done}/{total}", file=sys.stderr, flush=True)
+
+  return show
+
+
+def one_line_warning(message, category, filename, lineno, file=None,
+                      line=None) -> None:
+  del category, filename, lineno, file, line
+  print(f"uniroute: warning: {error_text(message)}", file=sys.stderr)
+
+
+def error_text(err: Exception) -> str:
+  """The first line of an error, naming flags where it names arguments."""
+  render = getattr(err, "render", None)
+  text = render(FLAGS.get) if callable(render) else str(err)
+  return text.splitlines()[0] if text else type(err).__name__
+
+
+# Ctrl-C raises KeyboardInterrupt wherever Python is; when that is a
+# garbage-collector callback or a finaliser (JAX runs one on every
+# collection), Python swallows it and goes on. So the interrupt is also
+# remembered, and checked between trials and batches and before any output
+# is written: the command still stops, writes nothing and exits 130.
+interrupted = [False]
+
+
+def on_interrupt(signum, frame) -> None:
+  del signum, frame
+  if interrupted[0]:
+    return        # already stopping: a second Ctrl-C must not break cleanup
+  interrupted[0] = True
+  raise KeyboardInterrupt
+
+
+def stop_if_interrupted() -> None:
+  if interrupted[0]:
+    raise KeyboardInterrupt
+
+
+def quiet_when_interrupted(unraisable) -> None:
+  """sys.unraisablehook: a swallowed Ctrl-C prints no traceback (it is
+  remembered by the handler); anything else is reported as usual."""
+  if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+    sys.__unraisablehook__(unraisable)

@@ -1,0 +1,255 @@
+"""``uniroute demo`` and ``uniroute evaluate``: the paper's protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from uniroute_jax.cli import common, encoding, inputs
+
+_DEFAULT_TEST_LLM_FRAC = 1 / 3
+
+
+def add_parsers(commands) -> None:
+  demo = commands.add_parser(
+      "demo", help="route synthetic prompts to unseen LLMs and compare routers",
+      description=(
+          "Generate a synthetic routing problem, fit k-means on training "
+          "prompts, represent UNSEEN test LLMs by their validation errors, "
+          "route the test prompts and compare ZeroRouter, K-NN, UniRoute "
+          "(K-means) and the per-prompt oracle."))
+  demo.add_argument("--prompts", type=common.positive_int,
+                    default=inputs.SYNTHETIC_PROMPTS,
+                    help=f"number of prompts (default {inputs.SYNTHETIC_PROMPTS})")
+  demo.add_argument("--llms", type=common.positive_int,
+                    default=inputs.SYNTHETIC_LLMS,
+                    help=f"number of LLMs; a third are held out (default "
+                         f"{inputs.SYNTHETIC_LLMS})")
+  _add_protocol_arguments(demo, trials=5)
+
+  evaluate = commands.add_parser(
+      "evaluate", help="the paper's evaluation protocol on a dataset",
+      description=(
+          "Run the paper's protocol: random prompt splits, an unseen pool of "
+          "test LLMs, hyper-parameters chosen on the training LLMs only, "
+          "mean deferral curves over many trials and sign tests. With "
+          "--fixed-pool: routing among all of the data's LLMs instead."))
+  inputs.add_data_arguments(evaluate)
+  _add_protocol_arguments(evaluate, trials=10)
+  evaluate.add_argument(
+      "--fixed-pool", action="store_true",
+      help="route among every LLM of the data, each seen in training (the "
+           "routers see every LLM's validation labels; test prompts stay "
+           "held out): what routing buys on your own pool")
+  encoding.add_encoder_arguments(evaluate)
+
+
+def run_demo(args) -> int:
+  args.format, args.data, args.embeddings, args.costs = ("synthetic", None,
+                                                         None, None)
+  args.fixed_pool = False
+  return _run(args, "synthetic data")
+
+
+def run_evaluate(args) -> int:
+  return _run(args, args.data if args.format != "synthetic"
+              else "synthetic data")
+
+
+def _method_list(text: str) -> tuple[str, ...]:
+  from uniroute_jax import protocol
+  names = tuple(n.strip() for n in text.split(",") if n.strip())
+  unknown = [n for n in names if n not in protocol.BUILT_IN]
+  if not names or unknown:
+    raise argparse.ArgumentTypeError(
+        f"expected a comma-separated list of {','.join(protocol.BUILT_IN)}, "
+        f"got {text!r}")
+  if len(set(names)) != len(names):
+    raise argparse.ArgumentTypeError(f"each router may be named once, got {text!r}")
+  return names
+
+
+def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
+  p.add_argument("--seed", type=common.seed, default=0, help="random seed (default 0)")
+  p.add_argument("--trials", type=common.positive_int, default=trials,
+                 help=f"independent random trials (default {trials})")
+  p.add_argument("--val-frac", type=common.fraction, default=0.1,
+                 help="validation share of the prompts (default 0.1)")
+  p.add_argument("--test-frac", type=common.fraction, default=0.3,
+                 help="test share of the prompts (default 0.3)")
+  p.add_argument("--test-llm-frac", type=common.fraction, default=None,
+                 help="share of LLMs held out, unseen, for testing (default "
+                      "1/3)")
+  from uniroute_jax import protocol
+  p.add_argument("--methods", type=_method_list,
+                 default=protocol.DEFAULT_METHODS,
+                 help=f"comma-separated routers among {','.join(protocol.BUILT_IN)}"
+                      f" (default {','.join(protocol.DEFAULT_METHODS)}); mlp and "
+                      "matfac are clairvoyant upper bounds")
+  p.add_argument("--clusters", type=common.positive_int, default=None,
+                 help="fix K for UniRoute (default: chosen per trial from 3 .. "
+                      "validation prompts / 50 on the training LLMs)")
+  p.add_argument("--neighbors", type=common.positive_int, default=None,
+                 help="fix k for K-NN (default: chosen per trial from 5 .. "
+                      "validation prompts / 3)")
+  p.add_argument("--psi-prior-strength", type=common.nonnegative_float, default=None,
+                 help="shrink every cluster's error towards the LLM's overall "
+                      "error by this many pseudo-prompts (default 0: the "
+                      "paper's plain cluster means)")
+  p.add_argument("--json", metavar="OUT", default=None,
+                 help="write every number to this JSON file (must not exist)")
+  p.add_argument("--plot", metavar="OUT.png", default=None,
+                 help="plot the mean deferral curves (needs matplotlib)")
+
+
+def _check_outputs(args) -> None:
+  """Fails before any work when an output cannot be written."""
+  outputs = [(flag, path) for flag, path in (("--json", args.json),
+                                              ("--plot", args.plot))
+             if path is not None]
+  for flag, path in outputs:
+    common.new_file(flag, path)
+  if len(outputs) == 2 and (os.path.abspath(args.json)
+                            == os.path.abspath(args.plot)):
+    raise ValueError(f"--json and --plot name the same file {args.json}")
+  if args.plot is not None:
+    try:
+      import matplotlib  # noqa: F401
+    except ImportError:
+      raise ValueError("--plot needs matplotlib: pip install "
+                       "'uniroute_jax[plot]'") from None
+    from uniroute_jax import report
+    suffix = os.path.splitext(args.plot)[1].lower().lstrip(".")
+    if suffix not in report.PLOT_FORMATS:
+      raise ValueError(f"--plot must end in one of "
+                       f"{', '.join('.' + f for f in report.PLOT_FORMATS)}, "
+                       f"got {args.plot}")
+
+
+def _run(args, source: str) -> int:
+  import jax
+  from uniroute_jax import protocol, report
+  from uniroute_jax.data import missing_labels
+
+  _check_outputs(args)
+  methods = _methods(args)
+  start = time.perf_counter()
+  print(f"[1/3] loading {source} ...", file=sys.stderr, flush=True)
+  if args.fixed_pool and args.test_llm_frac is not None:
+    raise ValueError("--test-llm-frac does not apply with --fixed-pool: every "
+                     "LLM is routed among")
+  test_llm_frac = (_DEFAULT_TEST_LLM_FRAC if args.test_llm_frac is None
+                   else args.test_llm_frac)
+  data = inputs.load(args).data
+  missing = inputs.labels(args, data)
+  n_train, n_val, n_test = protocol.split_sizes(data.num_prompts, args.val_frac,
+                                                args.test_frac)
+  if args.fixed_pool:
+    if data.num_models < 2:
+      raise ValueError(f"--fixed-pool needs at least 2 LLMs to route among; "
+                       f"the data has {data.num_models}")
+    m_train = m_test = data.num_models
+  else:
+    m_train, m_test = protocol.model_split_sizes(data.num_models, test_llm_frac)
+  if args.clusters and args.clusters > n_train:
+    raise ValueError(f"--clusters must be at most the {n_train} training "
+                     f"prompts of a trial, got {args.clusters}")
+  if args.neighbors and args.neighbors > min(n_train, n_val):
+    raise ValueError(f"--neighbors must be at most the {min(n_train, n_val)} "
+                     f"validation prompts of a trial, got {args.neighbors}")
+  pools = (f"all {m_test} LLMs, seen in training" if args.fixed_pool else
+           f"{m_train} training and {m_test} unseen test LLMs")
+  print(f"[2/3] {args.trials} trial(s): {n_train}/{n_val}/{n_test} "
+        f"train/validation/test prompts, {pools} per trial ...",
+        file=sys.stderr, flush=True)
+  evaluation = protocol.evaluate(
+      jax.random.key(args.seed), data, num_trials=args.trials,
+      methods=methods, val_frac=args.val_frac, test_frac=args.test_frac,
+      test_model_frac=test_llm_frac, fixed_pool=args.fixed_pool,
+      on_progress=common.progress_printer("trials"))
+  elapsed = time.perf_counter() - start
+  print(f"[3/3] done in {elapsed:.1f}s", file=sys.stderr, flush=True)
+
+  table = report.format_table(evaluation)   # refuses undefined results
+  print(f"{source}: {data.num_prompts} prompts x {data.num_models} LLMs; "
+        f"{args.trials} trial(s), seed {args.seed}")
+  inputs.print_missing(missing)
+  print(f"Per trial: {n_train} train / {n_val} validation / {n_test} test "
+        f"prompts; {pools}")
+  if not args.fixed_pool and m_test < data.num_models // 2 + 1 and (
+      data.num_models <= 6):
+    print(f"(Each trial routes among {m_test} of your {data.num_models} LLMs, "
+          "unseen in training; --fixed-pool measures routing among all of "
+          "them.)")
+  print()
+  print(table)
+  print()
+  print("Area, Area(50%): mean-curve quality integrated over relative cost "
+        "[0, 1] and [0, 0.5]; QNC: relative cost")
+  single = "LLM" if args.fixed_pool else "unseen LLM"
+  print(f"to match the best single {single}; vs best: per-trial wins-losses, "
+        f"exact sign test (* p < {evaluation.alpha}).")
+  if args.json is not None:
+    document = report.to_dict(
+        evaluation, dataset={"source": source, "prompts": data.num_prompts,
+                             "llms": data.num_models,
+                             "model_names": list(data.model_names),
+                             "missing_labels": missing_labels(data),
+                             "fixed_pool": bool(args.fixed_pool)},
+        seed=args.seed, wall_time_s=elapsed)
+    common.write_new("--json", args.json,
+               text=json.dumps(document, indent=1) + "\n")
+    print(f"Wrote {args.json}")
+  if args.plot is not None:
+    common.stop_if_interrupted()
+    try:
+      report.plot(evaluation, args.plot, title=f"{source}: mean deferral curves")
+    except FileExistsError:
+      raise ValueError(f"--plot: {args.plot} appeared while running; it is "
+                       f"never overwritten") from None
+    print(f"Wrote {args.plot}")
+  return 0
+
+
+# The router options each protocol flag sets, for the routers that have
+# them: (flag, its attribute, the options, whether the value becomes the one
+# candidate of a hyper-parameter search or the option itself).
+
+
+# The router options each protocol flag sets, for the routers that have
+# them: (flag, its attribute, the options, whether the value becomes the one
+# candidate of a hyper-parameter search or the option itself).
+_METHOD_FLAGS = (("--clusters", "clusters", ("clusters", "ranks"), True),
+                 ("--neighbors", "neighbors", ("neighbors",), True),
+                 ("--psi-prior-strength", "psi_prior_strength",
+                  ("prior_strength",), False))
+
+
+def _methods(args):
+  """The routers to evaluate, with the flags that set their options; a flag
+  that none of --methods has an option for is an error."""
+  from uniroute_jax import protocol
+  chosen = [protocol.BUILT_IN[name] for name in args.methods]
+  for flag, attribute, fields, _ in _METHOD_FLAGS:
+    value = getattr(args, attribute)
+    if value is None:
+      continue
+    if not any(hasattr(m, f) for m in chosen for f in fields):
+      takers = [name for name, m in protocol.BUILT_IN.items()
+                if any(hasattr(m, f) for f in fields)]
+      raise ValueError(
+          f"{flag} applies to the routers {','.join(takers)}, none of which "
+          f"is in --methods {','.join(args.methods)}")
+  methods = []
+  for method in chosen:
+    changes = {}
+    for _, attribute, fields, candidate in _METHOD_FLAGS:
+      value = getattr(args, attribute)
+      for field in fields:
+        if value is not None and hasattr(method, field):
+          changes[field] = (value,) if candidate else value
+    methods.append(method.replace(**changes) if changes else method)
+  return methods

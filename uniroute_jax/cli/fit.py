@@ -1,0 +1,153 @@
+"""``uniroute fit`` (also ``build-router``): a router for one's own pool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from uniroute_jax.cli import common, encoding, inputs
+
+
+def _cluster_list(text: str) -> tuple[int, ...]:
+  values = []
+  for part in text.split(","):
+    if part.strip():
+      values.append(common.positive_int(part.strip()))
+  if not values:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated positive integers, got {text!r}")
+  return tuple(dict.fromkeys(values))
+
+
+def add_parser(commands) -> None:
+  fit = commands.add_parser(
+      "fit", aliases=["build-router"],
+      help="fit a router to a labelled dataset or a traffic log and save it",
+      description=(
+          "Fit a UniRoute router to the LLMs of a dataset: the cluster map "
+          "(k-means, or the learned softmax-dense map) and K are chosen on "
+          "prompts held out of a few random splits, the map is fitted on "
+          "the training prompts, and every LLM is represented by its "
+          "per-cluster error on the representative prompts, which the "
+          "router keeps for onboarding new LLMs (uniroute add-model). "
+          "Saved as one .npz file, no pickle."))
+  inputs.add_data_arguments(fit)
+  fit.add_argument("--map", choices=("auto", "kmeans", "learned"),
+                   default="auto",
+                   help="auto (default): the better of kmeans and learned on "
+                        "held-out prompts; kmeans: each prompt in its nearest "
+                        "cluster (UniRoute K-means); learned: a softmax-dense "
+                        "map trained on the labels, routing with soft "
+                        "memberships (UniRoute LearnedMap)")
+  fit.add_argument("--clusters", type=_cluster_list, default=None,
+                   help="candidate K, comma-separated (default: up to 8 "
+                        "from 3 to representative prompts / 10)")
+  fit.add_argument("--representatives", type=common.fraction, default=0.2,
+                   metavar="FRAC",
+                   help="share of the prompts kept as representatives, on "
+                        "which every LLM is represented and a new LLM is "
+                        "run (default 0.2)")
+  fit.add_argument("--holdout", type=common.fraction, default=0.2,
+                   metavar="FRAC",
+                   help="share of the prompts held out of each selection "
+                        "trial to score the maps and K (default 0.2)")
+  fit.add_argument("--trials", type=common.positive_int, default=3,
+                   help="selection trials, random splits (default 3)")
+  fit.add_argument("--seed", type=common.seed, default=0,
+                   help="random seed (default 0)")
+  fit.add_argument("--out", metavar="ROUTER.npz", required=True,
+                   help="where to save the router (must not exist)")
+  encoding.add_encoder_arguments(fit)
+
+
+def run(args) -> int:
+  import jax
+  import numpy as np
+  from uniroute_jax import fitting, protocol
+
+  common.new_file("--out", args.out)
+  start = time.perf_counter()
+  print("[1/3] loading the data ...", file=sys.stderr, flush=True)
+  loaded = inputs.load(args)
+  data = loaded.data
+  missing = inputs.labels(args, data)
+  if data.num_models < 2:
+    raise ValueError(f"--data holds {data.num_models} LLM; a router needs at "
+                     "least 2 to route between")
+  maps = fitting.MAPS if args.map == "auto" else (args.map,)
+  if args.representatives + args.holdout >= 1.0:
+    raise ValueError(f"--representatives + --holdout must be below 1, got "
+                     f"{args.representatives} + {args.holdout}")
+  n_train, n_rep, n_hold = _split_sizes(data.num_prompts, args)
+  if args.clusters and max(args.clusters) > n_train:
+    raise ValueError(f"--clusters must be at most the {n_train} training "
+                     f"prompts of a selection trial, got {max(args.clusters)}")
+  searching = len(maps) > 1 or args.clusters is None or len(args.clusters) > 1
+  what = (f"choosing {' or '.join(maps)} and K on {args.trials} trial(s) of "
+          f"{n_train}/{n_rep}/{n_hold} train/representative/held-out prompts"
+          if searching else f"fitting {maps[0]} with K = {args.clusters[0]}")
+  print(f"[2/3] {what} ...", file=sys.stderr, flush=True)
+  fitted = fitting.fit_router(
+      jax.random.key(args.seed), data, maps=maps, clusters=args.clusters,
+      representative_frac=args.representatives, holdout_frac=args.holdout,
+      num_trials=args.trials, on_progress=common.progress_printer("trials"))
+  router, report = fitted
+  if loaded.embedder is not None:   # route then refuses prompts embedded otherwise
+    router = router.with_embedder(loaded.embedder)
+  if report.map == "kmeans":
+    inputs.warn_uncovered_clusters(router)
+  print("[3/3] saving ...", file=sys.stderr, flush=True)
+  common.stop_if_interrupted()
+  router.save(args.out)
+  elapsed = time.perf_counter() - start
+
+  inputs.print_missing(missing)
+  counts = data.label_counts
+  if counts is not None and int(np.sum(counts)) > int(np.sum(counts > 0)):
+    print(f"Repeated rows: {int(np.sum(counts))} scores averaged into "
+          f"{int(np.sum(counts > 0))} (prompt, LLM) labels")
+  if report.scores:
+    print(f"Held-out deferral Area over {args.trials} trial(s) (higher is "
+          "better):")
+    for kind, score in report.scores.items():
+      mark = "  <- chosen" if kind == report.map else ""
+      print(f"  {kind:8s} {score.area:.4f}   K per trial: "
+            f"{','.join(str(k) for k in score.chosen_clusters.tolist())}{mark}")
+  print(f"Wrote {args.out}: {report.map} map with K = {report.num_clusters}, "
+        f"fitted on {report.num_train} prompts; {router.num_models} LLMs "
+        f"({', '.join(router.models)}) represented on "
+        f"{report.num_representatives} representative prompts "
+        f"({elapsed:.1f}s)")
+  print(lambda_scale(router))
+  return 0
+
+
+def _split_sizes(n: int, args) -> tuple[int, int, int]:
+  from uniroute_jax import protocol
+  try:
+    return protocol.split_sizes(n, args.representatives, args.holdout)
+  except ValueError:
+    raise ValueError(
+        f"--data holds {n} prompt(s), too few to fit a router: it needs "
+        f"training, representative (--representatives {args.representatives})"
+        f" and held-out (--holdout {args.holdout}) prompts") from None
+
+
+def lambda_scale(router) -> str:
+  """Where --lambda matters for this router: the spread of the lambdas at
+  which the representative prompts' choices change."""
+  import numpy as np
+  from uniroute_jax import routing
+  rep = router.representatives
+  gamma = np.asarray(router.predicted_loss(rep.embeddings))
+  path = routing.switch_path(gamma, np.asarray(router.cost))
+  switches = np.asarray(path.lambdas)
+  switches = switches[np.isfinite(switches) & (switches > 0)]
+  if not switches.size:
+    return ("--lambda does not change any choice on the representative "
+            "prompts (one LLM is both the most accurate and the cheapest)")
+  low, high = np.quantile(switches, [0.1, 0.9])
+  return (f"--lambda (loss per unit of cost) changes choices between about "
+          f"{low:.3g} and {high:.3g} on the representative prompts; or set "
+          "--max-cost-per-prompt or --min-quality in uniroute route")

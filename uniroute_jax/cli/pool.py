@@ -1,0 +1,305 @@
+"""The pool of a saved router: ``models``, ``representatives``,
+``add-model`` and ``remove-model``. Edits write a new router file; the
+original is replaced only when asked (--replace)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import warnings
+
+from uniroute_jax.cli import common
+
+# A (cluster, LLM) cell measured on fewer labelled prompts is said to be
+# thin: its error rests on too little to be trusted.
+THIN_CELL = 5
+
+
+def _add_output_arguments(p) -> None:
+  out = p.add_mutually_exclusive_group(required=True)
+  out.add_argument("-o", "--out", metavar="NEW.npz", default=None,
+                   help="where to write the new router (must not exist)")
+  out.add_argument("--replace", action="store_true",
+                   help="write the new router over ROUTER")
+
+
+def add_parsers(commands) -> None:
+  example = commands.add_parser(
+      "example", help="write a small text routing example to try the commands",
+      description=("Write a generated log of LLM traffic with prompt text "
+                   "(traffic.csv: prompt, model, correct, cost in USD), new "
+                   "prompts to route (new_prompts.txt) and a new LLM's "
+                   "labels (new_llm_labels.csv) into FOLDER."))
+  example.add_argument("folder", metavar="FOLDER",
+                       help="where to write them (created if needed; no file "
+                            "is overwritten)")
+  example.add_argument("--seed", type=common.seed, default=0,
+                       help="random seed (default 0)")
+
+  models = commands.add_parser(
+      "models", help="the LLMs of a saved router, with their errors",
+      description=("A table of the router's LLMs: cost, overall error on the "
+                   "representative prompts, how many clusters their labels "
+                   "cover and how many labelled prompts stand behind them."))
+  models.add_argument("router", metavar="ROUTER")
+
+  reps = commands.add_parser(
+      "representatives", help="the prompts a new LLM must be run on",
+      description=("Write the router's representative prompt ids (the text "
+                   "itself when the router was fitted on a log of prompt "
+                   "text): run a new LLM on them, label its answers, and "
+                   "give the labels to uniroute add-model."))
+  reps.add_argument("router", metavar="ROUTER")
+  reps.add_argument("-o", "--out", metavar="OUT.csv", required=True,
+                    help=".csv (prompt_id, cluster), .jsonl or .txt (one id "
+                         "per line); must not exist")
+
+  add = commands.add_parser(
+      "add-model", help="onboard an LLM from its labels on the representatives",
+      description=("Add an LLM to a saved router from its labels on the "
+                   "router's representative prompts (missing ones allowed): "
+                   "its per-cluster error is their mean, and nothing is "
+                   "retrained."))
+  add.add_argument("router", metavar="ROUTER")
+  add.add_argument("--name", required=True, help="the new LLM's name")
+  add.add_argument("--cost", type=common.nonnegative_float, required=True,
+                   help="its cost per prompt, in the unit of the router's "
+                        "costs")
+  add.add_argument("--labels", metavar="FILE", required=True,
+                   help="CSV of prompt_id and a score in [0, 1] (score, "
+                        "correct or label) for representative prompts")
+  add.add_argument("--score-column", metavar="NAME", default=None,
+                   help="the labels' score column (default: the first of "
+                        "score, correct, label)")
+  add.add_argument("--prompt-column", metavar="NAME", default="prompt_id",
+                   help="the labels' prompt id column (default prompt_id)")
+  _add_output_arguments(add)
+
+  remove = commands.add_parser(
+      "remove-model", help="retire an LLM from a saved router",
+      description="Remove LLMs from a saved router's pool.")
+  remove.add_argument("router", metavar="ROUTER")
+  remove.add_argument("--name", type=common.name_list, required=True,
+                      help="comma-separated names of the LLMs to remove")
+  _add_output_arguments(remove)
+
+
+def _load(path):
+  from uniroute_jax.router import Router
+  return Router.load(path)
+
+
+def _save(args, router) -> str:
+  """Writes the edited router: to --out, or over ROUTER with --replace."""
+  common.stop_if_interrupted()
+  if args.replace:
+    router.save(args.router, overwrite=True)
+    return args.router
+  try:
+    router.save(args.out)
+  except FileExistsError:
+    raise ValueError(f"--out: {args.out} appeared while running; it is never "
+                     "overwritten") from None
+  return args.out
+
+
+def _check_out(args) -> None:
+  if args.out is not None:
+    common.new_file("--out", args.out)
+    if os.path.abspath(args.out) == os.path.abspath(args.router):
+      raise ValueError("--out names ROUTER itself; use --replace to replace it")
+
+
+def run_models(args) -> int:
+  import numpy as np
+  router = _load(args.router)
+  if not router.models:
+    print(f"{args.router}: no LLMs ({router.kind} map, K = "
+          f"{router.num_clusters}); add them with uniroute add-model")
+    return 0
+  psi, counts = np.asarray(router.psi), np.asarray(router.counts)
+  known = ~np.isnan(counts).any(axis=0)
+  mass = _cluster_mass(router)
+  rows = []
+  for j, name in enumerate(router.models):
+    if known[j] and counts[:, j].sum() > 0:
+      overall = float((psi[:, j] * counts[:, j]).sum() / counts[:, j].sum())
+      covered = f"{int(np.sum(counts[:, j] > 0))}/{router.num_clusters}"
+      labelled = f"{counts[:, j].sum():.0f}"
+      thin = f"{int(np.sum(counts[:, j] < THIN_CELL))}"
+    else:
+      overall = float(psi[:, j] @ mass)
+      covered = labelled = thin = "?"
+    rows.append((name, f"{float(router.cost[j]):.6g}", f"{overall:.4f}",
+                 covered, labelled, thin))
+  header = ("LLM", "cost", "error", "clusters", "labelled", "thin")
+  widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(6)]
+  line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                             for i, (v, w) in enumerate(zip(r, widths)))
+  reps = router.representatives
+  print(f"{args.router}: {router.kind} map, K = {router.num_clusters}, "
+        f"{router.num_models} LLMs"
+        + (f", {len(reps.ids)} representative prompts" if reps else ""))
+  print(line(header))
+  for r in rows:
+    print(line(r))
+  print(f"error: mean loss on the representative prompts; clusters: those "
+        f"with a labelled prompt; thin: clusters with fewer than {THIN_CELL} "
+        "labelled prompts")
+  return 0
+
+
+def _cluster_mass(router):
+  """Each cluster's share of the representative prompts (uniform when the
+  router keeps none)."""
+  import numpy as np
+  k = router.num_clusters
+  rep = router.representatives
+  if rep is None:
+    return np.full(k, 1.0 / k)
+  membership = np.asarray(rep.membership)
+  if membership.ndim == 1:
+    return np.bincount(membership, minlength=k) / membership.size
+  return membership.mean(axis=0)
+
+
+def _representatives_of(router, path):
+  rep = router.representatives
+  if rep is None:
+    raise ValueError(f"{path} keeps no representative prompts (it was not "
+                     "saved by uniroute fit); add LLMs in Python with "
+                     "Router.add_models")
+  return rep
+
+
+def run_representatives(args) -> int:
+  import json
+  import numpy as np
+  common.new_file("--out", args.out)
+  suffix = os.path.splitext(args.out)[1].lower()
+  if suffix not in (".csv", ".jsonl", ".txt"):
+    raise ValueError(f"--out must end in .csv, .jsonl or .txt, got {args.out}")
+  router = _load(args.router)
+  rep = _representatives_of(router, args.router)
+  membership = np.asarray(rep.membership)
+  cluster = membership if membership.ndim == 1 else membership.argmax(axis=1)
+  if suffix == ".txt":
+    multiline = [i for i in rep.ids if "\n" in i or "\r" in i]
+    if multiline:
+      raise ValueError(f"--out: a representative id spans lines ("
+                       f"{multiline[0][:40]!r}...); write .csv or .jsonl")
+    text = "".join(f"{i}\n" for i in rep.ids)
+  elif suffix == ".jsonl":
+    text = "".join(json.dumps({"prompt_id": i, "cluster": int(c)},
+                              ensure_ascii=False) + "\n"
+                   for i, c in zip(rep.ids, cluster.tolist()))
+  else:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["prompt_id", "cluster"])
+    writer.writerows(zip(rep.ids, cluster.tolist()))
+    text = buffer.getvalue()
+  common.write_new("--out", args.out, text=text)
+  print(f"Wrote {args.out}: {len(rep.ids)} representative prompts; run the "
+        "new LLM on them, then uniroute add-model --labels")
+  return 0
+
+
+def _read_labels(args, ids):
+  """(loss [n_rep, 1], mask [n_rep, 1], labels of other prompts) from the
+  labels CSV; repeated prompts are averaged."""
+  import numpy as np
+  from uniroute_jax.data import long
+  path = args.labels
+  if not os.path.isfile(path):
+    raise ValueError(f"--labels: file not found: {path}")
+  header, rows = long.read_csv(path)
+  score_column = args.score_column or next(
+      (c for c in long.SCORE_COLUMNS if c in header), None)
+  if score_column is None:
+    raise ValueError(f"--labels {path} has no score column: expected one of "
+                     f"{list(long.SCORE_COLUMNS)} (or --score-column), found "
+                     f"{header}")
+  prompt_at = long.column_index(header, args.prompt_column, path)
+  score = long.parse_floats(
+      [r[long.column_index(header, score_column, path)] for r in rows], path,
+      score_column)
+  long.check_unit_interval(score, path, score_column)
+  where = {i: k for k, i in enumerate(ids)}
+  totals, counts = np.zeros(len(ids)), np.zeros(len(ids))
+  others = 0
+  for row, (values, value) in enumerate(zip(rows, score)):
+    prompt = values[prompt_at].strip()
+    if not prompt:
+      raise ValueError(f"--labels {path} column {args.prompt_column!r} is "
+                       f"empty in data row {row}")
+    if prompt not in where:
+      others += 1       # a label of a prompt the router does not keep
+    elif not np.isnan(value):
+      totals[where[prompt]] += value
+      counts[where[prompt]] += 1
+  if not counts.any():
+    raise ValueError(f"--labels {path} holds no score for any of the "
+                     f"router's {len(ids)} representative prompts (see "
+                     "uniroute representatives)")
+  mask = counts > 0
+  loss = np.where(mask, 1.0 - totals / np.maximum(counts, 1), 0.0)
+  return loss[:, None], mask[:, None], others
+
+
+def run_add_model(args) -> int:
+  import numpy as np
+  _check_out(args)
+  router = _load(args.router)
+  rep = _representatives_of(router, args.router)
+  if args.name in router.models:
+    raise ValueError(f"--name {args.name!r} is already in the pool; remove it "
+                     "first with uniroute remove-model")
+  loss, mask, others = _read_labels(args, rep.ids)
+  new = router.onboard([args.name], loss.astype(router.dtype),
+                       np.asarray([args.cost], router.dtype), mask=mask)
+  counts = np.asarray(new.counts)[:, -1]
+  thin = int(np.sum(counts < THIN_CELL))
+  if thin:
+    warnings.warn(f"{args.name!r}: {thin} of {router.num_clusters} clusters "
+                  f"rest on fewer than {THIN_CELL} labelled prompts; label "
+                  "more representative prompts for a firmer estimate")
+  written = _save(args, new)
+  print(f"Wrote {written}: added {args.name!r} (cost {args.cost:g}, error "
+        f"{float(loss[mask].mean()):.4f} on {int(mask.sum())} of "
+        f"{len(rep.ids)} representative prompts); {new.num_models} LLMs")
+  if others:
+    print(f"({others} label(s) of prompts that are not representatives were "
+          "not used)")
+  return 0
+
+
+def run_remove_model(args) -> int:
+  _check_out(args)
+  router = _load(args.router)
+  unknown = [name for name in args.name if name not in router.models]
+  if unknown:
+    raise ValueError(f"--name {unknown[0]!r} is not in the pool "
+                     f"{list(router.models)}")
+  new = router.remove_models(list(args.name))
+  written = _save(args, new)
+  print(f"Wrote {written}: removed {', '.join(args.name)}; "
+        f"{new.num_models} LLMs left ({', '.join(new.models) or 'none'})")
+  return 0
+
+
+def run_example(args) -> int:
+  from uniroute_jax.data.example import write_example
+  if os.path.exists(args.folder) and not os.path.isdir(args.folder):
+    raise ValueError(f"FOLDER: {args.folder} is a file, not a folder")
+  for name in ("traffic.csv", "new_prompts.txt", "new_llm_labels.csv"):
+    path = os.path.join(args.folder, name)
+    if os.path.lexists(path):
+      raise ValueError(f"FOLDER: {path} already exists; it is never "
+                       "overwritten")
+  paths = write_example(args.folder, seed=args.seed)
+  print(f"Wrote {paths.traffic} (4 LLMs' answers with prompt text, 0/1 "
+        f"scores and USD costs), {paths.new_prompts} and "
+        f"{paths.new_llm_labels}")
+  return 0
