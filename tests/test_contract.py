@@ -57,6 +57,7 @@ _SELECT = jax.device_put(learn.CheckpointSelection(
     X[:12], LOSS[:12, :2], COST[:2], np.array([0, 2], np.int32), MASK[:12, :2]))
 _LEARNED_ROUTER = ur.Router.from_cluster_map(_FITTED_MAP).add_psi(
     ["a", "b", "c", "d"], PSI, COST)
+_REP_ROUTER = _ROUTER.with_representatives(X)
 
 
 def _key(raw):
@@ -200,6 +201,17 @@ CASES = [
          {1: lambda l: 1 - l, 2: lambda c: c * 2}),
     Case("LearnedMap Router.route", lambda x, lam: _LEARNED_ROUTER.route(
         x, lam).choice, lambda: (X_TEST, LAMBDAS), {0: lambda x: x * 2, 1: _lam}),
+    Case("Router.onboard", lambda loss, cost: _REP_ROUTER.onboard(
+        ["e"], loss, cost).psi, lambda: (LOSS[:, :1], COST[:1]),
+         {0: lambda l: 1 - l, 1: lambda c: c * 2}),
+    Case("operating_point", lambda g, cost, budget, pool: ur.operating_point(
+        g, cost, max_cost=budget, pool_mask=pool),
+         lambda: (GAMMA, COST, np.float32(1.2), POOL),
+         {0: lambda g: 1 - g, 1: _cost, 2: lambda b: b * 0.5, 3: _flip}),
+    Case("operating_point_quality", lambda g, cost, target: ur.operating_point(
+        g, cost, min_quality=target),
+         lambda: (GAMMA, COST, np.float32(0.5)),
+         {0: lambda g: 1 - g, 2: lambda q: q * 0.8}),
 ]
 IDS = [c.name for c in CASES]
 
@@ -290,7 +302,7 @@ def test_x64_off(case):
 # Public functions that are not numerical kernels: host-side boundaries.
 _BOUNDARY = {"checked", "evaluate", "load_embedllm", "load_embeddings",
              "load_long", "load_routerbench", "make_synthetic", "missing_labels",
-             "read_prompts"}
+             "read_prompts", "fit_router"}
 
 
 def test_every_public_numerical_function_has_a_case():
