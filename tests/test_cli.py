@@ -290,3 +290,135 @@ def test_fit_with_a_learned_map(tmp_path, capsys):
   assert saved.kind == "learned_map" and saved.models == expected.models
   np.testing.assert_array_equal(saved.predicted_loss(data.embeddings[:20]),
                                 expected.predicted_loss(data.embeddings[:20]))
+
+
+def _fitted(tmp_path, capsys, *extra):
+  path = tmp_path / "r.npz"
+  assert cli.main(["fit", "--format", "synthetic", "--prompts", "300",
+                   "--llms", "4", "--map", "kmeans", "--clusters", "4",
+                   *extra, "--out", str(path)]) == 0
+  capsys.readouterr()
+  return path
+
+
+def test_pool_commands_onboard_list_and_retire(tmp_path, capsys):
+  """representatives -> add-model (labels by id, extra and missing ones
+  allowed) equals Router.onboard; models lists the pool; remove-model
+  retires; edits never overwrite unless --replace."""
+  import csv
+
+  import numpy as np
+  from uniroute_jax import Router
+  path = _fitted(tmp_path, capsys)
+  router = Router.load(path)
+  reps = tmp_path / "reps.csv"
+  assert cli.main(["representatives", str(path), "-o", str(reps)]) == 0
+  rows = list(csv.DictReader(reps.open()))
+  assert [r["prompt_id"] for r in rows] == list(router.representatives.ids)
+  assert [int(r["cluster"]) for r in rows] == np.asarray(
+      router.representatives.membership).tolist()
+  rng = np.random.default_rng(0)
+  scores = rng.integers(0, 2, len(rows)).astype(float)
+  labelled = rng.random(len(rows)) < 0.8
+  with (tmp_path / "labels.csv").open("w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["prompt_id", "correct"])
+    for r, s, keep in zip(rows, scores, labelled):
+      if keep:
+        writer.writerow([r["prompt_id"], int(s)])
+    writer.writerow(["not-a-representative", 1])
+  capsys.readouterr()
+  new = tmp_path / "r2.npz"
+  assert cli.main(["add-model", str(path), "--name", "new-llm", "--cost", "0.5",
+                   "--labels", str(tmp_path / "labels.csv"), "-o", str(new)]) == 0
+  out = capsys.readouterr().out
+  assert f"on {int(labelled.sum())} of {len(rows)} representative prompts" in out
+  assert "1 label(s) of prompts that are not representatives" in out
+  want = router.onboard(["new-llm"], (1 - scores)[:, None], [0.5],
+                        mask=labelled[:, None])
+  got = Router.load(new)
+  assert got.models == want.models
+  np.testing.assert_array_equal(np.asarray(got.psi), np.asarray(want.psi))
+  np.testing.assert_array_equal(np.asarray(got.counts), np.asarray(want.counts))
+  assert cli.main(["models", str(new)]) == 0
+  table = capsys.readouterr().out.splitlines()
+  line = next(l for l in table if l.startswith("new-llm "))
+  assert f"{(1 - scores)[labelled].mean():.4f}" in line
+  assert f"{int(labelled.sum())}" in line.split()
+  # Never overwritten unless asked.
+  for argv, match in (
+      (["add-model", str(path), "--name", "x", "--cost", "1", "--labels",
+        str(tmp_path / "labels.csv"), "-o", str(new)], "already exists"),
+      (["add-model", str(path), "--name", "x", "--cost", "1", "--labels",
+        str(tmp_path / "labels.csv"), "-o", str(path)], "already exists"),
+      (["add-model", str(new), "--name", "new-llm", "--cost", "1", "--labels",
+        str(tmp_path / "labels.csv"), "-o", str(tmp_path / "r3.npz")],
+       "'new-llm' is already in the pool"),
+      (["remove-model", str(new), "--name", "nope", "-o",
+        str(tmp_path / "r3.npz")], "--name 'nope' is not in the pool"),
+      (["add-model", str(path), "--name", "x", "--cost", "1", "--labels",
+        str(reps), "-o", str(tmp_path / "r3.npz")], "has no score column"),
+  ):
+    before = path.read_bytes()
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert path.read_bytes() == before and not (tmp_path / "r3.npz").exists()
+  assert cli.main(["remove-model", str(new), "--name", "llm-00,new-llm",
+                   "--replace"]) == 0
+  assert Router.load(new).models == router.models[1:]
+
+
+def test_routers_without_representatives_and_route_flag_misuse(tmp_path, capsys):
+  import numpy as np
+  from uniroute_jax import Router
+  plain = tmp_path / "plain.npz"
+  Router(centroids=np.eye(3, 32, dtype=np.float32)).add_psi(
+      ["a", "b"], np.full((3, 2), 0.5), [1.0, 2.0]).save(plain)
+  np.save(tmp_path / "p.npy", np.zeros((3, 32), np.float32))
+  for argv, match in (
+      (["representatives", str(plain), "-o", str(tmp_path / "x.csv")],
+       "keeps no representative prompts"),
+      (["add-model", str(plain), "--name", "c", "--cost", "1", "--labels",
+        str(tmp_path / "p.npy"), "-o", str(tmp_path / "x.npz")],
+       "keeps no representative prompts"),
+      (["route", str(plain), str(tmp_path / "p.npy"), "--column", "text",
+        "-o", str(tmp_path / "x.csv")], "--column applies to text INPUT"),
+      (["route", str(plain), str(tmp_path / "p.npy"), "--truncation", "head",
+        "-o", str(tmp_path / "x.csv")], "--truncation applies to text INPUT"),
+      (["route", str(plain), str(tmp_path / "p.npy"), "-o",
+        str(tmp_path / "x.txt")], "--out must end in .jsonl or .csv"),
+      (["route", str(plain), str(tmp_path / "p.xlsx"), "-o",
+        str(tmp_path / "x.csv")], "INPUT must end in one of"),
+      (["route", str(plain), str(tmp_path / "p.npy"), "--embeddings",
+        str(tmp_path / "p.npy"), "-o", str(tmp_path / "x.csv")],
+       "give the prompts once"),
+      (["route", str(plain), str(tmp_path / "p.npy"), "--lambda", "1",
+        "--min-quality", "0.5", "-o", str(tmp_path / "x.csv")],
+       "not allowed with argument"),
+      (["route", str(plain), str(tmp_path / "p.npy"), "--min-quality", "1.5",
+        "-o", str(tmp_path / "x.csv")], "expected a number in [0, 1]"),
+  ):
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+  assert not list(tmp_path.glob("x.*"))
+  # The old spelling still routes.
+  assert cli.main(["route", "--router", str(plain), "--embeddings",
+                   str(tmp_path / "p.npy"), "--out", str(tmp_path / "c.csv")]) == 0
+
+
+def test_evaluate_on_the_fixed_pool(tmp_path, capsys):
+  import json as json_module
+  out = tmp_path / "e.json"
+  assert cli.main(["evaluate", "--format", "synthetic", "--prompts", "400",
+                   "--llms", "4", "--trials", "2", "--methods", "zero,oracle",
+                   "--fixed-pool", "--json", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "all 4 LLMs, seen in training" in printed
+  doc = json_module.loads(out.read_text())
+  assert doc["dataset"]["fixed_pool"] is True
+  assert cli.main(["evaluate", "--format", "synthetic", "--prompts", "400",
+                   "--llms", "4", "--trials", "1", "--methods", "zero",
+                   "--fixed-pool", "--test-llm-frac", "0.5"]) == 2
+  assert "--test-llm-frac does not apply with --fixed-pool" in capsys.readouterr().err

@@ -400,3 +400,38 @@ def test_routers_refuse_prompts_from_another_encoder(tmp_path, capsys, encoder):
                    str(tmp_path / "plain.npy"), "--out", str(tmp_path / "c.csv")]) == 0
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "does not record its encoder" in err[0]
+
+
+def test_fit_and_route_on_text_embed_it_as_the_router_was(tmp_path, capsys,
+                                                          encoder):
+  """A log of prompt text fits without an embeddings file; route embeds
+  new text with the router's encoder settings (the cache makes the second
+  pass free) and refuses others."""
+  from uniroute_jax import Router, cli
+  from uniroute_jax.data.example import write_example
+  paths = write_example(tmp_path / "data", num_prompts=90, num_new=6)
+  router = tmp_path / "r.npz"
+  assert cli.main(["fit", "--format", "long", "--data", paths.traffic,
+                   "--prompt-column", "prompt", "--cost-column", "cost",
+                   "--map", "kmeans", "--clusters", "3", "--out",
+                   str(router)]) == 0
+  saved = Router.load(router)
+  assert saved.embedder == encoder.id._asdict()
+  texts = open(paths.new_prompts).read().splitlines()
+  out = tmp_path / "d.jsonl"
+  assert cli.main(["route", str(router), paths.new_prompts, "-o", str(out)]) == 0
+  import json
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  want = np.asarray(saved.route(encoder(texts), 0.0).choice)
+  assert [r["model"] for r in rows] == [saved.models[j] for j in want]
+  capsys.readouterr()
+  assert cli.main(["route", str(router), paths.new_prompts, "--truncation",
+                   "head", "-o", str(tmp_path / "x.jsonl")]) == 2
+  assert "--truncation head differs from the router's tail" in (
+      capsys.readouterr().err)
+  assert cli.main(["embed", paths.new_prompts, "--truncation", "head",
+                   "--max-length", "64", "-o", str(tmp_path / "head.npz")]) == 0
+  capsys.readouterr()
+  assert cli.main(["route", str(router), str(tmp_path / "head.npz"), "-o",
+                   str(tmp_path / "y.jsonl")]) == 2
+  assert "embedded differently" in capsys.readouterr().err

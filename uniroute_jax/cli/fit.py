@@ -64,7 +64,7 @@ def add_parser(commands) -> None:
 def run(args) -> int:
   import jax
   import numpy as np
-  from uniroute_jax import fitting, protocol
+  from uniroute_jax import fitting
 
   common.new_file("--out", args.out)
   start = time.perf_counter()

@@ -159,8 +159,8 @@ class MiniLM:
 
   def _batches(self, lengths):
     """(prompt indices, padded length) per device call: prompts sorted by
-    length into power-of-two buckets, ``batch_size`` at a time, and fewer
-    in long buckets (at most ``_TOKENS_PER_CALL`` tokens a call)."""
+    length into buckets (:func:`_bucket`), ``batch_size`` at a time, and
+    fewer in long buckets (at most ``_TOKENS_PER_CALL`` tokens a call)."""
     order = np.argsort(lengths, kind="stable")
     buckets = np.asarray([_bucket(n, self.max_length) for n in lengths])
     for length in np.unique(buckets):
@@ -173,10 +173,12 @@ class MiniLM:
 
 
 def _bucket(length: int, largest: int) -> int:
-  size = _SMALLEST_BUCKET
-  while size < length:
-    size *= 2
-  return min(size, largest)
+  """The padded length of a prompt of ``length`` tokens: the next multiple
+  of 16 up to 128, of 32 beyond (so at most 15 or 31 padded tokens).
+  Padding costs compute, attention's quadratically; a bucket costs one
+  compilation of a scanned layer, well under a second."""
+  step = _SMALLEST_BUCKET if length <= 128 else 2 * _SMALLEST_BUCKET
+  return min(max(_SMALLEST_BUCKET, -(-length // step) * step), largest)
 
 
 def _rows(count: int) -> int:
