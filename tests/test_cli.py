@@ -261,7 +261,7 @@ def test_route_at_a_budget_matches_a_brute_force_sweep(tmp_path, capsys):
 def test_route_bad_input_is_one_line(tmp_path, capsys, extra, match):
   router_path = tmp_path / "r.npz"
   assert cli.main(["fit", "--map", "kmeans", "--format", "synthetic", "--prompts", "300",
-                   "--llms", "4", "--out", str(router_path)]) == 0
+                   "--llms", "4", "--clusters", "4", "--out", str(router_path)]) == 0
   import numpy as np
   np.save(tmp_path / "p.npy", np.zeros((3, 32), np.float32))
   capsys.readouterr()

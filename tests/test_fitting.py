@@ -7,7 +7,7 @@ import pytest
 
 import uniroute_jax as ur
 from uniroute_jax import protocol
-from uniroute_jax.fitting import candidate_method, fit_router
+from uniroute_jax.fitting import MAPS, candidate_method, fit_router
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,12 @@ def test_the_search_keeps_the_map_with_the_larger_held_out_area(data):
   choose_key, _ = jax.random.split(key)
   evaluation = protocol.evaluate(
       choose_key, data, num_trials=2, fixed_pool=True, val_frac=0.2,
-      test_frac=0.2, methods=[candidate_method("kmeans", (3, 6))])
-  np.testing.assert_allclose(report.scores["kmeans"].area_per_trial,
-                             np.asarray(evaluation.methods["kmeans"].trials.area))
+      test_frac=0.2, methods=[candidate_method(k, (3, 6)) for k in MAPS])
+  for kind in MAPS:
+    np.testing.assert_allclose(report.scores[kind].area_per_trial,
+                               np.asarray(evaluation.methods[kind].trials.area))
+    np.testing.assert_array_equal(report.scores[kind].chosen_clusters,
+                                  np.asarray(evaluation.methods[kind].trials.chosen))
 
 
 def test_fit_router_refuses_what_cannot_be_fitted(data):

@@ -12,6 +12,7 @@ NOTEBOOK = pathlib.Path(__file__).parents[1] / "notebooks" / "reproduce_paper.ip
 
 def test_reproduce_paper_notebook_runs(monkeypatch):
   monkeypatch.setenv("UNIROUTE_NOTEBOOK_TRIALS", "1")
+  monkeypatch.setenv("UNIROUTE_NOTEBOOK_PROMPTS", "3000")
   monkeypatch.setenv("MPLBACKEND", "Agg")
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
