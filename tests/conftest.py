@@ -17,6 +17,12 @@ DTYPES = (np.float32, np.float64)
 RTOL = {np.float32: 2e-5, np.float64: 1e-10}
 
 
+def pytest_collection_modifyitems(items):
+  """The slow tests first (stably): started last, one of them would keep a
+  worker busy while the other has nothing left to do."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])
 def dtype(request):
   return request.param

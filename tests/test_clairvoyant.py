@@ -211,6 +211,7 @@ def test_masked_labels_may_hold_anything():
   assert np.all(np.isfinite(a.loss_history))
 
 
+@pytest.mark.slow
 def test_fit_jit_matches_eager():
   x, errors = learnable(n=32)
   select = selection(*learnable(seed=7, n=8), 4)
@@ -301,6 +302,7 @@ def test_protocol_mlp_is_the_documented_fit(small):
                              metrics.deferral_metrics(curve).area, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_clairvoyant_methods_in_an_evaluation(small):
   methods = (protocol.KMeansRouter(clusters=(3, 5)), protocol.MLPRouter(epochs=3),
              protocol.MatrixFactorizationRouter(ranks=(3, 5), epochs=3),

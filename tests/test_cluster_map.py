@@ -272,6 +272,7 @@ def test_same_key_same_fit_and_batch_clamp():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_checkpoint_selection_keeps_the_best_epoch():
   """With ``select`` the kept map is the best epoch's (weights and running
   averages): the same as a fit stopped after that epoch; each epoch's area

@@ -328,6 +328,7 @@ def test_router_route_passed_through_the_users_jit():
                                                   models=["a", "b"]).choice)
 
 
+@pytest.mark.slow
 def test_protocol_search_runs_under_the_users_jit():
   """A method's trial run is a pure function too."""
   data = ur.make_synthetic(jax.random.key(0), num_prompts=200, num_models=5,

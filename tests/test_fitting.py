@@ -62,6 +62,7 @@ def test_an_llm_onboarded_later_equals_one_fitted_from_the_start(data, tmp_path)
                                 np.asarray(late.representatives.membership))
 
 
+@pytest.mark.slow
 def test_the_search_keeps_the_map_with_the_larger_held_out_area(data):
   key = jax.random.key(3)
   fitted = fit_router(key, data, clusters=(3, 6), num_trials=2)

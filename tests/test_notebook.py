@@ -10,6 +10,7 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOK = pathlib.Path(__file__).parents[1] / "notebooks" / "reproduce_paper.ipynb"
 
 
+@pytest.mark.slow
 def test_reproduce_paper_notebook_runs(monkeypatch):
   monkeypatch.setenv("UNIROUTE_NOTEBOOK_TRIALS", "1")
   monkeypatch.setenv("UNIROUTE_NOTEBOOK_PROMPTS", "3000")

@@ -65,6 +65,7 @@ def routers(clusters=None, neighbors=None, names=("zero", "knn", "kmeans", "orac
   return tuple(out)
 
 
+@pytest.mark.slow
 def test_batched_trials_equal_one_at_a_time(small):
   """Batch size and vectorised or mapped trials change nothing."""
   splits = protocol.make_trials(jax.random.key(1), 3, small.num_prompts,
@@ -83,6 +84,7 @@ def test_batched_trials_equal_one_at_a_time(small):
       np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_grid_search_equals_a_loop_over_unpadded_candidates(small):
   """The traced search over K (candidates padded to their size class, one
   program) equals a Python loop over separate, unpadded k-means fits: the
@@ -215,6 +217,7 @@ def test_test_llms_never_inform_selection_or_clustering(small):
       assert out[name].area[0] != base[name].area[0]
 
 
+@pytest.mark.slow
 def test_evaluate_is_seeded_and_orders_the_routers():
   data = make_synthetic(jax.random.key(0), num_prompts=3000, num_models=10)
   a = protocol.evaluate(jax.random.key(1), data, num_trials=4, curve_points=201)
@@ -321,6 +324,7 @@ def test_bad_evaluate_arguments(small, method, match):
     protocol.evaluate(jax.random.key(0), small, num_trials=1, methods=(method,))
 
 
+@pytest.mark.slow
 def test_matched_k_choice(small):
   """With as many validation as training prompts the matched choice is the
   paper's choice; otherwise it is a valid K from the grid."""
@@ -361,6 +365,7 @@ def test_learned_map_plugs_into_the_protocol(small):
   assert np.all((lm.area > 0) & (lm.area <= out["oracle"].area + 1e-6))
 
 
+@pytest.mark.slow
 def test_learned_map_options_are_the_documented_fit(small):
   """With every option on (Psi of the training LLMs from validation labels,
   best epoch on the validation area, soft Psi for the test LLMs), the

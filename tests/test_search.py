@@ -83,6 +83,7 @@ def small():
   return make_synthetic(jax.random.key(5), num_prompts=500, num_models=6, dim=10)
 
 
+@pytest.mark.slow
 def test_size_classes_do_not_change_the_kmeans_router(small):
   """Small K fitted in small padded steps: the same choices and areas as
   every candidate padded to the largest."""
