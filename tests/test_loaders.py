@@ -734,3 +734,34 @@ def test_long_format_columns_must_differ(tmp_path):
                                        "column 'usd'"):
     load_long(path, embeddings=tmp_path / "e.npy", score_column="usd",
               cost_column="usd")
+
+
+def test_long_embeds_prompt_text_with_any_callable(tmp_path):
+  """embeddings= a callable: it gets each prompt's text once, in prompt
+  order (the ids themselves, or a text column), and its rows are the
+  embeddings; a prompt with two texts is refused."""
+  rows = [("q1", "What is 2+2?", "a", 1, 0.1), ("q1", "What is 2+2?", "b", 0, 0.2),
+          ("q2", "Name a colour.", "a", 0, 0.1), ("q2", "Name a colour.", "b", 1, 0.2)]
+  path = write_csv(tmp_path / "log.csv", ["prompt_id", "text", "model", "correct",
+                                          "cost"], rows)
+  seen = []
+
+  def embed(texts):
+    seen.append(list(texts))
+    return np.array([[len(t), t.count(" ")] for t in texts], np.float32)
+
+  data = load_long(path, embeddings=embed, text_column="text", cost_column="cost")
+  assert seen == [["What is 2+2?", "Name a colour."]]
+  np.testing.assert_array_equal(data.embeddings, [[12, 2], [14, 2]])
+  assert list(data.prompt_ids) == ["q1", "q2"]
+  by_id = load_long(path, embeddings=embed, cost_column="cost")
+  assert seen[-1] == ["q1", "q2"]
+  np.testing.assert_array_equal(by_id.embeddings, [[2, 0], [2, 0]])
+  clash = write_csv(tmp_path / "clash.csv", ["prompt_id", "text", "model",
+                                             "correct", "cost"],
+                    rows[:3] + [("q2", "Another text.", "b", 1, 0.2)])
+  with pytest.raises(ValueError, match="gives prompt 'q2' two texts, in data "
+                                       "rows 2 and 3"):
+    load_long(clash, embeddings=embed, text_column="text", cost_column="cost")
+  with pytest.raises(ValueError, match=r"returned shape \(3,\) for 2 texts"):
+    load_long(path, embeddings=lambda t: np.zeros(3), cost_column="cost")
