@@ -425,3 +425,81 @@ def test_evaluate_on_the_fixed_pool(tmp_path, capsys):
                    "--llms", "4", "--trials", "1", "--methods", "zero",
                    "--fixed-pool", "--test-llm-frac", "0.5"]) == 2
   assert "--test-llm-frac does not apply with --fixed-pool" in capsys.readouterr().err
+
+
+def test_hostile_pool_edits_and_budgets(tmp_path, capsys):
+  """Names the other commands could not address, costs that round away,
+  a traffic log as labels, read-only or linked routers, budgets a hair
+  from the cheapest routing, and fit flags that would be ignored."""
+  import csv
+  import os
+
+  import numpy as np
+  from uniroute_jax import Router
+  path = _fitted(tmp_path, capsys)
+  router = Router.load(path)
+  ids = router.representatives.ids
+  log = tmp_path / "log.csv"
+  with log.open("w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["prompt_id", "model", "correct"])
+    for i in ids:
+      writer.writerow([i, "new-llm", 1])
+      writer.writerow([i, "other-llm", 0])
+  out = lambda name: str(tmp_path / name)
+
+  def fails(argv, match):
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+  add = ["add-model", path, "--cost", "1", "--labels", log]
+  for name in (" llm-00 ", "a,b", "x\ny", "  "):
+    fails([*add, "--name", name, "-o", out("n.npz")], "--name")
+  fails([*add, "--name", "z", "--cost", "1e-60", "-o", out("n.npz")],
+        "--cost 1e-60 does not fit the router's float32")
+  fails([*add, "--name", "z", "-o", out("n.csv")], "--out must end in .npz")
+  fails([*add, "--name", "nobody", "-o", out("n.npz")],
+        "has a model column but no row for --name 'nobody'")
+  assert cli.main([*map(str, add), "--name", "new-llm", "-o", out("n.npz")]) == 0
+  capsys.readouterr()
+  added = Router.load(out("n.npz"))
+  np.testing.assert_array_equal(np.asarray(added.psi)[:, -1], 0.0)  # its rows only
+  fails(["remove-model", path, "--name", "llm-00,llm-00", "-o", out("m.npz")],
+        "--name names 'llm-00' twice")
+  # --replace refuses a read-only router and writes through a link.
+  os.chmod(out("n.npz"), 0o444)
+  before = open(out("n.npz"), "rb").read()
+  fails(["remove-model", out("n.npz"), "--name", "llm-00", "--replace"],
+        "is read-only")
+  assert open(out("n.npz"), "rb").read() == before
+  os.chmod(out("n.npz"), 0o640)
+  os.symlink(out("n.npz"), out("link.npz"))
+  assert cli.main(["remove-model", out("link.npz"), "--name", "llm-00",
+                   "--replace"]) == 0
+  assert os.path.islink(out("link.npz"))
+  assert Router.load(out("n.npz")).models == ("llm-01", "llm-02", "llm-03",
+                                              "new-llm")
+  assert os.stat(out("n.npz")).st_mode & 0o777 == 0o640
+  # A budget a hair below the cheapest routing is refused, in float64.
+  np.save(tmp_path / "p.npy", np.asarray(router.representatives.embeddings))
+  cheapest = float(np.asarray(router.cost, np.float64).min())
+  fails(["route", path, tmp_path / "p.npy", "--max-cost-per-prompt",
+         repr(cheapest * (1 - 1e-9)), "-o", out("d.csv")],
+        "is below the cheapest routing")
+  assert cli.main(["route", str(path), str(tmp_path / "p.npy"),
+                   "--max-cost-per-prompt", repr(cheapest), "-o",
+                   out("d.csv")]) == 0
+  spent = [float(r["cost"]) for r in csv.DictReader(open(out("d.csv")))]
+  assert np.mean(np.asarray(spent, np.float64)) <= cheapest * (1 + 1e-6)
+  capsys.readouterr()
+  # fit flags that nothing would use are errors.
+  base = ["fit", "--format", "synthetic", "--prompts", "300", "--llms", "4",
+          "--map", "kmeans", "--clusters", "4"]
+  fails([*base, "--trials", "9", "--out", out("f.npz")],
+        "--trials applies only when fit chooses")
+  fails([*base, "--holdout", "0.3", "--out", out("f.npz")],
+        "--holdout applies only when fit chooses")
+  fails(["example", ""], "FOLDER: expected the name of a folder")
+  os.symlink(out("nowhere"), out("dangling"))
+  fails(["example", out("dangling")], "exists and is not a folder")

@@ -92,3 +92,15 @@ def test_fit_router_refuses_what_cannot_be_fitted(data):
   sparse.mask[0, 2] = True
   with pytest.raises(ValueError, match="no label on the 80 representative"):
     fit_router(jax.random.key(0), sparse, maps=("kmeans",), clusters=(3,))
+
+
+def test_an_undefined_held_out_area_is_an_error_not_a_choice(data):
+  """Held-out prompts without every LLM's label leave the area undefined:
+  fit_router says so, naming the share to raise, rather than choose on NaN."""
+  rng = np.random.default_rng(0)
+  mask = np.asarray(data.mask).copy()
+  mask[:, 0] &= rng.random(data.num_prompts) < 0.3
+  with pytest.raises(ValueError, match="leave the deferral area undefined.*"
+                                       "raise holdout_frac"):
+    fit_router(jax.random.key(4), data._replace(mask=mask), maps=("kmeans",),
+               clusters=(3, 4), holdout_frac=0.003, num_trials=3)

@@ -155,6 +155,11 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
     for kind in maps:
       summary = evaluation.methods[kind]
       per_trial = np.asarray(summary.trials.area)
+      if not np.all(np.isfinite(per_trial)):
+        raise checks.ArgumentError(lambda name: (
+            f"the held-out prompts of a selection trial ({n - n_train - n_rep})"
+            f" leave the deferral area undefined (too few, or none labelled "
+            f"by every LLM); raise {name('holdout_frac')}"))
       scores[kind] = MapScore(float(per_trial.mean()), per_trial,
                               np.asarray(summary.trials.chosen))
     kind = max(maps, key=lambda k: scores[k].area)
@@ -195,8 +200,10 @@ def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float
         learning_rate=method.learning_rate, batch_size=method.batch_size,
         epochs=method.epochs)
     router = Router.from_cluster_map(fitted)
-  cost = np.asarray(data.cost)
-  cost = cost.mean(axis=0) if cost.ndim == 2 else cost
+  # The mean in float64: a float32 sum of many equal costs drifts.
+  cost = np.asarray(data.cost, np.float64)
+  cost = (cost.mean(axis=0) if cost.ndim == 2 else cost).astype(
+      np.asarray(data.cost).dtype)
   unlabelled = [name for j, name in enumerate(data.model_names)
                 if not mask[rep, j].any()]
   if unlabelled:

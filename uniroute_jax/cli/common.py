@@ -110,6 +110,12 @@ def new_file(flag: str, path: str) -> None:
     raise ValueError(f"{flag}: folder {folder} is not writable")
 
 
+def router_suffix(flag: str, path: str) -> None:
+  """Router files are .npz archives, and named so."""
+  if os.path.splitext(path)[1].lower() != ".npz":
+    raise ValueError(f"{flag} must end in .npz (a router file), got {path}")
+
+
 def write_new(flag: str, path: str, write=None, *, text: str | None = None
                ) -> None:
   """Writes a new file whole or not at all (never over an existing one):

@@ -48,11 +48,11 @@ def add_parser(commands) -> None:
                    help="share of the prompts kept as representatives, on "
                         "which every LLM is represented and a new LLM is "
                         "run (default 0.2)")
-  fit.add_argument("--holdout", type=common.fraction, default=0.2,
+  fit.add_argument("--holdout", type=common.fraction, default=None,
                    metavar="FRAC",
                    help="share of the prompts held out of each selection "
                         "trial to score the maps and K (default 0.2)")
-  fit.add_argument("--trials", type=common.positive_int, default=3,
+  fit.add_argument("--trials", type=common.positive_int, default=None,
                    help="selection trials, random splits (default 3)")
   fit.add_argument("--seed", type=common.seed, default=0,
                    help="random seed (default 0)")
@@ -67,6 +67,19 @@ def run(args) -> int:
   from uniroute_jax import fitting
 
   common.new_file("--out", args.out)
+  common.router_suffix("--out", args.out)
+  maps = fitting.MAPS if args.map == "auto" else (args.map,)
+  searching = len(maps) > 1 or args.clusters is None or len(args.clusters) > 1
+  for flag, value in (("--trials", args.trials), ("--holdout", args.holdout)):
+    if value is not None and not searching:
+      raise ValueError(f"{flag} applies only when fit chooses (--map auto or "
+                       "several --clusters); with one map and one K nothing "
+                       "is held out")
+  args.trials = 3 if args.trials is None else args.trials
+  args.holdout = 0.2 if args.holdout is None else args.holdout
+  if args.representatives + args.holdout >= 1.0:
+    raise ValueError(f"--representatives + --holdout must be below 1, got "
+                     f"{args.representatives} + {args.holdout}")
   start = time.perf_counter()
   print("[1/3] loading the data ...", file=sys.stderr, flush=True)
   loaded = inputs.load(args)
@@ -75,15 +88,10 @@ def run(args) -> int:
   if data.num_models < 2:
     raise ValueError(f"--data holds {data.num_models} LLM; a router needs at "
                      "least 2 to route between")
-  maps = fitting.MAPS if args.map == "auto" else (args.map,)
-  if args.representatives + args.holdout >= 1.0:
-    raise ValueError(f"--representatives + --holdout must be below 1, got "
-                     f"{args.representatives} + {args.holdout}")
   n_train, n_rep, n_hold = _split_sizes(data.num_prompts, args)
   if args.clusters and max(args.clusters) > n_train:
     raise ValueError(f"--clusters must be at most the {n_train} training "
                      f"prompts of a selection trial, got {max(args.clusters)}")
-  searching = len(maps) > 1 or args.clusters is None or len(args.clusters) > 1
   what = (f"choosing {' or '.join(maps)} and K on {args.trials} trial(s) of "
           f"{n_train}/{n_rep}/{n_hold} train/representative/held-out prompts"
           if searching else f"fitting {maps[0]} with K = {args.clusters[0]}")

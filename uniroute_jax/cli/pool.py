@@ -62,13 +62,16 @@ def add_parsers(commands) -> None:
                    "its per-cluster error is their mean, and nothing is "
                    "retrained."))
   add.add_argument("router", metavar="ROUTER")
-  add.add_argument("--name", required=True, help="the new LLM's name")
+  add.add_argument("--name", type=_llm_name, required=True,
+                   help="the new LLM's name")
   add.add_argument("--cost", type=common.nonnegative_float, required=True,
                    help="its cost per prompt, in the unit of the router's "
                         "costs")
   add.add_argument("--labels", metavar="FILE", required=True,
                    help="CSV of prompt_id and a score in [0, 1] (score, "
-                        "correct or label) for representative prompts")
+                        "correct or label) for representative prompts; a "
+                        "file with a model column (a traffic log) gives the "
+                        "rows of --name")
   add.add_argument("--score-column", metavar="NAME", default=None,
                    help="the labels' score column (default: the first of "
                         "score, correct, label)")
@@ -91,10 +94,14 @@ def _load(path):
 
 
 def _save(args, router) -> str:
-  """Writes the edited router: to --out, or over ROUTER with --replace."""
+  """Writes the edited router: to --out, or over ROUTER with --replace
+  (through a symbolic link to the file it names, keeping its mode)."""
   common.stop_if_interrupted()
   if args.replace:
-    router.save(args.router, overwrite=True)
+    target = os.path.realpath(args.router)
+    mode = os.stat(target).st_mode & 0o7777
+    router.save(target, overwrite=True)
+    os.chmod(target, mode)
     return args.router
   try:
     router.save(args.out)
@@ -107,8 +114,54 @@ def _save(args, router) -> str:
 def _check_out(args) -> None:
   if args.out is not None:
     common.new_file("--out", args.out)
+    common.router_suffix("--out", args.out)
     if os.path.abspath(args.out) == os.path.abspath(args.router):
       raise ValueError("--out names ROUTER itself; use --replace to replace it")
+  elif _read_only(args.router):
+    raise ValueError(f"--replace: {args.router} is read-only; write the new "
+                     "router elsewhere with -o")
+
+
+def _read_only(path) -> bool:
+  """Whether the user made ``path`` read-only (its mode, which even root's
+  access checks ignore) or cannot replace it."""
+  import stat
+  target = os.path.realpath(path)
+  if not os.path.isfile(target):
+    return False        # loading it will say what is wrong
+  return (not os.stat(target).st_mode & (stat.S_IWUSR | stat.S_IWGRP |
+                                          stat.S_IWOTH)
+          or not os.access(target, os.W_OK)
+          or not os.access(os.path.dirname(target) or ".", os.W_OK))
+
+
+def _llm_name(text: str) -> str:
+  """A name the other commands can address: no surrounding spaces, no comma
+  (they separate --models and --name lists), no line break."""
+  import argparse
+  if not text.strip():
+    raise argparse.ArgumentTypeError("expected an LLM name, got an empty one")
+  if text != text.strip() or "," in text or any(
+      not ch.isprintable() for ch in text):
+    raise argparse.ArgumentTypeError(
+        f"expected an LLM name without surrounding spaces, commas or control "
+        f"characters, got {text!r}")
+  return text
+
+
+def _cost(router, value: float):
+  """--cost in the router's dtype, refused where it would round to another
+  number's scale (0 or infinity)."""
+  import numpy as np
+  with np.errstate(over="ignore", under="ignore"):
+    cast = np.asarray(value, router.dtype)
+  if not np.isfinite(cast) or (value > 0 and cast == 0):
+    raise ValueError(
+        f"--cost {value!r} does not fit the router's {router.dtype.name} "
+        f"(from {np.finfo(router.dtype).smallest_subnormal:.1g} to "
+        f"{np.finfo(router.dtype).max:.1g}); give it in the unit of the "
+        "router's costs")
+  return cast
 
 
 def run_models(args) -> int:
@@ -222,6 +275,13 @@ def _read_labels(args, ids):
                      f"{list(long.SCORE_COLUMNS)} (or --score-column), found "
                      f"{header}")
   prompt_at = long.column_index(header, args.prompt_column, path)
+  if "model" in header:
+    # A traffic log: only the new LLM's rows are its labels.
+    model_at = long.column_index(header, "model", path)
+    rows = [r for r in rows if r[model_at].strip() == args.name]
+    if not rows:
+      raise ValueError(f"--labels {path} has a model column but no row for "
+                       f"--name {args.name!r}")
   score = long.parse_floats(
       [r[long.column_index(header, score_column, path)] for r in rows], path,
       score_column)
@@ -256,9 +316,10 @@ def run_add_model(args) -> int:
   if args.name in router.models:
     raise ValueError(f"--name {args.name!r} is already in the pool; remove it "
                      "first with uniroute remove-model")
+  cost = _cost(router, args.cost)
   loss, mask, others = _read_labels(args, rep.ids)
-  new = router.onboard([args.name], loss.astype(router.dtype),
-                       np.asarray([args.cost], router.dtype), mask=mask)
+  new = router.onboard([args.name], loss.astype(router.dtype), cost[None],
+                       mask=mask)
   counts = np.asarray(new.counts)[:, -1]
   thin = int(np.sum(counts < THIN_CELL))
   if thin:
@@ -278,6 +339,9 @@ def run_add_model(args) -> int:
 def run_remove_model(args) -> int:
   _check_out(args)
   router = _load(args.router)
+  if len(set(args.name)) != len(args.name):
+    repeated = next(n for n in args.name if args.name.count(n) > 1)
+    raise ValueError(f"--name names {repeated!r} twice")
   unknown = [name for name in args.name if name not in router.models]
   if unknown:
     raise ValueError(f"--name {unknown[0]!r} is not in the pool "
@@ -291,8 +355,10 @@ def run_remove_model(args) -> int:
 
 def run_example(args) -> int:
   from uniroute_jax.data.example import write_example
-  if os.path.exists(args.folder) and not os.path.isdir(args.folder):
-    raise ValueError(f"FOLDER: {args.folder} is a file, not a folder")
+  if not args.folder.strip():
+    raise ValueError("FOLDER: expected the name of a folder, got ''")
+  if os.path.lexists(args.folder) and not os.path.isdir(args.folder):
+    raise ValueError(f"FOLDER: {args.folder} exists and is not a folder")
   for name in ("traffic.csv", "new_prompts.txt", "new_llm_labels.csv"):
     path = os.path.join(args.folder, name)
     if os.path.lexists(path):

@@ -171,31 +171,50 @@ def _lambdas(args, router):
 
 def _budget_lambda(args, router, x):
   """The lambda that meets --max-cost-per-prompt or --min-quality on the
-  prompts being routed, and the line that reports it."""
+  prompts being routed, and the line that reports it.
+
+  The search runs in the router's dtype; what it reports is checked in
+  float64 on the choices actually written, and where rounding put it on
+  the wrong side of the budget, it is asked again for a little less.
+  """
   import numpy as np
   from uniroute_jax import routing
-  gamma = router.predicted_loss(x)
+  gamma32 = router.predicted_loss(x)
+  gamma = np.asarray(gamma32, np.float64)
+  cost = np.asarray(router.cost, np.float64)
+  rows = np.arange(x.shape[0])
   pool = (None if args.models is None else
           np.array([name in set(args.models) for name in router.models]))
+  available = np.ones(len(router.models), bool) if pool is None else pool
   by_cost = args.max_cost_per_prompt is not None
-  point = routing.operating_point(
-      gamma, router.cost, pool_mask=pool,
-      **({"max_cost": args.max_cost_per_prompt} if by_cost
-         else {"min_quality": args.min_quality}))
-  lam, mean_cost, quality = (float(point.lam), float(point.mean_cost),
-                             float(point.quality))
-  if not bool(point.feasible):
-    if by_cost:
-      raise ValueError(
-          f"--max-cost-per-prompt {args.max_cost_per_prompt:g} is below the "
-          f"cheapest routing of these prompts ({mean_cost:.6g} per prompt, "
-          "every prompt to the cheapest LLM)")
+  budget = args.max_cost_per_prompt if by_cost else args.min_quality
+  ask = min(budget, float(np.finfo(router.dtype).max)) if by_cost else budget
+  for _ in range(8):
+    point = routing.operating_point(
+        gamma32, router.cost, pool_mask=pool,
+        **({"max_cost": ask} if by_cost else {"min_quality": ask}))
+    if not bool(point.feasible):
+      break
+    lam = float(point.lam)
+    choice = np.asarray(router.route(x, np.asarray(lam, router.dtype),
+                                     models=args.models).choice)
+    spent, quality = cost[choice].mean(), 1.0 - gamma[rows, choice].mean()
+    miss = spent - budget if by_cost else budget - quality
+    if miss <= 0:
+      return lam, (f"lambda {lam:.6g} meets it: predicted quality "
+                   f"{quality:.4f}, mean cost {spent:.6g} per prompt")
+    ask = (ask - miss - abs(ask) * 1e-6 if by_cost
+           else ask + miss + 1e-6)
+  if by_cost:
+    cheapest = cost[available].min()
     raise ValueError(
-        f"--min-quality {args.min_quality:g} is above the best predicted "
-        f"quality of these prompts ({quality:.4f}, every prompt to its most "
-        "accurate LLM)")
-  return lam, (f"lambda {lam:.6g} meets it: predicted quality {quality:.4f}, "
-               f"mean cost {mean_cost:.6g} per prompt")
+        f"--max-cost-per-prompt {budget:.10g} is below the cheapest routing of "
+        f"these prompts ({cheapest:.10g} per prompt, every prompt to the "
+        "cheapest LLM)")
+  best = 1.0 - np.where(available[None, :], gamma, np.inf).min(axis=1).mean()
+  raise ValueError(
+      f"--min-quality {budget:g} is above the best predicted quality of these "
+      f"prompts ({best:.6f}, every prompt to its most accurate LLM)")
 
 
 def run(args) -> int:
@@ -268,6 +287,8 @@ def _csv(rows, names) -> str:
   writer.writerow(["prompt_id", "lambda", "model", "cluster", "predicted_loss",
                    "cost"] + [f"predicted_loss:{name}" for name in names])
   for prompt_id, lam, model, cluster, loss, cost, losses in rows:
+    # Costs at float32's full precision (9 digits): a budget is checked
+    # against what is written.
     writer.writerow([prompt_id, repr(lam), model, cluster, f"{loss:.6g}",
-                     f"{cost:.6g}"] + [f"{losses[n]:.6g}" for n in names])
+                     f"{cost:.9g}"] + [f"{losses[n]:.6g}" for n in names])
   return text.getvalue()
