@@ -110,6 +110,24 @@ def new_file(flag: str, path: str) -> None:
     raise ValueError(f"{flag}: folder {folder} is not writable")
 
 
+def in_dtype(flag: str, values, dtype, advice: str):
+  """``values`` (non-negative numbers a flag gave) cast to a router's
+  ``dtype``; refused, naming the first, where one would round to 0 or to
+  infinity there."""
+  import numpy as np
+  values = list(values)
+  with np.errstate(over="ignore", under="ignore"):
+    cast = np.asarray(values, dtype)
+  lost = [given for given, value in zip(values, cast)
+          if not np.isfinite(value) or (given > 0 and value == 0)]
+  if lost:
+    raise ValueError(
+        f"{flag} {lost[0]!r} does not fit the router's {np.dtype(dtype).name} "
+        f"(from {np.finfo(dtype).smallest_subnormal:.1g} to "
+        f"{np.finfo(dtype).max:.1g}); {advice}")
+  return cast
+
+
 def router_suffix(flag: str, path: str) -> None:
   """Router files are .npz archives, and named so."""
   if os.path.splitext(path)[1].lower() != ".npz":

@@ -82,10 +82,10 @@ class TextEmbedder:
         max_length=max_length or args.max_length or DEFAULT_MAX_LENGTH,
         batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
     self._encoder = None
-    # Known before the weights load (their hash is read, not the model).
-    self.identity = encoders.EmbedderId(
-        "all-MiniLM-L6-v2", _weights_digest(), self._settings["truncation"],
-        self._settings["max_length"])._asdict()
+    # Known before the model loads: only the weights are hashed.
+    self.identity = encoders.embedder_id(
+        truncation=self._settings["truncation"],
+        max_length=self._settings["max_length"])._asdict()
     self.hits = 0
 
   def _loaded(self):
@@ -114,10 +114,3 @@ class TextEmbedder:
     return (f"{self.identity['name']}, {self.identity['truncation']} "
             f"truncation at {self.identity['max_length']} tokens")
 
-
-def _weights_digest() -> str:
-  """The sha256 of the built-in encoder's weights (a clear error when the
-  weights package is not installed)."""
-  from uniroute_jax.encoder import minilm, text
-  return minilm.file_digest(os.path.join(text.default_model_dir(),
-                                         "model.safetensors"))

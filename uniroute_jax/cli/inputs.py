@@ -185,21 +185,3 @@ def read_embedded_prompts(path: str):
   from uniroute_jax.data import read_embeddings
   ids, matrix = read_embeddings(path)
   return (np.arange(matrix.shape[0]) if ids is None else ids), matrix
-
-
-def check_embedder(args, router) -> None:
-  """Prompts embedded otherwise than the router's are refused; unknown
-  provenance is said in one line."""
-  from uniroute_jax.data import embedder_of
-  if router.embedder is None:
-    return
-  identity = embedder_of(args.embeddings)
-  if identity is None:
-    known = router.embedder
-    warnings.warn(
-        f"--embeddings {args.embeddings} does not record its encoder, so it "
-        f"cannot be checked against the router's ({known.get('name')}, "
-        f"{known.get('truncation')} truncation at {known.get('max_length')} "
-        "tokens); embed prompts with uniroute embed to have it checked")
-    return
-  router.check_embedder(identity, what=f"--embeddings {args.embeddings}")

