@@ -208,6 +208,35 @@ CASES = [
         g, cost, max_cost=budget, pool_mask=pool),
          lambda: (GAMMA, COST, np.float32(1.2), POOL),
          {0: lambda g: 1 - g, 1: _cost, 2: lambda b: b * 0.5, 3: _flip}),
+    Case("excess_risk", lambda g, loss, cost, lam, mask, pool, w: ur.excess_risk(
+        g, loss, cost, lam, mask=mask, pool_mask=pool, weights=w),
+         lambda: (GAMMA, LOSS, COST, LAMBDAS, MASK, POOL, WEIGHTS),
+         {0: lambda g: 1 - g, 1: lambda l: 1 - l, 2: _cost, 3: _lam,
+          4: lambda m: m[::-1].copy(), 5: _flip, 6: lambda w: w * 2}),
+    Case("excess_decomposition", lambda c, psi, loss, cost, lam, pool:
+         ur.excess_decomposition(c, psi, loss, cost, lam, pool_mask=pool),
+         lambda: (CLUSTERS, PSI, LOSS, COST, LAMBDAS, POOL),
+         {0: _flip, 1: lambda p: 1 - p, 2: lambda l: 1 - l, 3: _cost, 4: _lam,
+          5: _flip}),
+    Case("area_decomposition", lambda phi, psi, loss, cost, rc:
+         ur.area_decomposition(phi, psi, loss, cost,
+                               routing_cost=rc),
+         lambda: (SOFT, PSI, LOSS, COST, COST * 1.5),
+         {0: lambda p: p[::-1].copy(), 1: lambda p: 1 - p, 3: _cost, 4: _cost}),
+    Case("impurity_bound", lambda c, eta, pool, w: ur.impurity_bound(
+        c, eta, num_clusters=K, pool_mask=pool, weights=w),
+         lambda: (CLUSTERS, GAMMA, POOL, WEIGHTS),
+         {0: _flip, 1: lambda g: 1 - g, 2: _flip, 3: lambda w: w[::-1].copy()}),
+    Case("neighborhood_error", lambda x, c, loss, mask, w: ur.neighborhood_error(
+        x, c, loss, num_neighbors=4, mask=mask, weights=w),
+         lambda: (X, CLUSTERS, LOSS, MASK, WEIGHTS),
+         {0: lambda x: x * 2 + 1, 1: _flip, 2: lambda l: 1 - l,
+          3: lambda m: m[::-1].copy(), 4: lambda w: w[::-1].copy()}),
+    Case("impurity_bounds", lambda key, x, loss, ks: ur.impurity_bounds(
+        _key(key), x, loss, ks, max_clusters=K, num_neighbors=4, max_iter=20),
+         lambda: (KEY, X, LOSS, np.array([1, 2, 3], np.int32)),
+         {0: lambda k: jax.random.key_data(jax.random.key(7)),
+          2: lambda l: 1 - l, 3: lambda k: k[::-1].copy()}),
     Case("operating_point_quality", lambda g, cost, target: ur.operating_point(
         g, cost, min_quality=target),
          lambda: (GAMMA, COST, np.float32(0.5)),

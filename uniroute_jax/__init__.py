@@ -8,7 +8,9 @@ soft map Phi(x) (trained by the shared ``learn`` stack), ``baselines`` holds
 the paper's comparison routers, ``maps`` and ``router`` make a routable
 object of a map and a pool (saved by ``io``), ``protocol`` runs the
 paper's evaluation, and ``fitting`` fits a router to a pool one has, its
-map and K chosen on held-out prompts. ``checks`` says how arguments are checked.
+map and K chosen on held-out prompts. ``risk`` measures a router's excess
+risk over the per-prompt oracle and splits it into estimation and
+approximation. ``checks`` says how arguments are checked.
 """
 
 import importlib
@@ -20,7 +22,8 @@ from typing import Any
 _SUBMODULES = ("baselines", "blocks", "checks", "cli", "cluster_map",
                "clustering", "data", "encoder", "features", "fitting", "io", "learn",
                "maps",
-               "metrics", "protocol", "report", "router", "routing", "types")
+               "metrics", "protocol", "report", "risk", "router", "routing",
+               "types")
 _NAMES = {
     "uniroute_jax.baselines": (
         "LossPredictor", "ParetoHull", "fit_matrix_factorization", "fit_mlp",
@@ -44,6 +47,11 @@ _NAMES = {
         "DeferralCurve", "DeferralMetrics", "Envelope", "curve_from_points",
         "deferral_curve", "deferral_metrics", "labelled_area", "upper_envelope"),
     "uniroute_jax.protocol": ("evaluate",),
+    "uniroute_jax.risk": (
+        "AreaDecomposition", "ExcessDecomposition", "ExcessRisk",
+        "ImpurityBound", "NeighborhoodError", "area_decomposition",
+        "excess_decomposition", "excess_risk", "impurity_bound",
+        "impurity_bounds", "neighborhood_error"),
     "uniroute_jax.router": ("Representatives", "Router"),
     "uniroute_jax.routing": (
         "OperatingPoint", "RoutingResult", "SwitchPath", "choose_models",
@@ -88,4 +96,8 @@ __all__ = [
     "fitting", "Representatives", "OperatingPoint", "operating_point",
     "protocol", "report", "route", "router", "switch_path", "upper_envelope",
     "zero_router_curve", "zero_router_hull", "zero_router_route",
+    "risk", "AreaDecomposition", "ExcessDecomposition", "ExcessRisk",
+    "ImpurityBound", "NeighborhoodError", "area_decomposition",
+    "excess_decomposition", "excess_risk", "impurity_bound", "impurity_bounds",
+    "neighborhood_error",
 ]
