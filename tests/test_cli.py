@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import shared_data_dir
@@ -26,10 +27,17 @@ def test_demo_prints_the_comparison(capsys):
 @pytest.mark.slow
 def test_evaluate_writes_json_and_plot(tmp_path, capsys):
   out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+  out_excess = tmp_path / "excess.svg"
   argv = ["evaluate", "--format", "synthetic", *SMALL, "--methods",
-          "zero,kmeans,mlp,oracle", "--json", str(out_json), "--plot", str(out_png)]
+          "zero,kmeans,mlp,oracle", "--json", str(out_json), "--plot", str(out_png),
+          "--plot-excess", str(out_excess)]
   assert cli.main(argv) == 0
-  assert "MLP (clairvoyant)" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "MLP (clairvoyant)" in out
+  # Where the Area lost to the oracle goes, for the cluster routers only.
+  split = out[out.index("Area lost to the per-prompt oracle"):].splitlines()
+  assert [line.split()[0] for line in split[2:4]] == ["ZeroRouter", "UniRoute"]
+  assert "<svg" in out_excess.read_text()
   doc = json.loads(out_json.read_text())
   assert set(doc["methods"]) == {"zero", "kmeans", "mlp", "oracle"}
   assert doc["methods"]["mlp"]["clairvoyant"] and doc["methods"]["mlp"]["reference"]
@@ -38,6 +46,13 @@ def test_evaluate_writes_json_and_plot(tmp_path, capsys):
     assert {"area", "area50", "qnc"} <= set(entry)
     assert len(entry["trial_area"]) == 2
   assert len(doc["methods"]["kmeans"]["chosen"]) == 2
+  kmeans = doc["methods"]["kmeans"]
+  assert len(kmeans["excess_risk"]["trials"]) == 2
+  area_split = kmeans["excess_decomposition"]
+  gap = np.mean(doc["methods"]["oracle"]["trial_area"]) - kmeans["area"]
+  np.testing.assert_allclose(area_split["area_estimation"]
+                             + area_split["area_approximation"], gap, atol=1e-6)
+  assert "excess_decomposition" not in doc["methods"]["mlp"]
   assert doc["dataset"]["prompts"] == 700 and doc["trials"] == 2
   assert doc["wall_time_s"] > 0
   assert out_png.stat().st_size > 1000

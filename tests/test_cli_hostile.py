@@ -238,6 +238,10 @@ SYNTHETIC = ["evaluate", "--format", "synthetic", "--prompts", "300", "--llms",
     (["--json", "{d}/x.png", "--plot", "{d}/x.png"],
      "--json and --plot name the same file"),
     (["--plot", "{d}/curves.txt"], "--plot must end in one of .png, .svg, .pdf"),
+    (["--plot", "{d}/x.png", "--plot-excess", "{d}/x.png"],
+     "--plot and --plot-excess name the same file"),
+    (["--plot-excess", "{d}/x.txt"],
+     "--plot-excess must end in one of .png, .svg, .pdf"),
     (["--json", "{d}/no/such/folder/r.json"], "--json: folder"),
     (["--json", "{d}/exists.json"], "--json: {d}/exists.json already exists"),
 ])
@@ -264,7 +268,8 @@ def test_a_file_that_appears_while_running_is_not_overwritten(
   that file is kept, and the command says so in one line."""
   from uniroute_jax import protocol
   evaluate = protocol.evaluate
-  for flag, name in (("--plot", "r.png"), ("--json", "r.json")):
+  for flag, name in (("--plot", "r.png"), ("--json", "r.json"),
+                     ("--plot-excess", "e.png")):
     path = tmp_path / name
 
     def evaluate_while_another_writes(*args, path=path, **kwargs):
@@ -275,7 +280,8 @@ def test_a_file_that_appears_while_running_is_not_overwritten(
     fails(SYNTHETIC + [flag, path], capsys,
           f"{flag}: {path} appeared while running; it is never overwritten")
     assert path.read_text() == "someone else's"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.png"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["e.png", "r.json",
+                                                        "r.png"]
 
 
 # ------------------------------------------------------------ no NaN printed

@@ -54,6 +54,7 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
       candidates = _candidates(method)
       if candidates is not None:
         entry["candidates"] = candidates
+    entry.update(_excess_entry(s))
     if s.versus_best is not None:
       entry["sign_test_vs_best"] = {
           "wins": s.versus_best.wins, "losses": s.versus_best.losses,
@@ -63,6 +64,7 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
   return {
       "methods": methods,
       "best_method": evaluation.best,
+      "excess_lambdas": _numbers(evaluation.excess_lambdas),
       "trials": int(evaluation.splits.train.shape[0]),
       "alpha": evaluation.alpha,
       "split_sizes": {
@@ -73,6 +75,27 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
           "test_llms": int(evaluation.splits.test_models.shape[1])},
       **extra,
   }
+
+
+def _excess_entry(s) -> dict[str, Any]:
+  """A method's excess risk over the oracle at ``excess_lambdas`` and, for
+  cluster routers, its split; absent where the method has none."""
+  trials = s.trials
+  entry = {}
+  if np.all(np.isfinite(trials.excess)):
+    entry["excess_risk"] = {"mean": _numbers(s.excess),
+                            "trials": [_numbers(t) for t in trials.excess]}
+  if np.all(np.isfinite(trials.estimation)):
+    entry["excess_decomposition"] = {
+        "estimation": _numbers(s.estimation),
+        "approximation": _numbers(s.approximation),
+        "trial_estimation": [_numbers(t) for t in trials.estimation],
+        "trial_approximation": [_numbers(t) for t in trials.approximation],
+        "area_estimation": _number(s.area_estimation),
+        "area_approximation": _number(s.area_approximation),
+        "trial_area_estimation": _numbers(trials.area_estimation),
+        "trial_area_approximation": _numbers(trials.area_approximation)}
+  return entry
 
 
 def _candidates(method) -> list[int] | None:
@@ -127,6 +150,27 @@ def format_table(evaluation: protocol.Evaluation) -> str:
   return "\n".join(lines)
 
 
+def format_excess(evaluation: protocol.Evaluation) -> str:
+  """Where each cluster router's Area lost to the per-prompt oracle goes:
+  estimation (Psi from too few labelled prompts) and approximation (the
+  clusters themselves), means over trials; "" when no router has the split.
+  """
+  rows = [s for s in evaluation.methods.values()
+          if math.isfinite(s.area_estimation)
+          and math.isfinite(s.area_approximation)]
+  if not rows:
+    return ""
+  width = max(len(s.title) for s in rows)
+  lines = ["Area lost to the per-prompt oracle = estimation (more labelled "
+           "prompts shrink it)", "  + approximation (better clusters shrink "
+           "it), mean over trials:"]
+  for s in rows:
+    gap = s.area_estimation + s.area_approximation
+    lines.append(f"  {s.title:<{width}}  {gap:.3f} = {s.area_estimation:.3f} "
+                 f"+ {s.area_approximation:.3f}")
+  return "\n".join(lines)
+
+
 PLOT_FORMATS = ("png", "svg", "pdf")
 """The file formats :func:`plot` writes, by suffix."""
 
@@ -148,18 +192,7 @@ def plot(evaluation: protocol.Evaluation, path: str | None = None, *,
     The matplotlib figure. Needs matplotlib (``pip install
     'uniroute_jax[plot]'``).
   """
-  try:
-    import matplotlib
-    if ax is None and path is not None:
-      matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    raise ValueError("plotting needs matplotlib: pip install "
-                     "'uniroute_jax[plot]'") from None
-  if ax is None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-  else:
-    fig = ax.figure
+  fig, ax, plt = _axes(path, ax)
   pool = evaluation.pool
   ax.scatter(np.ravel(pool.relative_cost), np.ravel(pool.quality), s=12,
              color="0.6", alpha=min(1.0, 8.0 / pool.quality.shape[0]),
@@ -176,11 +209,67 @@ def plot(evaluation: protocol.Evaluation, path: str | None = None, *,
   ax.set_title(title or f"Mean deferral curves over {trials} trial(s)")
   ax.legend(loc="lower right", fontsize="small")
   ax.grid(alpha=0.3)
-  fig.tight_layout()
+  return _finish(fig, plt, path)
+
+
+def plot_excess(evaluation: protocol.Evaluation, path: str | None = None, *,
+                title: str = "", ax=None):
+  """Draws each router's mean excess risk over the oracle against lambda.
+
+  Solid: the excess; for cluster routers also its estimation part (dashed:
+  more labelled prompts shrink it) and approximation part (dotted: better
+  clusters shrink it). Lambda is in relative-cost units, on a log axis
+  (lambda = 0 is drawn at the left edge). Arguments and return value as
+  :func:`plot`.
+  """
+  fig, ax, plt = _axes(path, ax)
+  lambdas = np.asarray(evaluation.excess_lambdas, np.float64)
+  positive = lambdas[lambdas > 0]
+  left = positive.min() / 3 if positive.size else 1.0
+  x = np.where(lambdas > 0, lambdas, left)
+  for name, s in evaluation.methods.items():
+    if s.method.reference or not np.all(np.isfinite(s.excess)):
+      continue
+    (line,) = ax.plot(x, s.excess, "-", label=f"{s.title}: excess")
+    if np.all(np.isfinite(s.estimation)):
+      ax.plot(x, s.estimation, "--", color=line.get_color(),
+              label=f"{s.title}: estimation")
+      ax.plot(x, s.approximation, ":", color=line.get_color(),
+              label=f"{s.title}: approximation")
+  ax.set_xscale("log")
+  ax.set_xlabel("lambda (quality per unit of relative cost; left edge: 0)")
+  ax.set_ylabel("risk over the per-prompt oracle")
+  trials = evaluation.splits.train.shape[0]
+  ax.set_title(title or f"Mean excess risk over {trials} trial(s)")
+  ax.legend(loc="upper right", fontsize="x-small")
+  ax.grid(alpha=0.3)
+  return _finish(fig, plt, path)
+
+
+def _axes(path, ax):
+  try:
+    import matplotlib
+    if ax is None and path is not None:
+      matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    raise ValueError("plotting needs matplotlib: pip install "
+                     "'uniroute_jax[plot]'") from None
   if path is not None:
     suffix = os.path.splitext(str(path))[1].lower().lstrip(".")
     if suffix not in PLOT_FORMATS:
       raise ValueError(f"path must end in one of {PLOT_FORMATS}, got {path}")
+  if ax is None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+  else:
+    fig = ax.figure
+  return fig, ax, plt
+
+
+def _finish(fig, plt, path):
+  fig.tight_layout()
+  if path is not None:
+    suffix = os.path.splitext(str(path))[1].lower().lstrip(".")
     try:
       io.atomic_write(path, lambda f: fig.savefig(f, format=suffix, dpi=120))
     finally:

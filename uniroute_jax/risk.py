@@ -162,7 +162,8 @@ def excess_risk(predicted_loss, loss, cost, lambdas, *, mask=None,
 
   Returns:
     An :class:`ExcessRisk` with [L] (or []) entries; ``excess`` is never
-    negative.
+    negative (beyond the rounding of the scores), and exactly 0 for the
+    oracle's own rule.
 
   Examples:
     >>> import numpy as np
@@ -412,12 +413,9 @@ def _rule_risk(gamma, loss, cost, route_cost, lambdas, pool, w):
 
 
 def _oracle_risk(loss, cost, lambdas, pool, w):
-  grid = jnp.atleast_1d(lambdas)
-  total = loss[None] + grid[:, None, None] * cost[None]        # [L, n, m]
-  best = jnp.min(jnp.where(pool[None, None, :], total, jnp.inf), axis=-1)
-  risk = _mean(jnp.where(jnp.any(pool), best, 0.0), w)
-  risk = jnp.where(jnp.any(pool), risk, jnp.nan)
-  return risk[0] if lambdas.ndim == 0 else risk
+  # The oracle is the rule that ranks by the true loss and the costs paid,
+  # through the same selection: the oracle's own excess is exactly 0.
+  return _rule_risk(loss, loss, cost, cost, lambdas, pool, w)
 
 
 @checks.kernel(static_argnames=("dtype",))

@@ -103,30 +103,39 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
                  help="write every number to this JSON file (must not exist)")
   p.add_argument("--plot", metavar="OUT.png", default=None,
                  help="plot the mean deferral curves (needs matplotlib)")
+  p.add_argument("--plot-excess", metavar="OUT.png", default=None,
+                 help="plot each router's mean excess risk over the oracle "
+                      "against lambda, split into estimation and "
+                      "approximation for cluster routers (needs matplotlib)")
 
 
 def _check_outputs(args) -> None:
   """Fails before any work when an output cannot be written."""
-  outputs = [(flag, path) for flag, path in (("--json", args.json),
-                                              ("--plot", args.plot))
-             if path is not None]
+  outputs = [(flag, path) for flag, path in (
+      ("--json", args.json), ("--plot", args.plot),
+      ("--plot-excess", args.plot_excess)) if path is not None]
   for flag, path in outputs:
     common.new_file(flag, path)
-  if len(outputs) == 2 and (os.path.abspath(args.json)
-                            == os.path.abspath(args.plot)):
-    raise ValueError(f"--json and --plot name the same file {args.json}")
-  if args.plot is not None:
+  seen = {}
+  for flag, path in outputs:
+    where = os.path.abspath(path)
+    if where in seen:
+      raise ValueError(f"{seen[where]} and {flag} name the same file {path}")
+    seen[where] = flag
+  plots = [(flag, path) for flag, path in outputs if flag != "--json"]
+  if plots:
     try:
       import matplotlib  # noqa: F401
     except ImportError:
-      raise ValueError("--plot needs matplotlib: pip install "
+      raise ValueError(f"{plots[0][0]} needs matplotlib: pip install "
                        "'uniroute_jax[plot]'") from None
     from uniroute_jax import report
-    suffix = os.path.splitext(args.plot)[1].lower().lstrip(".")
-    if suffix not in report.PLOT_FORMATS:
-      raise ValueError(f"--plot must end in one of "
-                       f"{', '.join('.' + f for f in report.PLOT_FORMATS)}, "
-                       f"got {args.plot}")
+    for flag, path in plots:
+      suffix = os.path.splitext(path)[1].lower().lstrip(".")
+      if suffix not in report.PLOT_FORMATS:
+        raise ValueError(f"{flag} must end in one of "
+                         f"{', '.join('.' + f for f in report.PLOT_FORMATS)}, "
+                         f"got {path}")
 
 
 def _run(args, source: str) -> int:
@@ -192,6 +201,10 @@ def _run(args, source: str) -> int:
   single = "LLM" if args.fixed_pool else "unseen LLM"
   print(f"to match the best single {single}; vs best: per-trial wins-losses, "
         f"exact sign test (* p < {evaluation.alpha}).")
+  split = report.format_excess(evaluation)
+  if split:
+    print()
+    print(split)
   if args.json is not None:
     document = report.to_dict(
         evaluation, dataset={"source": source, "prompts": data.num_prompts,
@@ -203,20 +216,20 @@ def _run(args, source: str) -> int:
     common.write_new("--json", args.json,
                text=json.dumps(document, indent=1) + "\n")
     print(f"Wrote {args.json}")
-  if args.plot is not None:
+  for flag, path, draw, what in (
+      ("--plot", args.plot, report.plot, "mean deferral curves"),
+      ("--plot-excess", args.plot_excess, report.plot_excess,
+       "mean excess risk over the oracle")):
+    if path is None:
+      continue
     common.stop_if_interrupted()
     try:
-      report.plot(evaluation, args.plot, title=f"{source}: mean deferral curves")
+      draw(evaluation, path, title=f"{source}: {what}")
     except FileExistsError:
-      raise ValueError(f"--plot: {args.plot} appeared while running; it is "
+      raise ValueError(f"{flag}: {path} appeared while running; it is "
                        f"never overwritten") from None
-    print(f"Wrote {args.plot}")
+    print(f"Wrote {path}")
   return 0
-
-
-# The router options each protocol flag sets, for the routers that have
-# them: (flag, its attribute, the options, whether the value becomes the one
-# candidate of a hyper-parameter search or the option itself).
 
 
 # The router options each protocol flag sets, for the routers that have

@@ -29,7 +29,8 @@ from uniroute_jax.protocol.methods import (
     ZeroRouter, as_method, as_methods, default_cluster_grid,
     default_neighbor_grid, method_dataclass)
 from uniroute_jax.protocol.running import (
-    PoolPoints, TrialMetrics, dataset_arrays, run_batch, run_trials, trial_mesh)
+    EXCESS_LAMBDAS, PoolPoints, TrialMetrics, dataset_arrays, run_batch,
+    run_trials, trial_mesh)
 from uniroute_jax.protocol.search import Best, best_candidate
 from uniroute_jax.protocol.splits import (
     Split, make_split, make_trials, model_split_sizes, split_sizes)
@@ -39,7 +40,7 @@ from uniroute_jax.protocol.trials import (
     TrialData, gather_trial, test_curve, validation_area)
 
 __all__ = [
-    "BUILT_IN", "Best", "DEFAULT_METHODS", "Evaluation", "KMeansRouter", "KNN",
+    "BUILT_IN", "Best", "DEFAULT_METHODS", "EXCESS_LAMBDAS", "Evaluation", "KMeansRouter", "KNN",
     "LearnedMapRouter", "MLPRouter", "MatrixFactorizationRouter", "Method",
     "MethodOutput", "MethodSummary", "Oracle", "PoolPoints", "SignTest",
     "Split", "TrialData", "TrialMetrics", "ZeroRouter", "as_method",

@@ -10,7 +10,8 @@ import numpy as np
 
 from uniroute_jax import checks
 from uniroute_jax.protocol.methods import DEFAULT_METHODS, Method, as_methods
-from uniroute_jax.protocol.running import PoolPoints, run_trials
+from uniroute_jax.protocol.running import (PoolPoints, check_excess_lambdas,
+                                           run_trials)
 from uniroute_jax.protocol.splits import Split, make_trials
 from uniroute_jax.protocol.statistics import MethodSummary, summarise
 from uniroute_jax.types import RoutingData
@@ -25,6 +26,8 @@ class Evaluation(NamedTuple):
     splits: the trials' :class:`~uniroute_jax.protocol.Split`.
     alpha: level of the sign tests.
     pool: the test LLMs' own points per trial.
+    excess_lambdas: [L] the lambdas (relative-cost units) of every
+      method's excess risks.
   """
 
   methods: dict[str, MethodSummary]
@@ -32,13 +35,14 @@ class Evaluation(NamedTuple):
   splits: Split
   alpha: float
   pool: PoolPoints
+  excess_lambdas: np.ndarray
 
 
 def evaluate(key, data: RoutingData, *, num_trials: int = 10,
              methods: Sequence[Method | str] = DEFAULT_METHODS,
              val_frac=0.1, test_frac=0.3, test_model_frac=1 / 3,
              fixed_pool: bool = False, curve_points: int = 1001, alpha: float = 0.01,
-             batch_size: int = 8,
+             batch_size: int = 8, excess_lambdas=None,
              on_progress: Callable[[int, int], None] | None = None,
              mesh: jax.sharding.Mesh | None = None) -> Evaluation:
   """The paper's evaluation: many random trials, unseen test LLMs, mean curves.
@@ -60,6 +64,10 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
     curve_points: size of the relative-cost grid of the mean curves.
     alpha: level of the sign tests.
     batch_size: trials per compiled call (memory grows with it).
+    excess_lambdas: lambdas, in relative-cost units, at which every trial's
+      excess risk over the per-prompt oracle is measured (and, for cluster
+      routers, split into estimation and approximation); default
+      :data:`~uniroute_jax.protocol.EXCESS_LAMBDAS`.
     on_progress: called with (trials done, trials in all) after each batch.
     mesh: optional one-axis device mesh to split each batch's trials over
       (see :func:`~uniroute_jax.protocol.run_trials`).
@@ -68,6 +76,7 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
   data.validate()
   if not 0.0 < alpha < 1.0:
     raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+  excess_lambdas = check_excess_lambdas(excess_lambdas, np.float64)
   methods = as_methods(methods)
   split_key, run_key = jax.random.split(key)
   splits = make_trials(split_key, num_trials, data.num_prompts, data.num_models,
@@ -82,6 +91,7 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
                        cost=np.asarray(data.cost))
   results, pool = run_trials(run_key, data, splits, methods=methods,
                              curve_points=curve_points, batch_size=batch_size,
+                             excess_lambdas=excess_lambdas,
                              on_progress=on_progress, mesh=mesh)
   summaries, best = summarise(results, methods, alpha=alpha)
-  return Evaluation(summaries, best, splits, alpha, pool)
+  return Evaluation(summaries, best, splits, alpha, pool, excess_lambdas)

@@ -44,11 +44,33 @@ from uniroute_jax.types import Array
 
 
 class MethodOutput(NamedTuple):
-  """What a method returns for one trial: its test curve and its chosen
-  hyper-parameter (0 when it has none)."""
+  """What a method returns for one trial.
+
+  Attributes:
+    curve: its deferral curve on the test prompts.
+    chosen: its hyper-parameter (0 when it has none).
+    gamma: [n_test, m_test] the predicted loss it routed the test prompts
+      by, for its excess risk over the oracle; None when it routes by no
+      predicted loss.
+    cluster_gamma: for a cluster router, the predicted loss with Psi-star
+      (the same clusters' errors on the test prompts), which splits that
+      excess into estimation and approximation (:mod:`uniroute_jax.risk`).
+    routing_cost: the costs ``gamma`` was ranked by; None for the mean
+      validation costs (``TrialData.test_route_cost``).
+  """
 
   curve: metrics.DeferralCurve
   chosen: Array
+  gamma: Array | None = None
+  cluster_gamma: Array | None = None
+  routing_cost: Array | None = None
+
+
+def _test_psi_star(membership, trial: TrialData, num_clusters=None) -> Array:
+  """Psi-star: the clusters' errors on the test prompts that are scored."""
+  return features.cluster_errors(membership, trial.test_loss,
+                                 weights=trial.test_weights,
+                                 num_clusters=num_clusters).psi
 
 
 def method_dataclass(cls=None, *, data: tuple[str, ...] = ()):
@@ -178,7 +200,12 @@ class ZeroRouter(Method):
     hull = zero_router.zero_router_hull(mean_loss, trial.test_route_cost)
     curve = zero_router.zero_router_curve(hull, trial.test_loss, trial.test_cost,
                                           weights=trial.test_weights)
-    return MethodOutput(curve, jnp.zeros((), jnp.int32))
+    # At each lambda the hull's rule is one LLM for every prompt: a cluster
+    # router with one cluster (Prop. 9), whose Psi-star is the test means.
+    ones = jnp.zeros(trial.test_loss.shape[:1], jnp.int32)
+    gamma = routing.predicted_loss(ones, mean_loss[None, :])
+    cluster_gamma = routing.predicted_loss(ones, _test_psi_star(ones, trial, 1))
+    return MethodOutput(curve, jnp.zeros((), jnp.int32), gamma, cluster_gamma)
 
 
 @method_dataclass(data=("neighbors",))
@@ -218,7 +245,7 @@ class KNN(Method):
     test_gamma = knn.knn_predicted_loss(
         trial.test_emb, trial.val_emb, trial.val_test_loss,
         mask=trial.val_test_mask, num_neighbors=k)
-    return MethodOutput(test_curve(test_gamma, trial), k)
+    return MethodOutput(test_curve(test_gamma, trial), k, test_gamma)
 
 
 class _Clusters(NamedTuple):
@@ -345,12 +372,17 @@ class KMeansRouter(_ClusterSearch):
           trial.test_emb, c.fit.centroids, cluster_mask=c.fit.cluster_mask).cluster
       area = validation_area(routing.predicted_loss(c.val_clusters, c.train_psi),
                              trial)
-      return area, routing.predicted_loss(test_clusters, c.test_psi)
+      psi_star = _test_psi_star(test_clusters, trial, c.test_psi.shape[0])
+      return area, jnp.stack([routing.predicted_loss(test_clusters, c.test_psi),
+                              routing.predicted_loss(test_clusters, psi_star)])
 
     best = search.best_candidate(
-        self.clusters, evaluate, trial.test_loss.shape, trial.test_loss.dtype,
+        self.clusters, evaluate, (2,) + trial.test_loss.shape,
+        trial.test_loss.dtype,
         sizes=search.size_classes(self.max_clusters, self.size_classes))
-    return MethodOutput(test_curve(best.gamma, trial), best.value)
+    gamma, cluster_gamma = best.gamma
+    return MethodOutput(test_curve(gamma, trial), best.value, gamma,
+                        cluster_gamma)
 
 
 @method_dataclass(data=("clusters", "prior_strength", "tol", "learning_rate"))
@@ -442,14 +474,17 @@ class LearnedMapRouter(_ClusterSearch):
             cluster_map.apply_cluster_map(learned, trial.val_emb),
             trial.val_test_loss, mask=trial.val_test_mask,
             prior_strength=self.prior_strength).psi
-      gamma = cluster_map.learned_map_predicted_loss(learned, trial.test_emb,
-                                                     test_psi)
-      return area, gamma
+      test_phi = cluster_map.apply_cluster_map(learned, trial.test_emb)
+      psi_star = _test_psi_star(test_phi, trial)
+      return area, jnp.stack([routing.predicted_loss(test_phi, test_psi),
+                              routing.predicted_loss(test_phi, psi_star)])
 
     best = search.best_candidate(
-        self.clusters, evaluate, trial.test_loss.shape, trial.test_loss.dtype,
-        together=_together(self.together, self.clusters))
-    return MethodOutput(test_curve(best.gamma, trial), best.value)
+        self.clusters, evaluate, (2,) + trial.test_loss.shape,
+        trial.test_loss.dtype, together=_together(self.together, self.clusters))
+    gamma, cluster_gamma = best.gamma
+    return MethodOutput(test_curve(gamma, trial), best.value, gamma,
+                        cluster_gamma)
 
 
 def _together(together: int | None, candidates) -> int:
@@ -497,7 +532,7 @@ class MLPRouter(Method):
                               learning_rate=self.learning_rate,
                               select=_clairvoyant_selection(trial))
     gamma = clairvoyant.predict_loss(fit, trial.test_emb)[:, trial.test_models]
-    return MethodOutput(test_curve(gamma, trial), fit.best_epoch + 1)
+    return MethodOutput(test_curve(gamma, trial), fit.best_epoch + 1, gamma)
 
 
 @method_dataclass(data=("ranks", "learning_rate"))
@@ -551,7 +586,7 @@ class MatrixFactorizationRouter(Method):
     best = search.best_candidate(
         self.ranks, evaluate, trial.test_loss.shape, trial.test_loss.dtype,
         together=_together(self.together, self.ranks))
-    return MethodOutput(test_curve(best.gamma, trial), best.value)
+    return MethodOutput(test_curve(best.gamma, trial), best.value, best.gamma)
 
 
 @method_dataclass
@@ -567,7 +602,8 @@ class Oracle(Method):
     curve = metrics.deferral_curve(
         trial.test_loss, trial.test_loss, trial.test_cost,
         weights=trial.test_weights, routing_cost=trial.test_cost)
-    return MethodOutput(curve, jnp.zeros((), jnp.int32))
+    return MethodOutput(curve, jnp.zeros((), jnp.int32), trial.test_loss,
+                        routing_cost=trial.test_cost)
 
 
 BUILT_IN: types.MappingProxyType = types.MappingProxyType({

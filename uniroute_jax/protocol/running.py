@@ -22,15 +22,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniroute_jax import checks, metrics
+from uniroute_jax import checks, metrics, risk
 from uniroute_jax.protocol.methods import (DEFAULT_METHODS, Method, as_methods)
 from uniroute_jax.protocol.splits import Split
-from uniroute_jax.protocol.trials import TrialData, gather_trial
+from uniroute_jax.protocol.trials import TrialData, gather_trial, test_curve
 from uniroute_jax.types import Array, RoutingData
 
 
 class TrialMetrics(NamedTuple):
-  """Per-trial results of one method, each [T]; ``curve_quality`` [T, G]."""
+  """Per-trial results of one method, each [T]; ``curve_quality`` [T, G].
+
+  The excess risk over the per-prompt oracle is measured at the lambdas
+  ``excess_lambdas`` [L] of :func:`run_trials`, in relative-cost units
+  (each cost divided by the dearest test LLM's mean test cost, as the
+  curves' x axis), so trials and datasets share one scale:
+  ``excess``, ``estimation``, ``approximation`` are [T, L], and the same
+  split integrated over the cost range, in Area, is ``area_estimation`` and
+  ``area_approximation`` [T] (:mod:`uniroute_jax.risk`). ``excess`` is NaN
+  for methods that route by no predicted loss; the split is NaN for those
+  that are not cluster routers.
+  """
 
   area: Array
   area50: Array
@@ -39,6 +50,11 @@ class TrialMetrics(NamedTuple):
   best_quality: Array
   chosen: Array
   curve_quality: Array
+  excess: Array
+  estimation: Array
+  approximation: Array
+  area_estimation: Array
+  area_approximation: Array
 
 
 class PoolPoints(NamedTuple):
@@ -46,6 +62,46 @@ class PoolPoints(NamedTuple):
 
   relative_cost: Array
   quality: Array
+
+
+EXCESS_LAMBDAS = np.concatenate([[0.0], np.geomspace(0.01, 100.0, 21)])
+"""Default lambdas of the protocol's excess risks, in relative-cost units.
+Two LLMs swap at lambda = (difference in loss) / (difference in relative
+cost), so 0 and 0.01 .. 100 cover every swap where both differences are at
+least 0.01."""
+
+
+def _excess(result, trial: TrialData, lambdas, area):
+  """(excess, estimation, approximation [L], area estimation,
+  area approximation) of one method's output on one trial."""
+  dtype = trial.test_loss.dtype
+  nan_grid = jnp.full(lambdas.shape, jnp.nan, dtype)
+  nan = jnp.array(jnp.nan, dtype)
+  if result.gamma is None:
+    return nan_grid, nan_grid, nan_grid, nan, nan
+  points = metrics.single_llm_points(trial.test_loss, trial.test_cost,
+                                     trial.test_weights)
+  top = jnp.max(points.cost)
+  scale = jnp.where(top > 0, top, 1.0)
+  ranked_by = (trial.test_route_cost if result.routing_cost is None
+               else result.routing_cost)
+
+  def excess_of(gamma):
+    return risk.excess_risk(gamma, trial.test_loss, trial.test_cost / scale,
+                            lambdas, weights=trial.test_weights,
+                            routing_cost=ranked_by / scale).excess
+
+  excess = excess_of(result.gamma)
+  if result.cluster_gamma is None:
+    return excess, nan_grid, nan_grid, nan, nan
+  approximation = excess_of(result.cluster_gamma)
+  cluster_area = metrics.deferral_metrics(
+      test_curve(result.cluster_gamma, trial)).area
+  oracle_area = metrics.deferral_metrics(metrics.deferral_curve(
+      trial.test_loss, trial.test_loss, trial.test_cost,
+      weights=trial.test_weights, routing_cost=trial.test_cost)).area
+  return (excess, excess - approximation, approximation, cluster_area - area,
+          oracle_area - cluster_area)
 
 
 def method_key(key, method: Method):
@@ -69,8 +125,9 @@ def dataset_arrays(data: RoutingData):
 
 
 @checks.kernel(static_argnames=("curve_points", "vectorize"))
-def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...], *,
-              curve_points: int, vectorize: int | tuple[int, ...]):
+def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...],
+              excess_lambdas=None, *, curve_points: int,
+              vectorize: int | tuple[int, ...]):
   """Every method on every trial of a batch: one compiled computation.
 
   Args:
@@ -78,6 +135,8 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...], *,
     splits: a :class:`Split` with a leading trial axis [b].
     keys: [b] trial keys.
     methods: resolved methods (their hyper-parameters are traced).
+    excess_lambdas: [L] lambdas of the excess risks, in relative-cost
+      units (traced); default :data:`EXCESS_LAMBDAS`.
     curve_points: size of the relative-cost grid the curves are sampled on.
     vectorize: how many trials are vmapped together (``lax.map``'s batch),
       one for all methods or one per method.
@@ -86,6 +145,8 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...], *,
     {"pool": PoolPoints, method name: TrialMetrics}, arrays [b, ...].
   """
   grid = jnp.linspace(0.0, 1.0, curve_points, dtype=arrays[1].dtype)
+  lambdas = jnp.asarray(EXCESS_LAMBDAS if excess_lambdas is None
+                        else excess_lambdas, arrays[1].dtype)
   if isinstance(vectorize, int):
     vectorize = (vectorize,) * len(methods)
   if len(vectorize) != len(methods):
@@ -98,12 +159,14 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...], *,
   def metrics_of(method):
     def one(item):
       split, key = item
-      result = method.run(gather_trial(arrays, split), method_key(key, method))
+      trial = gather_trial(arrays, split)
+      result = method.run(trial, method_key(key, method))
       m = metrics.deferral_metrics(result.curve)
       env = metrics.upper_envelope(result.curve)
       return TrialMetrics(
           m.area, m.area50, m.qnc, m.peak_quality, result.curve.best_quality,
-          jnp.asarray(result.chosen, jnp.int32), metrics.interpolate(env, grid))
+          jnp.asarray(result.chosen, jnp.int32), metrics.interpolate(env, grid),
+          *_excess(result, trial, lambdas, m.area))
     return one
 
   out = {"pool": jax.lax.map(pool, splits)}
@@ -113,6 +176,21 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...], *,
     out[method.name] = jax.lax.map(metrics_of(method), (splits, keys),
                                    batch_size=batch)
   return out
+
+
+def check_excess_lambdas(excess_lambdas, dtype) -> np.ndarray:
+  """The lambdas of the excess risks on the host, checked: [L], finite and
+  non-negative (default :data:`EXCESS_LAMBDAS`)."""
+  if excess_lambdas is None:
+    return EXCESS_LAMBDAS.astype(dtype)
+  values = np.asarray(excess_lambdas)
+  if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
+    raise ValueError(f"excess_lambdas must be a 1-d array of numbers, got "
+                     f"shape {values.shape} and dtype {values.dtype}")
+  if not np.all(np.isfinite(values)) or np.any(values < 0):
+    raise ValueError("excess_lambdas must be finite and non-negative, got "
+                     f"{values.tolist()}")
+  return values.astype(dtype)
 
 
 def _replicated(mesh) -> jax.sharding.NamedSharding:
@@ -147,7 +225,7 @@ def _default_vectorize(method: Method, batch_size: int) -> int:
 def run_trials(key, data: RoutingData, splits: Split, *,
                methods: Sequence[Method | str] = DEFAULT_METHODS,
                curve_points: int = 1001, batch_size: int = 8,
-               vectorize: int | None = None,
+               vectorize: int | None = None, excess_lambdas=None,
                on_progress: Callable[[int, int], None] | None = None,
                mesh: jax.sharding.Mesh | None = None
                ) -> tuple[dict[str, TrialMetrics], PoolPoints]:
@@ -166,6 +244,9 @@ def run_trials(key, data: RoutingData, splits: Split, *,
       batch on accelerators, and on a CPU all of a batch for the methods
       that prefer it (``Method.vectorize_on_cpu``), one at a time for the
       others.
+    excess_lambdas: [L] non-negative lambdas, in relative-cost units, of
+      the per-trial excess risks (:class:`TrialMetrics`); default
+      :data:`EXCESS_LAMBDAS`.
     on_progress: called with (trials done, trials in all) as batches end,
       in order.
     mesh: optional one-axis device mesh (e.g. ``jax.make_mesh(
@@ -183,6 +264,7 @@ def run_trials(key, data: RoutingData, splits: Split, *,
   n_train, n_val = int(np.shape(splits.train)[1]), int(np.shape(splits.val)[1])
   methods = tuple(m.resolve(n_train, n_val) for m in as_methods(methods))
   arrays = dataset_arrays(data)
+  excess_lambdas = check_excess_lambdas(excess_lambdas, arrays[1].dtype)
   trial_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(
       jnp.arange(num_trials))
   batch_size = min(batch_size, num_trials)
@@ -203,7 +285,8 @@ def run_trials(key, data: RoutingData, splits: Split, *,
     keys = trial_keys[index]
     if mesh is not None:
       split, keys = jax.device_put((split, keys), by_trial)
-    out = run_batch(arrays, split, keys, methods, curve_points=curve_points,
+    out = run_batch(arrays, split, keys, methods, excess_lambdas,
+                    curve_points=curve_points,
                     vectorize=vectorize)
     keep = min(batch_size, num_trials - start)
     return jax.tree.map(lambda a: np.asarray(a)[:keep], out)

@@ -56,6 +56,10 @@ class MethodSummary(NamedTuple):
     versus_best: sign test of the per-trial areas against the best method
       (None for the best method itself and for reference methods).
     significantly_worse: p < alpha and fewer wins than losses.
+    excess, estimation, approximation: [L] means over trials of the excess
+      risk over the oracle and its split (NaN where the method has none;
+      see :class:`~uniroute_jax.protocol.TrialMetrics`).
+    area_estimation, area_approximation: means of the split in Area.
   """
 
   name: str
@@ -71,6 +75,11 @@ class MethodSummary(NamedTuple):
   trials: TrialMetrics
   versus_best: SignTest | None
   significantly_worse: bool
+  excess: np.ndarray
+  estimation: np.ndarray
+  approximation: np.ndarray
+  area_estimation: float
+  area_approximation: float
 
 
 def summarise(results: dict[str, TrialMetrics], methods: Sequence[Method], *,
@@ -112,5 +121,9 @@ def summarise(results: dict[str, TrialMetrics], methods: Sequence[Method], *,
         peak_quality=float(np.max(quality)), area_ci=(mean - half, mean + half),
         relative_cost=grid, quality=quality, trials=r, versus_best=test,
         significantly_worse=bool(test is not None and test.p_value < alpha
-                                 and test.wins < test.losses))
+                                 and test.wins < test.losses),
+        excess=np.mean(r.excess, axis=0), estimation=np.mean(r.estimation, axis=0),
+        approximation=np.mean(r.approximation, axis=0),
+        area_estimation=float(np.mean(r.area_estimation)),
+        area_approximation=float(np.mean(r.area_approximation)))
   return summaries, best
