@@ -114,6 +114,18 @@ CASES = [
           3: lambda w: w * 2, 4: lambda a: a + 1}),
     Case("cluster_errors_soft", lambda phi, loss: ur.cluster_errors(phi, loss),
          lambda: (SOFT, LOSS), {0: lambda p: p[::-1].copy(), 1: lambda l: 1 - l}),
+    Case("cluster_posterior", lambda c, loss, mask, w: ur.cluster_posterior(
+        c, loss, num_clusters=K, mask=mask, weights=w),
+         lambda: (CLUSTERS, LOSS, MASK, WEIGHTS),
+         {0: _flip, 1: lambda l: 1 - l, 2: lambda m: m[::-1].copy(),
+          3: lambda w: w * 2}),
+    Case("cluster_posterior_quantile", lambda phi, loss, a, q: ur.cluster_posterior(
+        phi, loss, prior_strength=a).quantile(q),
+         lambda: (SOFT, LOSS, np.float32(2.0), np.float32(0.8)),
+         {0: lambda p: p[::-1].copy(), 2: lambda a: a * 3, 3: lambda q: q / 2}),
+    Case("beta_quantile", lambda a, b, q: ur.beta_quantile(a, b, q),
+         lambda: (PSI * 10, (1 - PSI) * 10, np.float32(0.3)),
+         {0: lambda a: a + 1, 1: lambda b: b * 2, 2: lambda q: q * 2}),
     Case("predicted_loss", lambda phi, psi: ur.predicted_loss(phi, psi),
          lambda: (SOFT, PSI), {0: lambda p: p[::-1].copy(), 1: lambda p: 1 - p}),
     Case("route_hard", lambda c, psi, cost, lam, pool: ur.route(

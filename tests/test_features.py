@@ -186,3 +186,172 @@ def test_an_llm_with_no_label_is_assumed_always_wrong():
   out = knn_predicted_loss(rng.normal(size=(4, 2)), rng.normal(size=(6, 2)), loss,
                            num_neighbors=2, mask=mask)
   np.testing.assert_array_equal(np.asarray(out)[:, 1], np.ones(4))
+
+
+# ------------------------------------------------------- Beta posteriors
+
+
+def numpy_counts(cluster, loss, mask, weights, k):
+  n, m = loss.shape
+  counts, sums = np.zeros((k, m)), np.zeros((k, m))
+  for i in range(n):
+    for j in range(m):
+      if mask[i, j]:
+        counts[cluster[i], j] += weights[i]
+        sums[cluster[i], j] += weights[i] * loss[i, j]
+  return counts, sums
+
+
+def numpy_log_marginal(a, counts, sums, mu):
+  from scipy.special import betaln
+  mu = min(max(mu, 1e-6), 1 - 1e-6)
+  keep = counts > 0
+  return float(np.sum(betaln(sums[keep] + a * mu,
+                             counts[keep] - sums[keep] + a * (1 - mu))
+                      - betaln(a * mu, a * (1 - mu))))
+
+
+def test_posterior_with_a_fixed_strength_is_the_shrinkage_estimate(dtype, mode):
+  rng = np.random.default_rng(0)
+  n, m, k = 60, 4, 5
+  cluster = rng.integers(0, k, n)
+  loss = (rng.random((n, m)) < 0.3).astype(dtype)
+  mask = rng.random((n, m)) < 0.8
+  w = rng.uniform(0.5, 2.0, n).astype(dtype)
+  post = features.cluster_posterior(cluster, loss, num_clusters=k, mask=mask,
+                                    weights=w, prior_strength=3.0)
+  errors = cluster_errors(cluster, loss, num_clusters=k, mask=mask, weights=w,
+                          prior_strength=3.0)
+  np.testing.assert_allclose(post.mean, errors.psi, rtol=RTOL[dtype])
+  counts, sums = numpy_counts(cluster, loss, mask, w, k)
+  mu = sums.sum(0) / counts.sum(0)
+  np.testing.assert_allclose(post.alpha, sums + 3.0 * mu, rtol=RTOL[dtype])
+  np.testing.assert_allclose(post.beta, counts - sums + 3.0 * (1 - mu),
+                             rtol=RTOL[dtype], atol=RTOL[dtype])
+  assert post.mean.dtype == dtype
+
+
+def test_empirical_bayes_takes_the_grids_best_marginal_likelihood(dtype):
+  """An independent NumPy / SciPy scan of the same grid picks the same
+  strength for every LLM."""
+  rng = np.random.default_rng(1)
+  n, m, k = 300, 6, 12
+  cluster = rng.integers(0, k, n)
+  rates = rng.beta([[0.5, 2, 5, 20, 50, 1]], [[0.5, 2, 5, 20, 50, 1]], (k, m))
+  loss = (rng.random((n, m)) < rates[cluster]).astype(float)
+  post = features.cluster_posterior(cluster, loss.astype(dtype), num_clusters=k)
+  counts, sums = numpy_counts(cluster, loss, np.ones((n, m), bool), np.ones(n), k)
+  absolute, relative = features.EVIDENCE_TOLERANCE
+  for j in range(m):
+    mu = sums[:, j].sum() / counts[:, j].sum()
+    scores = np.array([numpy_log_marginal(a, counts[:, j], sums[:, j], mu)
+                       for a in features.STRENGTH_GRID])
+    slack = absolute + relative * abs(scores.max())
+    # The weakest strength as likely as the best, up to rounding.
+    best = features.STRENGTH_GRID[np.flatnonzero(scores >= scores.max() - slack)[0]]
+    ours = float(post.prior_strength[j])
+    if dtype == np.float64:
+      np.testing.assert_allclose(ours, best, rtol=1e-12)
+    else:
+      # float32 may step to a neighbour at the edge of the tolerance.
+      score = numpy_log_marginal(ours, counts[:, j], sums[:, j], mu)
+      assert score >= scores.max() - 2 * slack, (j, ours, best)
+
+
+def test_empirical_bayes_recovers_the_strength_that_generated_the_data():
+  """Rates drawn from Beta(a mu, a (1 - mu)) with a = 20, 400 clusters of
+  40 prompts: the estimate lands within a factor 1.6 of 20."""
+  rng = np.random.default_rng(2)
+  k, per, mu, a = 400, 40, 0.3, 20.0
+  rates = rng.beta(a * mu, a * (1 - mu), k)
+  cluster = np.repeat(np.arange(k), per)
+  loss = (rng.random((k * per, 1)) < rates[cluster, None]).astype(float)
+  post = features.cluster_posterior(cluster, loss, num_clusters=k)
+  assert 20 / 1.6 < float(post.prior_strength[0]) < 20 * 1.6
+  # Identical clusters: no spread between them, the strongest prior.
+  flat = np.tile((np.arange(per) % 4 == 0).astype(float), k)[:, None]
+  post = features.cluster_posterior(cluster, flat, num_clusters=k)
+  assert float(post.prior_strength[0]) > 1e4
+  np.testing.assert_allclose(post.mean, 0.25, atol=1e-3)
+
+
+def test_empirical_bayes_in_cluster_errors_is_the_posterior_mean():
+  rng = np.random.default_rng(3)
+  cluster = rng.integers(0, 4, 80)
+  loss = (rng.random((80, 3)) < 0.4).astype(float)
+  post = features.cluster_posterior(cluster, loss, num_clusters=4)
+  errors = cluster_errors(cluster, loss, num_clusters=4,
+                          prior_strength="empirical_bayes")
+  np.testing.assert_allclose(errors.psi, post.mean, rtol=1e-12)
+  np.testing.assert_allclose(errors.counts, post.counts)
+  with pytest.raises(ValueError, match="prior_strength must be a non-negative "
+                     "number or 'empirical_bayes'"):
+    cluster_errors(cluster, loss, num_clusters=4, prior_strength="auto")
+
+
+def test_beta_quantile_matches_scipy(dtype, mode):
+  from scipy.stats import beta as scipy_beta
+  rng = np.random.default_rng(4)
+  a = rng.exponential(5.0, 40) + 0.05
+  b = rng.exponential(5.0, 40) + 0.05
+  a[:3] *= 500                             # large counts
+  for q in (0.02, 0.1, 0.5, 0.9, 0.99):
+    ours = features.beta_quantile(a.astype(dtype), b.astype(dtype), q)
+    want = scipy_beta.ppf(q, a, b)
+    tol = 2e-5 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(ours, want, rtol=tol, atol=tol)
+
+
+def test_beta_quantile_edges():
+  out = features.beta_quantile(np.array([0.0, 2.0, 0.0, 1.0]),
+                               np.array([3.0, 0.0, 0.0, 1.0]), 0.5,
+                               fallback=np.full(4, 0.25))
+  np.testing.assert_allclose(out, [0.0, 1.0, 0.25, 0.5])
+  uniform = features.beta_quantile(np.ones(3), np.ones(3), np.array(0.3))
+  np.testing.assert_allclose(uniform, 0.3, rtol=1e-12)
+
+
+def test_credible_intervals_narrow_with_more_prompts_and_hold_the_mean():
+  rng = np.random.default_rng(5)
+  widths = []
+  for n in (20, 200, 2000):
+    cluster = rng.integers(0, 2, n)
+    loss = (rng.random((n, 1)) < 0.3).astype(float)
+    post = features.cluster_posterior(cluster, loss, num_clusters=2,
+                                      prior_strength=2.0)
+    low, high = post.interval(0.9)
+    assert np.all((low <= post.mean) & (post.mean <= high))
+    widths.append(float(np.max(high - low)))
+  assert widths[0] > widths[1] > widths[2]
+  low, high = post.interval(0.0)
+  np.testing.assert_allclose(low, high)
+  np.testing.assert_allclose(post.quantile(0.5), low)
+
+
+def test_posterior_under_vmap_over_quantiles_does_not_retrace():
+  rng = np.random.default_rng(6)
+  cluster = rng.integers(0, 3, 50)
+  loss = (rng.random((50, 2)) < 0.4).astype(np.float32)
+  post = features.cluster_posterior(cluster, loss, num_clusters=3)
+  f = jax.jit(lambda p, q: p.quantile(q))
+  qs = np.array([0.1, 0.5, 0.9], np.float32)
+  batched = jax.vmap(f, in_axes=(None, 0))(post, qs)
+  for i, q in enumerate(qs):
+    np.testing.assert_allclose(batched[i], f(post, q), rtol=1e-6)
+  f(post, np.float32(0.2))
+  with no_retrace():
+    f(post, np.float32(0.7))
+
+
+def test_log_gamma_ratio_matches_scipy(dtype):
+  from scipy.special import gammaln
+  rng = np.random.default_rng(7)
+  x = np.concatenate([rng.uniform(1e-3, 10, 50), rng.uniform(10, 1e5, 50)])
+  s = rng.uniform(0, 300, 100)
+  s[:5] = 0.0
+  ours = features.log_gamma_ratio(x.astype(dtype), s.astype(dtype))
+  want = gammaln(x + s) - gammaln(x)
+  # The scale of the result's rounding: s log(x + s), not the difference.
+  scale = 1.0 + s * np.abs(np.log(x + s))
+  tol = 1e-6 if dtype == np.float32 else 1e-12
+  assert np.all(np.abs(np.asarray(ours, np.float64) - want) <= tol * scale)

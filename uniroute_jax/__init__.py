@@ -39,7 +39,9 @@ _NAMES = {
     "uniroute_jax.data": (
         "load_embedllm", "load_embeddings", "load_long", "load_routerbench",
         "make_synthetic", "missing_labels", "read_prompts"),
-    "uniroute_jax.features": ("ClusterErrors", "cluster_errors"),
+    "uniroute_jax.features": ("ClusterErrors", "ClusterPosterior",
+                              "beta_quantile", "cluster_errors",
+                              "cluster_posterior"),
     "uniroute_jax.fitting": ("FitReport", "FittedRouter", "fit_router"),
     "uniroute_jax.learn": ("CheckpointSelection", "FittedModel"),
     "uniroute_jax.maps": ("CentroidMap", "ClusterMapping", "LearnedMap"),
@@ -99,5 +101,6 @@ __all__ = [
     "risk", "AreaDecomposition", "ExcessDecomposition", "ExcessRisk",
     "ImpurityBound", "NeighborhoodError", "area_decomposition",
     "excess_decomposition", "excess_risk", "impurity_bound", "impurity_bounds",
-    "neighborhood_error",
+    "neighborhood_error", "ClusterPosterior", "beta_quantile",
+    "cluster_posterior",
 ]

@@ -11,9 +11,18 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from uniroute_jax import checks
 from uniroute_jax.types import PRECISION, Array
+
+EMPIRICAL_BAYES = "empirical_bayes"
+"""The ``prior_strength`` that asks for each LLM's strength by empirical Bayes."""
+
+# Prior strengths empirical Bayes chooses among, in pseudo-prompts: 12%
+# apart, from next to nothing to more prompts than a cluster ever holds
+# (where the data show no difference between clusters at all).
+STRENGTH_GRID = np.geomspace(1e-2, 1e5, 141)
 
 
 class ClusterErrors(NamedTuple):
@@ -46,7 +55,10 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
   ``overall_j``, the limit of the shrinkage estimate as ``a -> 0``, which is
   the only value that neither favours nor penalises that LLM there. Use
   ``a > 0`` (say 1 to 5) when clusters are small: a cluster with 2 prompts
-  otherwise reports an error of exactly 0, 0.5 or 1.
+  otherwise reports an error of exactly 0, 0.5 or 1. The estimate is the
+  posterior mean of a Beta prior of mean ``overall_j`` and strength ``a``
+  (:func:`cluster_posterior`); ``prior_strength="empirical_bayes"`` chooses
+  each LLM's ``a`` from its own clusters' counts.
 
   Args:
     membership: [n] int cluster index of each prompt (hard assignment), or
@@ -55,7 +67,8 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
     num_clusters: k (static); required with a hard assignment.
     mask: optional [n, m] bool, False where a label is missing.
     weights: optional [n] non-negative prompt weights.
-    prior_strength: a >= 0 above (traced; default 0).
+    prior_strength: a >= 0 above (traced; default 0), or
+      ``"empirical_bayes"``.
 
   Returns:
     A :class:`ClusterErrors`. An LLM with no labelled prompt at all is
@@ -70,6 +83,26 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
     Array([[0.5, 1. ],
            [0. , 0. ]], dtype=float32)
   """
+  if _is_empirical_bayes(prior_strength):
+    return cluster_posterior(membership, loss, num_clusters=num_clusters,
+                             mask=mask, weights=weights).errors
+  membership, loss, mask, weights, k, dtype = _check_errors_args(
+      membership, loss, num_clusters, mask, weights, prior_strength)
+  return _cluster_errors(membership, loss, mask, weights, prior_strength,
+                         num_clusters=k, dtype=dtype)
+
+
+def _is_empirical_bayes(prior_strength) -> bool:
+  if isinstance(prior_strength, str):
+    if prior_strength != EMPIRICAL_BAYES:
+      raise ValueError(f"prior_strength must be a non-negative number or "
+                       f"{EMPIRICAL_BAYES!r}, got {prior_strength!r}")
+    return True
+  return False
+
+
+def _check_errors_args(membership, loss, num_clusters, mask, weights,
+                       prior_strength):
   loss = checks.float_array("loss", loss, ndim=2, shape_doc="[n, m]")
   n, m = loss.shape
   mask = checks.mask("mask", mask, (n, m))
@@ -95,8 +128,7 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
       raise ValueError("num_clusters must be given with a hard assignment")
     k = checks.positive_int("num_clusters", num_clusters)
     dtype = checks.compute_dtype(loss)
-  return _cluster_errors(membership, loss, mask, weights, prior_strength,
-                         num_clusters=k, dtype=dtype)
+  return membership, loss, mask, weights, k, dtype
 
 
 def mean_loss(loss, mask, w=None):
@@ -115,34 +147,47 @@ def mean_loss(loss, mask, w=None):
   return jnp.where(total > 0, sums / jnp.where(total > 0, total, 1.0), 1.0)
 
 
-@checks.kernel(static_argnames=("num_clusters", "dtype"))
-def _cluster_errors(membership, loss, mask, w, prior_strength, *,
-                    num_clusters: int, dtype):
-  n = loss.shape[0]
-  loss = loss.astype(dtype)
-  mask = jnp.ones(loss.shape, bool) if mask is None else mask.astype(bool)
-  w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
-  prior_strength = jnp.asarray(0.0 if prior_strength is None else prior_strength,
-                               dtype)
-  if membership.ndim == 1:
-    checks.require(jnp.all((membership >= 0) & (membership < num_clusters)),
-                   f"cluster_errors: membership must hold cluster indices in "
-                   f"[0, {num_clusters})")
-    phi = jax.nn.one_hot(membership, num_clusters, dtype=dtype)
-  else:
-    phi = membership.astype(dtype)
-    checks.require(jnp.all(phi >= 0), "cluster_errors: membership must be "
-                   "non-negative")
-  checks.require(jnp.all(jnp.where(mask, (loss >= 0) & (loss <= 1), True)),
-                 "cluster_errors: loss must lie in [0, 1] where labelled")
-  checks.require(jnp.all(w >= 0), "cluster_errors: weights must be non-negative")
-  checks.require(prior_strength >= 0, "cluster_errors: prior_strength must be "
-                 "non-negative, got {}", prior_strength)
+def _cluster_sums(phi, loss, mask, w):
+  """(counts, loss sums [k, m], overall [m]) of memberships ``phi`` [n, k]."""
   labelled = mask * w[:, None]
   counts = jnp.matmul(phi.T, labelled, precision=PRECISION)
   sums = jnp.matmul(phi.T, jnp.where(mask, loss, 0.0) * w[:, None],
                     precision=PRECISION)
-  overall = mean_loss(loss, mask, w)
+  return counts, sums, mean_loss(loss, mask, w)
+
+
+def _inputs(membership, loss, mask, w, num_clusters, dtype, where):
+  """Memberships [n, k] and the arrays in ``dtype``, with the value checks
+  every estimate of Psi shares."""
+  n = loss.shape[0]
+  loss = loss.astype(dtype)
+  mask = jnp.ones(loss.shape, bool) if mask is None else mask.astype(bool)
+  w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
+  if membership.ndim == 1:
+    checks.require(jnp.all((membership >= 0) & (membership < num_clusters)),
+                   f"{where}: membership must hold cluster indices in "
+                   f"[0, {num_clusters})")
+    phi = jax.nn.one_hot(membership, num_clusters, dtype=dtype)
+  else:
+    phi = membership.astype(dtype)
+    checks.require(jnp.all(phi >= 0), f"{where}: membership must be "
+                   "non-negative")
+  checks.require(jnp.all(jnp.where(mask, (loss >= 0) & (loss <= 1), True)),
+                 f"{where}: loss must lie in [0, 1] where labelled")
+  checks.require(jnp.all(w >= 0), f"{where}: weights must be non-negative")
+  return phi, loss, mask, w
+
+
+@checks.kernel(static_argnames=("num_clusters", "dtype"))
+def _cluster_errors(membership, loss, mask, w, prior_strength, *,
+                    num_clusters: int, dtype):
+  phi, loss, mask, w = _inputs(membership, loss, mask, w, num_clusters, dtype,
+                               "cluster_errors")
+  prior_strength = jnp.asarray(0.0 if prior_strength is None else prior_strength,
+                               dtype)
+  checks.require(prior_strength >= 0, "cluster_errors: prior_strength must be "
+                 "non-negative, got {}", prior_strength)
+  counts, sums, overall = _cluster_sums(phi, loss, mask, w)
   overall_row = overall[None, :]
   denom = counts + prior_strength
   psi = jnp.where(denom > 0,
@@ -150,3 +195,248 @@ def _cluster_errors(membership, loss, mask, w, prior_strength, *,
                   jnp.where(denom > 0, denom, 1.0),
                   overall_row)
   return ClusterErrors(psi, counts, overall)
+
+
+# ------------------------------------------------------- Beta posteriors
+
+
+class ClusterPosterior(NamedTuple):
+  """A Beta posterior on each (cluster, LLM) error rate.
+
+  The prior of LLM j is Beta(a_j mu_j, a_j (1 - mu_j)): centred on its
+  overall error mu_j, worth a_j pseudo-prompts. After s_cj weighted errors
+  in n_cj weighted labelled prompts of cluster c, the posterior is
+  Beta(alpha, beta) with alpha = s_cj + a_j mu_j and
+  beta = n_cj - s_cj + a_j (1 - mu_j).
+
+  Attributes:
+    mean: [k, m] the posterior mean (the prior mean where nothing is
+      known): what routing uses in place of Psi.
+    alpha, beta: [k, m] the posterior's parameters.
+    counts: [k, m] n_cj, the (weighted, fractional for soft memberships)
+      labelled prompts behind each cell.
+    prior_mean: [m] mu_j.
+    prior_strength: [m] a_j.
+  """
+
+  mean: Array
+  alpha: Array
+  beta: Array
+  counts: Array
+  prior_mean: Array
+  prior_strength: Array
+
+  @property
+  def errors(self) -> ClusterErrors:
+    """The posterior mean as the :class:`ClusterErrors` routing uses."""
+    return ClusterErrors(self.mean, self.counts, self.prior_mean)
+
+  def quantile(self, q) -> Array:
+    """[k, m] the posterior's q-quantile (traced ``q`` in [0, 1]); a cell
+    with no prior and no prompt gets the prior mean."""
+    return beta_quantile(self.alpha, self.beta, q, fallback=self.mean)
+
+  def interval(self, level=0.9) -> tuple[Array, Array]:
+    """([k, m] low, [k, m] high): the central credible interval holding
+    ``level`` (traced, in [0, 1]) of the posterior."""
+    level = checks.scalar("level", level)
+    return _interval(self.alpha, self.beta, self.mean, level,
+                     dtype=checks.compute_dtype(self.alpha))
+
+
+@checks.kernel(static_argnames=("dtype",))
+def _interval(alpha, beta, mean, level, *, dtype):
+  level = level.astype(dtype)
+  checks.require((level >= 0) & (level <= 1),
+                 "interval: level must lie in [0, 1], got {}", level)
+  return (_beta_quantile(alpha, beta, (1.0 - level) / 2.0, mean,
+                         iterations=60, dtype=dtype),
+          _beta_quantile(alpha, beta, (1.0 + level) / 2.0, mean,
+                         iterations=60, dtype=dtype))
+
+
+def cluster_posterior(membership, loss, *, num_clusters: int | None = None,
+                      mask=None, weights=None, prior_strength=None
+                      ) -> ClusterPosterior:
+  """The Beta-Binomial posterior on every LLM's per-cluster error rate.
+
+  Each LLM's prior is centred on its overall mean loss (the
+  :func:`mean_loss` rule: 1 for an LLM with no labelled prompt). Its
+  strength is ``prior_strength`` pseudo-prompts when given, else chosen
+  per LLM by empirical Bayes: the strength on :data:`STRENGTH_GRID` that
+  maximises the marginal likelihood of the LLM's per-cluster counts,
+
+    sum_c log B(s_c + a mu, n_c - s_c + a (1 - mu)) - log B(a mu, a (1 - mu)),
+
+  so an LLM whose clusters differ little is shrunk hard towards its mean
+  and one whose clusters differ much keeps its cluster means. The
+  posterior mean is ``cluster_errors`` with that strength. Losses in
+  (0, 1) and soft memberships enter as fractional counts (the likelihood
+  is then a quasi-likelihood).
+
+  Args:
+    membership, loss, num_clusters, mask, weights: as :func:`cluster_errors`.
+    prior_strength: a >= 0 for every LLM (traced), or None for empirical
+      Bayes.
+
+  Returns:
+    A :class:`ClusterPosterior`.
+
+  Examples:
+    >>> import numpy as np
+    >>> loss = np.array([[1, 0], [1, 0], [0, 0], [0, 1]], np.float32)
+    >>> post = cluster_posterior(np.array([0, 0, 1, 1]), loss, num_clusters=2,
+    ...                          prior_strength=2.0)
+    >>> post.mean                       # (s + 2 * 0.5) / (n + 2), (s + 2 * 0.25) / ...
+    Array([[0.75 , 0.125],
+           [0.25 , 0.375]], dtype=float32)
+  """
+  if _is_empirical_bayes(prior_strength):
+    prior_strength = None
+  membership, loss, mask, weights, k, dtype = _check_errors_args(
+      membership, loss, num_clusters, mask, weights, prior_strength)
+  return _cluster_posterior(membership, loss, mask, weights, prior_strength,
+                            num_clusters=k, dtype=dtype)
+
+
+def log_gamma_ratio(x, s) -> Array:
+  """log Gamma(x + s) - log Gamma(x) for x > 0, s >= 0, without the
+  cancellation of subtracting two large log-gammas: for x > 10 Stirling's
+  series in the form (x - 1/2) log1p(s / x) + s log(x + s) - s + ..., so it
+  stays accurate in float32 at the prior strengths empirical Bayes tries."""
+  x, s = jnp.asarray(x), jnp.asarray(s)
+  large = x > 10.0
+  xl = jnp.where(large, x, 11.0)
+  z = xl + s
+
+  def tail(t):
+    inv = 1.0 / t
+    inv2 = inv * inv
+    return inv * (1.0 / 12.0 - inv2 * (1.0 / 360.0 - inv2 / 1260.0))
+
+  stirling = ((xl - 0.5) * jnp.log1p(s / xl) + s * jnp.log(z) - s
+              + tail(z) - tail(xl))
+  xs = jnp.where(large, 1.0, x)
+  direct = jax.scipy.special.gammaln(xs + s) - jax.scipy.special.gammaln(xs)
+  return jnp.where(large, stirling, direct)
+
+
+def _log_marginal(strength, counts, sums, mean):
+  """[m] the log marginal likelihood (up to terms free of the strength) of
+  each LLM's per-cluster counts under Beta(strength mu, strength (1 - mu)):
+  log B(s + a, f + b) - log B(a, b) as three log-gamma ratios."""
+  # An LLM always right (or always wrong) has mu at the edge, where the Beta
+  # prior is degenerate: a mean a hair inside [0, 1] keeps every term finite
+  # and changes no decision (every strength then fits equally).
+  tiny = 1e-6
+  mu = jnp.clip(mean, tiny, 1.0 - tiny)[None, :]
+  a, b = strength * mu, strength * (1.0 - mu)
+  fails = jnp.clip(counts - sums, 0.0, None)
+  terms = (log_gamma_ratio(a, sums) + log_gamma_ratio(b, fails)
+           - log_gamma_ratio(a + b, sums + fails))
+  return jnp.sum(jnp.where(counts > 0, terms, 0.0), axis=0)
+
+
+# Marginal likelihoods closer than this (in nats, plus a relative part for
+# the rounding of large sums) are one: the difference is rounding, not
+# evidence, and reading it as evidence would let float32 and float64, or a
+# vmapped and a plain call, pick strengths a grid step apart.
+EVIDENCE_TOLERANCE = (1e-3, 1e-5)
+
+
+def empirical_bayes_strength(counts, sums, mean) -> Array:
+  """[m] each LLM's prior strength: the weakest on :data:`STRENGTH_GRID`
+  whose marginal likelihood of the LLM's [k, m] ``counts`` and loss
+  ``sums`` is within :data:`EVIDENCE_TOLERANCE` of the largest. Traceable."""
+  grid = jnp.asarray(STRENGTH_GRID, counts.dtype)
+  scores = jax.vmap(lambda a: _log_marginal(a, counts, sums, mean))(grid)
+  best = jnp.max(scores, axis=0)
+  absolute, relative = EVIDENCE_TOLERANCE
+  close = scores >= (best - (absolute + relative * jnp.abs(best)))[None, :]
+  return grid[jnp.argmax(close, axis=0)]
+
+
+def beta_quantile(alpha, beta, q, *, fallback=None, iterations: int = 60
+                  ) -> Array:
+  """The q-quantile of Beta(alpha, beta), elementwise, by bisection on the
+  regularised incomplete beta function (``q`` traced: new values do not
+  recompile).
+
+  Args:
+    alpha, beta: non-negative arrays of one shape. alpha = 0 is a point
+      mass at 0, beta = 0 one at 1.
+    q: a scalar (or an array of alpha's shape) in [0, 1].
+    fallback: where alpha = beta = 0, the value returned (default NaN).
+    iterations: bisection steps (static): 60 halvings reach float64's
+      resolution of [0, 1].
+
+  Examples:
+    >>> q = beta_quantile(np.float32(1.0), np.float32(1.0), 0.25)   # uniform
+    >>> round(float(q), 5)
+    0.25
+  """
+  alpha = checks.float_array("alpha", alpha, ndim=tuple(range(8)),
+                             shape_doc="(any shape)")
+  beta = checks.float_array("beta", beta, ndim=tuple(range(8)),
+                            shape_doc="(any shape)")
+  if alpha.shape != beta.shape:
+    raise ValueError(f"alpha and beta must have one shape, got {alpha.shape} "
+                     f"and {beta.shape}")
+  q = checks.float_array("q", q, ndim=(0, alpha.ndim))
+  if q.ndim and q.shape != alpha.shape:
+    raise ValueError(f"q must be a scalar or have alpha's shape {alpha.shape}, "
+                     f"got {q.shape}")
+  if fallback is not None:
+    fallback = checks.float_array("fallback", fallback, ndim=alpha.ndim)
+  return _beta_quantile(alpha, beta, q, fallback,
+                        iterations=checks.positive_int("iterations", iterations),
+                        dtype=checks.compute_dtype(alpha, beta))
+
+
+@checks.kernel(static_argnames=("iterations", "dtype"))
+def _beta_quantile(alpha, beta, q, fallback, *, iterations, dtype):
+  alpha, beta = alpha.astype(dtype), beta.astype(dtype)
+  q = jnp.broadcast_to(q.astype(dtype), alpha.shape)
+  checks.require(jnp.all((alpha >= 0) & (beta >= 0)),
+                 "beta_quantile: alpha and beta must be non-negative")
+  checks.require(jnp.all((q >= 0) & (q <= 1)),
+                 "beta_quantile: q must lie in [0, 1]")
+  safe_a = jnp.where(alpha > 0, alpha, 1.0)
+  safe_b = jnp.where(beta > 0, beta, 1.0)
+
+  def halve(_, bounds):
+    low, high = bounds
+    mid = (low + high) / 2.0
+    below = jax.scipy.special.betainc(safe_a, safe_b, mid) < q
+    return jnp.where(below, mid, low), jnp.where(below, high, mid)
+
+  zeros = jnp.zeros(alpha.shape, dtype)
+  low, high = jax.lax.fori_loop(0, iterations, halve, (zeros, zeros + 1.0))
+  value = (low + high) / 2.0
+  value = jnp.where(alpha > 0, jnp.where(beta > 0, value, 1.0), 0.0)
+  missing = (jnp.full(alpha.shape, jnp.nan, dtype) if fallback is None
+             else fallback.astype(dtype))
+  return jnp.where((alpha > 0) | (beta > 0), value, missing)
+
+
+@checks.kernel(static_argnames=("num_clusters", "dtype"))
+def _cluster_posterior(membership, loss, mask, w, prior_strength, *,
+                       num_clusters: int, dtype):
+  phi, loss, mask, w = _inputs(membership, loss, mask, w, num_clusters, dtype,
+                               "cluster_posterior")
+  counts, sums, overall = _cluster_sums(phi, loss, mask, w)
+  if prior_strength is None:
+    strength = empirical_bayes_strength(counts, sums, overall)
+  else:
+    prior_strength = jnp.asarray(prior_strength, dtype)
+    checks.require(prior_strength >= 0, "cluster_posterior: prior_strength "
+                   "must be non-negative, got {}", prior_strength)
+    strength = jnp.broadcast_to(prior_strength, overall.shape)
+  alpha = sums + strength[None, :] * overall[None, :]
+  beta = jnp.clip(counts - sums, 0.0, None) + strength[None, :] * (
+      1.0 - overall[None, :])
+  total = alpha + beta
+  mean = jnp.where(total > 0, alpha / jnp.where(total > 0, total, 1.0),
+                   overall[None, :])
+  return ClusterPosterior(mean, alpha, beta, counts, overall, strength)
+
