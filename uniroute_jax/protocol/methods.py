@@ -257,6 +257,21 @@ class _Clusters(NamedTuple):
   test_psi: Array       # [k_max, m_test] test LLMs, from validation prompts
 
 
+def _psi(method, membership, loss, mask, num_clusters=None, weights=None):
+  """Psi as ``method`` estimates it: the cluster means shrunk by its prior
+  (fixed or empirical Bayes), or a quantile of their posterior."""
+  eb = getattr(method, "empirical_bayes", False)
+  quantile = getattr(method, "psi_quantile", None)
+  if quantile is None:
+    strength = features.EMPIRICAL_BAYES if eb else method.prior_strength
+    return features.cluster_errors(membership, loss, mask=mask, weights=weights,
+                                   num_clusters=num_clusters,
+                                   prior_strength=strength).psi
+  return features.cluster_posterior(
+      membership, loss, mask=mask, weights=weights, num_clusters=num_clusters,
+      prior_strength=None if eb else method.prior_strength).quantile(quantile)
+
+
 def _fit_clusters(trial: TrialData, key, k, method, weights=None,
                   slots: int | None = None) -> _Clusters:
   """K-means with ``k`` active of ``slots`` (default ``method.max_clusters``)
@@ -267,12 +282,10 @@ def _fit_clusters(trial: TrialData, key, k, method, weights=None,
                           tol=method.tol)
   val_clusters = clustering.assign_clusters(
       trial.val_emb, fit.centroids, cluster_mask=fit.cluster_mask).cluster
-  train_psi = features.cluster_errors(
-      fit.assignment, trial.train_loss, mask=trial.train_mask, weights=weights,
-      num_clusters=slots, prior_strength=method.prior_strength).psi
-  test_psi = features.cluster_errors(
-      val_clusters, trial.val_test_loss, mask=trial.val_test_mask,
-      num_clusters=slots, prior_strength=method.prior_strength).psi
+  train_psi = _psi(method, fit.assignment, trial.train_loss, trial.train_mask,
+                   slots, weights)
+  test_psi = _psi(method, val_clusters, trial.val_test_loss,
+                  trial.val_test_mask, slots)
   return _Clusters(fit, val_clusters, train_psi, test_psi)
 
 
@@ -296,6 +309,11 @@ def _resolve_clusters(method, n_train, n_val):
   _check_numbers(method, nonnegative=("prior_strength", "tol"),
                  positive=("learning_rate",) if hasattr(method, "learning_rate")
                  else ())
+  if method.psi_quantile is not None:
+    _check_numbers(method, nonnegative=("psi_quantile",))
+    if not np.asarray(method.psi_quantile) <= 1:
+      raise ValueError(f"{method.name}: psi_quantile must lie in [0, 1], got "
+                       f"{method.psi_quantile!r}")
   return method.replace(clusters=values, max_clusters=top)
 
 
@@ -312,6 +330,8 @@ class _ClusterSearch(Method):
   max_iter: int = 100
   prior_strength: Any = 0.0
   tol: Any = 1e-4
+  empirical_bayes: bool = False
+  psi_quantile: Any = None
   hyperparameter: ClassVar[str] = "K"
 
   def resolve(self, n_train, n_val):
@@ -323,7 +343,7 @@ def _check_together(together) -> None:
     checks.positive_int("together", together)
 
 
-@method_dataclass(data=("clusters", "prior_strength", "tol"))
+@method_dataclass(data=("clusters", "prior_strength", "tol", "psi_quantile"))
 class KMeansRouter(_ClusterSearch):
   """UniRoute (K-means), K chosen on the training LLMs (App. F.1).
 
@@ -333,6 +353,11 @@ class KMeansRouter(_ClusterSearch):
     max_iter: Lloyd iterations per k-means fit (static).
     prior_strength: shrinkage of every Psi towards each LLM's overall
       error, in pseudo-prompts (``features.cluster_errors``); 0 is eq. 13.
+    empirical_bayes: choose each LLM's prior strength from its own
+      per-cluster counts instead (``features.cluster_posterior``; static).
+    psi_quantile: route on this quantile of each cell's Beta posterior
+      instead of its mean (traced, in [0, 1]; None: the mean): above 0.5
+      an LLM measured on few prompts of a cluster is trusted less there.
     tol: k-means tolerance (``clustering.kmeans``).
     matched: choose K with the training LLMs represented by as many (random)
       training prompts as there are validation prompts, so their Psi is as
@@ -385,7 +410,8 @@ class KMeansRouter(_ClusterSearch):
                         cluster_gamma)
 
 
-@method_dataclass(data=("clusters", "prior_strength", "tol", "learning_rate"))
+@method_dataclass(data=("clusters", "prior_strength", "tol", "learning_rate",
+                         "psi_quantile"))
 class LearnedMapRouter(_ClusterSearch):
   """UniRoute (LearnedMap, section 5.2): a trained soft cluster map.
 
@@ -398,8 +424,8 @@ class LearnedMapRouter(_ClusterSearch):
   paper's (section 5.2, App. E.3).
 
   Attributes:
-    clusters, max_clusters, max_iter, prior_strength, tol: as
-      :class:`KMeansRouter`.
+    clusters, max_clusters, max_iter, prior_strength, tol, empirical_bayes,
+      psi_quantile: as :class:`KMeansRouter`.
     hidden: hidden widths of the map; () is the single softmax-dense layer.
     batch_norm: BatchNorm on the input and hidden layers.
     epochs, learning_rate, batch_size: Adam's training (the learning rate
@@ -451,10 +477,8 @@ class LearnedMapRouter(_ClusterSearch):
       c = _fit_clusters(trial, fit_key, k, self)
       train_psi = c.train_psi
       if self.train_psi_from == "val":
-        train_psi = features.cluster_errors(
-            c.val_clusters, trial.val_train_loss, mask=trial.val_train_mask,
-            num_clusters=self.max_clusters,
-            prior_strength=self.prior_strength).psi
+        train_psi = _psi(self, c.val_clusters, trial.val_train_loss,
+                         trial.val_train_mask, self.max_clusters)
       select = None
       if self.select_epoch:
         select = CheckpointSelection(
@@ -470,10 +494,8 @@ class LearnedMapRouter(_ClusterSearch):
           learned, trial.val_emb, train_psi), trial)
       test_psi = c.test_psi
       if self.soft_psi:
-        test_psi = features.cluster_errors(
-            cluster_map.apply_cluster_map(learned, trial.val_emb),
-            trial.val_test_loss, mask=trial.val_test_mask,
-            prior_strength=self.prior_strength).psi
+        test_psi = _psi(self, cluster_map.apply_cluster_map(learned, trial.val_emb),
+                        trial.val_test_loss, trial.val_test_mask)
       test_phi = cluster_map.apply_cluster_map(learned, trial.test_emb)
       psi_star = _test_psi_star(test_phi, trial)
       return area, jnp.stack([routing.predicted_loss(test_phi, test_psi),
