@@ -309,6 +309,11 @@ def test_beta_quantile_edges():
   np.testing.assert_allclose(out, [0.0, 1.0, 0.25, 0.5])
   uniform = features.beta_quantile(np.ones(3), np.ones(3), np.array(0.3))
   np.testing.assert_allclose(uniform, 0.3, rtol=1e-12)
+  # q = 0 and 1 are the ends of the support, even where the CDF rounds to
+  # 1 long before (a posterior of 50 errors in 5000 prompts).
+  ends = features.beta_quantile(np.float32([50.0, 50.0]), np.float32([5e3, 5e3]),
+                                np.float32([0.0, 1.0]))
+  np.testing.assert_array_equal(ends, [0.0, 1.0])
 
 
 def test_credible_intervals_narrow_with_more_prompts_and_hold_the_mean():

@@ -189,6 +189,35 @@ def test_hyperparameters_are_traced_not_recompiled(small):
   assert out["learned_map"].chosen[0] in (4, 6)
 
 
+def test_posterior_quantiles_are_traced_and_change_the_routing(small):
+  """Routing on a posterior quantile: a new quantile reuses the compiled
+  batch and changes the routing; one cluster's empirical-Bayes mean is the
+  LLM's overall error, as today's Psi is."""
+  splits = protocol.make_trials(jax.random.key(5), 2, small.num_prompts,
+                                small.num_models)
+  run = lambda *methods: protocol.run_trials(
+      jax.random.key(6), small, splits, methods=methods, curve_points=101)[0]
+  q = protocol.KMeansRouter(name="q", clusters=(3, 5), max_iter=20,
+                            empirical_bayes=True, psi_quantile=0.9)
+  first = run(q)
+  with no_retrace():
+    again = run(q.replace(psi_quantile=0.6))
+  assert not np.allclose(first["q"].area, again["q"].area)
+  # At quantile 1 every LLM looks always wrong: ties go to the cheapest, and
+  # the curve is that one LLM's point.
+  out, pool = protocol.run_trials(jax.random.key(6), small, splits,
+                                  methods=(q.replace(psi_quantile=1.0),),
+                                  curve_points=101)
+  models = np.asarray(splits.test_models)
+  cheapest = np.argmin(np.asarray(small.cost)[models], axis=1)
+  np.testing.assert_allclose(out["q"].area,
+                             pool.quality[np.arange(2), cheapest], rtol=1e-6)
+  plain = protocol.KMeansRouter(name="plain", clusters=(1,), max_iter=20)
+  eb = plain.replace(name="eb", empirical_bayes=True)
+  out = run(plain, eb)
+  np.testing.assert_allclose(out["eb"].area, out["plain"].area, rtol=1e-6)
+
+
 def test_methods_are_values_not_a_registry(small):
   """Two variants of a method run side by side under their own names, and
   a method's results do not depend on the others beside it."""
@@ -328,6 +357,9 @@ def test_bad_split_arguments(kwargs, match):
     (protocol.KNN(neighbors=(10 ** 6,)), "knn: neighbors must be at most"),
     (protocol.KMeansRouter(prior_strength=-1.0), "kmeans: prior_strength must be non-negative"),
     (protocol.KMeansRouter(tol=np.nan), "kmeans: tol must be finite"),
+    (protocol.KMeansRouter(psi_quantile=1.5), "kmeans: psi_quantile must lie in"),
+    (protocol.KMeansRouter(psi_quantile=-0.1),
+     "kmeans: psi_quantile must be non-negative"),
     (protocol.MLPRouter(learning_rate=0.0), "mlp: learning_rate must be positive"),
 ])
 def test_bad_evaluate_arguments(small, method, match):

@@ -412,7 +412,8 @@ def _beta_quantile(alpha, beta, q, fallback, *, iterations, dtype):
 
   zeros = jnp.zeros(alpha.shape, dtype)
   low, high = jax.lax.fori_loop(0, iterations, halve, (zeros, zeros + 1.0))
-  value = (low + high) / 2.0
+  # The ends of the support, not where the rounded CDF first reaches 0 or 1.
+  value = jnp.where(q >= 1, 1.0, jnp.where(q <= 0, 0.0, (low + high) / 2.0))
   value = jnp.where(alpha > 0, jnp.where(beta > 0, value, 1.0), 0.0)
   missing = (jnp.full(alpha.shape, jnp.nan, dtype) if fallback is None
              else fallback.astype(dtype))
