@@ -679,3 +679,59 @@ def test_saved_representatives_are_checked(tmp_path):
   with pytest.raises(ValueError, match="ids must be text"):
     Router.load(tampered("int_ids.npz",
                          **{"representatives/ids": np.arange(60)}))
+
+
+def test_thin_clusters_warn_when_llms_are_added():
+  """A cluster where a new LLM has fewer than warn_below labelled prompts is
+  named in one warning per LLM; enough labels, None, or device labels
+  (never read back) do not warn."""
+  import warnings
+  from uniroute_jax import checks
+  from uniroute_jax.router import THIN_CELL
+  rng = np.random.default_rng(0)
+  centroids = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
+  x = np.repeat(centroids, [20, 20, 3], axis=0) + rng.normal(
+      0, 0.1, (43, 2)).astype(np.float32)
+  loss = (rng.random((43, 2)) < 0.5).astype(np.float32)
+  router = Router(centroids=centroids)
+  with pytest.warns(checks.ArgumentWarning, match=(
+      f"'b': its error in 1 of 3 clusters rests on fewer than {THIN_CELL} "
+      "labelled prompts")) as caught:
+    router.add_models(["a", "b"], x, loss, np.ones(2, np.float32),
+                      mask=np.c_[np.ones(43, bool), np.r_[np.ones(40, bool),
+                                                          np.zeros(3, bool)]])
+  messages = [str(w.message) for w in caught]
+  assert sum("'a'" in m for m in messages) == 1      # 3 prompts < 5
+  assert sum("'b'" in m for m in messages) == 1      # 0 prompts
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    router.add_models(["a", "b"], x, loss, np.ones(2, np.float32), warn_below=3)
+    router.add_models(["a", "b"], x, loss, np.ones(2, np.float32),
+                      warn_below=None)
+    router.add_models(["a", "b"], jnp.asarray(x), jnp.asarray(loss),
+                      np.ones(2, np.float32))
+    jax.jit(lambda l: router.add_models(["a", "b"], x, l, np.ones(2)).psi)(loss)
+  rep = router.with_representatives(x)
+  with pytest.warns(checks.ArgumentWarning, match="'c': its error in 1 of 3"):
+    rep.onboard(["c"], loss[:, :1], np.ones(1, np.float32))
+  with pytest.raises(ValueError, match="warn_below must be a positive integer"):
+    router.add_models(["a"], x, loss[:, :1], np.ones(1), warn_below=0)
+
+
+def test_empirical_bayes_priors_onboard_llms():
+  rng = np.random.default_rng(1)
+  centroids = np.array([[0.0, 0.0], [10.0, 0.0]], np.float32)
+  x = np.repeat(centroids, 30, axis=0)
+  loss = (rng.random((60, 1)) < 0.3).astype(np.float32)
+  router = Router(centroids=centroids).add_models(
+      ["a"], x, loss, np.ones(1, np.float32), prior_strength="empirical_bayes")
+  from uniroute_jax import features
+  want = features.cluster_posterior(np.repeat([0, 1], 30), loss,
+                                    num_clusters=2).mean
+  np.testing.assert_allclose(router.psi, want, rtol=1e-6)
+
+
+def test_the_command_lines_thin_threshold_is_the_routers():
+  from uniroute_jax.cli import pool
+  from uniroute_jax.router import THIN_CELL
+  assert pool.THIN_CELL == THIN_CELL

@@ -44,6 +44,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import warnings
 from collections.abc import Mapping
 from typing import Sequence
 
@@ -55,6 +56,11 @@ from uniroute_jax import checks, clustering, features
 from uniroute_jax import io as router_io
 from uniroute_jax import maps, routing
 from uniroute_jax.types import Array
+
+THIN_CELL = 5
+"""Fewer labelled prompts than this in a cluster, and an LLM's error there
+is mostly a guess: :meth:`Router.add_models` warns, and the command line's
+model table counts such clusters."""
 
 
 @jax.tree_util.register_pytree_with_keys_class
@@ -249,7 +255,8 @@ class Router:
   # -------------------------------------------------------------------- pool
 
   def add_models(self, names, embeddings, loss, cost, *, mask=None,
-                 weights=None, prior_strength=None) -> "Router":
+                 weights=None, prior_strength=None,
+                 warn_below: int | None = THIN_CELL) -> "Router":
     """A new router with LLMs added, Psi from their labels (eq. 13).
 
     Psi is :func:`~uniroute_jax.features.cluster_errors` of the LLMs' loss on
@@ -277,7 +284,12 @@ class Router:
       weights: optional [n] non-negative prompt weights.
       prior_strength: shrinkage of each cluster's mean towards the LLM's
         overall mean, in pseudo-prompts (see ``cluster_errors``); default 0,
-        eq. 13.
+        eq. 13. ``"empirical_bayes"`` chooses it per LLM from its own
+        per-cluster counts (``cluster_posterior``).
+      warn_below: warn (:class:`~uniroute_jax.checks.ArgumentWarning`) when
+        a new LLM's error in some cluster rests on fewer than this many
+        labelled prompts; None never warns. Labels given as JAX arrays are
+        not inspected (no value is read back from the device).
 
     Returns:
       A new :class:`Router` whose pool is this one's followed by ``names``.
@@ -286,10 +298,11 @@ class Router:
     checks.host_finite("embeddings", x)
     return self._add_labelled(names, "embeddings", x.shape[0],
                               lambda: self.membership(x), loss, cost, mask=mask,
-                              weights=weights, prior_strength=prior_strength)
+                              weights=weights, prior_strength=prior_strength,
+                              warn_below=warn_below)
 
-  def onboard(self, names, loss, cost, *, mask=None, prior_strength=None
-              ) -> "Router":
+  def onboard(self, names, loss, cost, *, mask=None, prior_strength=None,
+              warn_below: int | None = THIN_CELL) -> "Router":
     """A new router with LLMs added from their labels on the router's own
     representative prompts (:attr:`representatives`, in their order).
 
@@ -299,7 +312,7 @@ class Router:
     prompt is embedded or mapped again: their memberships are stored.
 
     Args:
-      names, cost, prior_strength: as :meth:`add_models`.
+      names, cost, prior_strength, warn_below: as :meth:`add_models`.
       loss: [n_rep, m_new] loss of each new LLM on each representative
         prompt, in [0, 1].
       mask: optional [n_rep, m_new] bool, False where a label is missing.
@@ -311,7 +324,8 @@ class Router:
                        "with_representatives")
     return self._add_labelled(names, "representatives", len(rep.ids),
                               lambda: rep.membership, loss, cost, mask=mask,
-                              prior_strength=prior_strength)
+                              prior_strength=prior_strength,
+                              warn_below=warn_below)
 
   def add_psi(self, names, psi, cost, *, counts=None) -> "Router":
     """A new router with LLMs added from feature vectors computed elsewhere.
@@ -357,7 +371,8 @@ class Router:
         ids, x, self.membership(x)))
 
   def _add_labelled(self, names, rows_arg: str, n: int, membership, loss, cost,
-                    *, mask, weights=None, prior_strength=None) -> "Router":
+                    *, mask, weights=None, prior_strength=None,
+                    warn_below=None) -> "Router":
     """Checks the labels of new LLMs on ``n`` prompts and adds their Psi,
     grouped by ``membership()`` of those prompts."""
     names = self._new_names(names)
@@ -378,12 +393,16 @@ class Router:
       checks.host_labelled("mask", host_mask, names)
     if weights is not None:
       checks.host_positive_weights("weights", checks.weights("weights", weights, n))
-    if prior_strength is not None:
+    if prior_strength is not None and not isinstance(prior_strength, str):
       checks.host_nonnegative("prior_strength",
                               checks.scalar("prior_strength", prior_strength))
+    if warn_below is not None:
+      warn_below = checks.positive_int("warn_below", warn_below)
     errors = features.cluster_errors(
         membership(), loss, num_clusters=self.num_clusters, mask=mask,
         weights=weights, prior_strength=prior_strength)
+    if warn_below is not None and host_mask is not None and checks.is_host(loss):
+      _warn_thin(names, errors.counts, warn_below)
     return self._extended(names, errors.psi, cost, errors.counts)
 
   # ---------------------------------------------------------------- routing
@@ -574,6 +593,24 @@ def _embedder_text(embedder) -> str | None:
 
 
 # ---------------------------------------------------------------- validation
+
+
+def _warn_thin(names, counts, warn_below: int) -> None:
+  """Warns about the clusters where a new LLM's error rests on few labels
+  (read back only for labels the user gave as host data)."""
+  if isinstance(counts, jax.core.Tracer):
+    return
+  counts = np.asarray(counts)
+  k = counts.shape[0]
+  for j, name in enumerate(names):
+    thin = int(np.sum(counts[:, j] < warn_below))
+    if thin:
+      warnings.warn(checks.ArgumentWarning(lambda arg, name=name, thin=thin: (
+          f"{name!r}: its error in {thin} of {k} clusters rests on fewer "
+          f"than {warn_below} labelled prompts, so it is mostly a guess "
+          "there; label more representative prompts of those clusters, or "
+          f"shrink them towards the LLM's overall error ({arg('prior_strength')}"
+          ", e.g. 'empirical_bayes')")), stacklevel=4)
 
 
 def _names(arg: str, names, *, allow_empty: bool = False) -> tuple[str, ...]:

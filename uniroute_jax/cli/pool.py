@@ -12,7 +12,9 @@ import warnings
 from uniroute_jax.cli import common
 
 # A (cluster, LLM) cell measured on fewer labelled prompts is said to be
-# thin: its error rests on too little to be trusted.
+# thin: its error rests on too little to be trusted. The router's own
+# threshold (router.THIN_CELL), kept here so that the command line starts
+# without importing JAX.
 THIN_CELL = 5
 
 
@@ -304,8 +306,9 @@ def run_add_model(args) -> int:
   cost = common.in_dtype("--cost", [args.cost], router.dtype,
                          "give it in the unit of the router's costs")
   loss, mask, others = _read_labels(args, rep.ids)
+  # The command says what to do in its own words (it has no prior flag).
   new = router.onboard([args.name], loss.astype(router.dtype), cost,
-                       mask=mask)
+                       mask=mask, warn_below=None)
   counts = np.asarray(new.counts)[:, -1]
   thin = int(np.sum(counts < THIN_CELL))
   if thin:
