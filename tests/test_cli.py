@@ -63,6 +63,29 @@ def test_evaluate_writes_json_and_plot(tmp_path, capsys):
   assert out_json.read_text() == before
 
 
+def test_evaluate_measures_the_onboarding_curve(tmp_path, capsys):
+  out_json, out_png = tmp_path / "r.json", tmp_path / "onboarding.png"
+  argv = ["evaluate", "--format", "synthetic", *SMALL, "--methods", "kmeans",
+          "--clusters", "4", "--onboarding-curve", "10,30,all", "--json",
+          str(out_json), "--plot-onboarding", str(out_png)]
+  assert cli.main(argv) == 0
+  out, err = capsys.readouterr()
+  table = out[out.index("How many prompts an unseen LLM"):].splitlines()
+  assert table[1].split() == ["prompts", "random", "stratified", "neyman"]
+  assert [row.split()[0] for row in table[2:5]] == ["10", "30", "all"]
+  assert "[3/4] onboarding curve" in err and "[4/4] done" in err
+  doc = json.loads(out_json.read_text())
+  curve = doc["onboarding_curve"]
+  assert curve["sizes"] == [10, 30, curve["representatives"]]
+  assert curve["clusters"] == [4] and curve["chosen"] == [4, 4]
+  for name in ("random", "stratified", "neyman"):
+    assert np.asarray(curve["selections"][name]["trials"]).shape == (2, 3)
+  # Every representative gives one Psi, whatever the order.
+  ends = {curve["selections"][n]["mean"][-1] for n in curve["selections"]}
+  assert max(ends) - min(ends) < 1e-6
+  assert out_png.stat().st_size > 1000
+
+
 def test_interrupting_a_run_prints_one_line_and_leaves_no_file(
     tmp_path, capsys, monkeypatch):
   """Ctrl-C while the evaluation runs or while a file is being written: one

@@ -242,6 +242,10 @@ SYNTHETIC = ["evaluate", "--format", "synthetic", "--prompts", "300", "--llms",
      "--plot and --plot-excess name the same file"),
     (["--plot-excess", "{d}/x.txt"],
      "--plot-excess must end in one of .png, .svg, .pdf"),
+    (["--plot-onboarding", "{d}/x.txt"],
+     "--plot-onboarding must end in one of .png, .svg, .pdf"),
+    (["--fixed-pool", "--onboarding-curve"], "--onboarding-curve measures how "
+     "unseen LLMs are onboarded; it does not apply with --fixed-pool"),
     (["--json", "{d}/no/such/folder/r.json"], "--json: folder"),
     (["--json", "{d}/exists.json"], "--json: {d}/exists.json already exists"),
 ])
@@ -382,6 +386,11 @@ def test_bad_embeddings_archives_are_one_line(tmp_path, capsys, saved_router,
     (["--json", "{d}/res/"], "--json: expected the name of a new file"),
     (["--json", "{d}/exists.json/"], "--json: expected the name of a new file"),
     (["--plot", "{d}"], "--plot: expected the name of a new file"),
+    (["--plot-onboarding", "{d}"], "--plot-onboarding: expected the name of a "
+     "new file"),
+    (["--onboarding-curve", "25,0"], "--onboarding-curve: expected "
+     "comma-separated positive numbers of prompts or 'all', got '25,0'"),
+    (["--onboarding-curve", "many"], "--onboarding-curve: expected"),
 ])
 def test_output_paths_that_name_no_file(tmp_path, capsys, outputs, match):
   (tmp_path / "exists.json").write_text("precious")

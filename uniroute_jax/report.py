@@ -171,6 +171,79 @@ def format_excess(evaluation: protocol.Evaluation) -> str:
   return "\n".join(lines)
 
 
+def _size_label(size: int, curve) -> str:
+  return (f"all ({size})" if size == curve.num_representatives
+          else str(int(size)))
+
+
+def onboarding_dict(curve: protocol.OnboardingCurve) -> dict[str, Any]:
+  """An onboarding curve as plain JSON types."""
+  low, high = curve.interval()
+  return {
+      "sizes": [int(s) for s in curve.sizes],
+      "representatives": curve.num_representatives,
+      "clusters": [int(k) for k in curve.clusters],
+      "chosen": [int(k) for k in curve.chosen],
+      "selections": {
+          name: {"mean": _numbers(curve.mean()[o]),
+                 "ci95": [_numbers(low[o]), _numbers(high[o])],
+                 "trials": [_numbers(t) for t in curve.area[:, o]],
+                 "mean_by_k": {str(int(k)): _numbers(curve.area_by_k[:, c, o].mean(0))
+                               for c, k in enumerate(curve.clusters)}}
+          for o, name in enumerate(curve.selections)},
+  }
+
+
+def format_onboarding(curve: protocol.OnboardingCurve) -> str:
+  """The onboarding curve as a text table: the mean Area (95% interval)
+  per number of prompts and order, then the K each size does best with."""
+  for value in np.ravel(curve.mean()):
+    if math.isnan(float(value)):
+      raise ValueError("the onboarding curve is undefined (NaN) on this data, "
+                       "so no table is printed")
+  low, high = curve.interval()
+  single = curve.area.shape[0] < 2
+  width = max(len(_size_label(s, curve)) for s in curve.sizes)
+  columns = [f"{name:>21}" for name in curve.selections]
+  lines = [f"{'prompts':<{max(width, 7)}} " + " ".join(columns)]
+  for i, size in enumerate(curve.sizes):
+    cells = []
+    for o in range(len(curve.selections)):
+      mean = curve.mean()[o, i]
+      cells.append(f"{mean:.3f}".rjust(21) if single else
+                   f"{mean:.3f} [{low[o, i]:.3f}, {high[o, i]:.3f}]".rjust(21))
+    lines.append(f"{_size_label(size, curve):<{max(width, 7)}} " + " ".join(cells))
+  by_k = curve.area_by_k.mean(axis=0)[:, 0]            # [C, S], random order
+  best = [f"{_size_label(s, curve)}: K={int(curve.clusters[np.argmax(by_k[:, i])])}"
+          for i, s in enumerate(curve.sizes)]
+  lines.append("K with the largest mean Area at each size (random order; "
+               "chosen on the test prompts, for insight only): "
+               + ", ".join(best))
+  return "\n".join(lines)
+
+
+def plot_onboarding(curve: protocol.OnboardingCurve, path: str | None = None,
+                    *, title: str = "", ax=None):
+  """Draws the mean Area against the prompts a new LLM is run on, one line
+  per order, with 95% intervals. Arguments as :func:`plot`."""
+  fig, ax, plt = _axes(path, ax)
+  low, high = curve.interval()
+  for o, name in enumerate(curve.selections):
+    ax.plot(curve.sizes, curve.mean()[o], "o-", label=name)
+    if curve.area.shape[0] > 1:
+      ax.fill_between(curve.sizes, low[o], high[o], alpha=0.2)
+  ax.set_xscale("log")
+  ax.set_xticks(curve.sizes, [_size_label(size, curve) for size in curve.sizes])
+  ax.minorticks_off()
+  ax.set_xlabel("prompts a new LLM is run on (log scale)")
+  ax.set_ylabel("Area of the deferral curve")
+  trials = curve.area.shape[0]
+  ax.set_title(title or f"Onboarding curve over {trials} trial(s)")
+  ax.legend(loc="lower right", fontsize="small")
+  ax.grid(alpha=0.3)
+  return _finish(fig, plt, path)
+
+
 PLOT_FORMATS = ("png", "svg", "pdf")
 """The file formats :func:`plot` writes, by suffix."""
 

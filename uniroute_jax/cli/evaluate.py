@@ -72,6 +72,31 @@ def _method_list(text: str) -> tuple[str, ...]:
   return names
 
 
+_DEFAULT_ONBOARDING_TEXT = "25,50,100,200,400,all"
+
+
+def _onboarding_sizes(text: str) -> tuple[int | None, ...]:
+  sizes = []
+  for part in text.split(","):
+    part = part.strip()
+    if part == "all":
+      sizes.append(None)
+      continue
+    try:
+      size = int(part)
+    except ValueError:
+      size = 0
+    if size < 1:
+      raise argparse.ArgumentTypeError(
+          f"expected comma-separated positive numbers of prompts or 'all', "
+          f"got {text!r}")
+    sizes.append(size)
+  return tuple(sizes)
+
+
+_DEFAULT_ONBOARDING = _onboarding_sizes(_DEFAULT_ONBOARDING_TEXT)
+
+
 def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
   p.add_argument("--seed", type=common.seed, default=0, help="random seed (default 0)")
   p.add_argument("--trials", type=common.positive_int, default=trials,
@@ -103,6 +128,18 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
                  help="write every number to this JSON file (must not exist)")
   p.add_argument("--plot", metavar="OUT.png", default=None,
                  help="plot the mean deferral curves (needs matplotlib)")
+  p.add_argument("--onboarding-curve", metavar="SIZES", nargs="?",
+                 type=_onboarding_sizes, const=_DEFAULT_ONBOARDING,
+                 default=None,
+                 help="also measure how the Area of UniRoute (K-means) grows "
+                      "with the prompts each unseen LLM is run on: "
+                      "comma-separated sizes, 'all' for every validation "
+                      f"prompt (default {_DEFAULT_ONBOARDING_TEXT}), with "
+                      "random, cluster-stratified and Neyman-allocated "
+                      "prompts")
+  p.add_argument("--plot-onboarding", metavar="OUT.png", default=None,
+                 help="plot the onboarding curve (implies --onboarding-curve; "
+                      "needs matplotlib)")
   p.add_argument("--plot-excess", metavar="OUT.png", default=None,
                  help="plot each router's mean excess risk over the oracle "
                       "against lambda, split into estimation and "
@@ -113,7 +150,8 @@ def _check_outputs(args) -> None:
   """Fails before any work when an output cannot be written."""
   outputs = [(flag, path) for flag, path in (
       ("--json", args.json), ("--plot", args.plot),
-      ("--plot-excess", args.plot_excess)) if path is not None]
+      ("--plot-excess", args.plot_excess),
+      ("--plot-onboarding", args.plot_onboarding)) if path is not None]
   for flag, path in outputs:
     common.new_file(flag, path)
   seen = {}
@@ -145,11 +183,18 @@ def _run(args, source: str) -> int:
 
   _check_outputs(args)
   methods = _methods(args)
+  if args.plot_onboarding is not None and args.onboarding_curve is None:
+    args.onboarding_curve = _DEFAULT_ONBOARDING
+  onboarding = args.onboarding_curve is not None
+  steps = 4 if onboarding else 3
   start = time.perf_counter()
-  print(f"[1/3] loading {source} ...", file=sys.stderr, flush=True)
   if args.fixed_pool and args.test_llm_frac is not None:
     raise ValueError("--test-llm-frac does not apply with --fixed-pool: every "
                      "LLM is routed among")
+  if args.fixed_pool and onboarding:
+    raise ValueError("--onboarding-curve measures how unseen LLMs are "
+                     "onboarded; it does not apply with --fixed-pool")
+  print(f"[1/{steps}] loading {source} ...", file=sys.stderr, flush=True)
   test_llm_frac = (_DEFAULT_TEST_LLM_FRAC if args.test_llm_frac is None
                    else args.test_llm_frac)
   data = inputs.load(args).data
@@ -171,7 +216,7 @@ def _run(args, source: str) -> int:
                      f"validation prompts of a trial, got {args.neighbors}")
   pools = (f"all {m_test} LLMs, seen in training" if args.fixed_pool else
            f"{m_train} training and {m_test} unseen test LLMs")
-  print(f"[2/3] {args.trials} trial(s): {n_train}/{n_val}/{n_test} "
+  print(f"[2/{steps}] {args.trials} trial(s): {n_train}/{n_val}/{n_test} "
         f"train/validation/test prompts, {pools} per trial ...",
         file=sys.stderr, flush=True)
   evaluation = protocol.evaluate(
@@ -179,8 +224,22 @@ def _run(args, source: str) -> int:
       methods=methods, val_frac=args.val_frac, test_frac=args.test_frac,
       test_model_frac=test_llm_frac, fixed_pool=args.fixed_pool,
       on_progress=common.progress_printer("trials"))
+  curve = None
+  if onboarding:
+    print(f"[3/{steps}] onboarding curve: unseen LLMs represented by "
+          f"{_sizes_text(args.onboarding_curve, n_val)} of the {n_val} "
+          "validation prompts ...", file=sys.stderr, flush=True)
+    curve = protocol.onboarding_curve(
+        jax.random.key(args.seed), data, sizes=args.onboarding_curve,
+        num_trials=args.trials,
+        clusters=None if args.clusters is None else (args.clusters,),
+        val_frac=args.val_frac, test_frac=args.test_frac,
+        test_model_frac=test_llm_frac,
+        prior_strength=args.psi_prior_strength or 0.0,
+        on_progress=common.progress_printer("trials"))
   elapsed = time.perf_counter() - start
-  print(f"[3/3] done in {elapsed:.1f}s", file=sys.stderr, flush=True)
+  print(f"[{steps}/{steps}] done in {elapsed:.1f}s", file=sys.stderr,
+        flush=True)
 
   table = report.format_table(evaluation)   # refuses undefined results
   print(f"{source}: {data.num_prompts} prompts x {data.num_models} LLMs; "
@@ -205,6 +264,13 @@ def _run(args, source: str) -> int:
   if split:
     print()
     print(split)
+  if curve is not None:
+    print()
+    print(f"How many prompts an unseen LLM must be run on: the Area of "
+          f"UniRoute (K-means, K chosen per trial) with each test LLM's Psi "
+          f"from that many validation prompts, mean [95% CI] over "
+          f"{args.trials} trial(s):")
+    print(report.format_onboarding(curve))
   if args.json is not None:
     document = report.to_dict(
         evaluation, dataset={"source": source, "prompts": data.num_prompts,
@@ -212,14 +278,19 @@ def _run(args, source: str) -> int:
                              "model_names": list(data.model_names),
                              "missing_labels": missing_labels(data),
                              "fixed_pool": bool(args.fixed_pool)},
-        seed=args.seed, wall_time_s=elapsed)
+        seed=args.seed, wall_time_s=elapsed,
+        **({} if curve is None else
+           {"onboarding_curve": report.onboarding_dict(curve)}))
     common.write_new("--json", args.json,
                text=json.dumps(document, indent=1) + "\n")
     print(f"Wrote {args.json}")
   for flag, path, draw, what in (
       ("--plot", args.plot, report.plot, "mean deferral curves"),
       ("--plot-excess", args.plot_excess, report.plot_excess,
-       "mean excess risk over the oracle")):
+       "mean excess risk over the oracle"),
+      ("--plot-onboarding", args.plot_onboarding,
+       lambda _, path, title: report.plot_onboarding(curve, path, title=title),
+       "onboarding curve")):
     if path is None:
       continue
     common.stop_if_interrupted()
@@ -230,6 +301,10 @@ def _run(args, source: str) -> int:
                        f"never overwritten") from None
     print(f"Wrote {path}")
   return 0
+
+
+def _sizes_text(sizes, n_val: int) -> str:
+  return ", ".join("all" if s is None or s >= n_val else str(s) for s in sizes)
 
 
 # The router options each protocol flag sets, for the routers that have

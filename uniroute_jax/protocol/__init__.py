@@ -19,6 +19,8 @@ The package follows that pipeline, one concept a file:
 - ``running``: compiled batches of trials, devices, threads
   (:func:`run_trials`);
 - ``statistics``: mean curves, intervals, sign tests (:func:`summarise`);
+- ``onboarding``: how the Area grows with the prompts a new LLM is run on,
+  and which prompts to ask it (:func:`onboarding_curve`);
 - ``evaluate``: all of it in one call (:func:`evaluate`).
 """
 
@@ -28,6 +30,8 @@ from uniroute_jax.protocol.methods import (
     MatrixFactorizationRouter, Method, MethodOutput, MLPRouter, Oracle,
     ZeroRouter, as_method, as_methods, default_cluster_grid,
     default_neighbor_grid, method_dataclass)
+from uniroute_jax.protocol.onboarding import (
+    OnboardingCurve, SELECTIONS, onboarding_curve, selection_ranks)
 from uniroute_jax.protocol.running import (
     EXCESS_LAMBDAS, PoolPoints, TrialMetrics, dataset_arrays, run_batch,
     run_trials, trial_mesh)
@@ -42,7 +46,8 @@ from uniroute_jax.protocol.trials import (
 __all__ = [
     "BUILT_IN", "Best", "DEFAULT_METHODS", "EXCESS_LAMBDAS", "Evaluation", "KMeansRouter", "KNN",
     "LearnedMapRouter", "MLPRouter", "MatrixFactorizationRouter", "Method",
-    "MethodOutput", "MethodSummary", "Oracle", "PoolPoints", "SignTest",
+    "MethodOutput", "MethodSummary", "OnboardingCurve", "Oracle",
+    "SELECTIONS", "onboarding_curve", "selection_ranks", "PoolPoints", "SignTest",
     "Split", "TrialData", "TrialMetrics", "ZeroRouter", "as_method",
     "as_methods", "best_candidate", "dataset_arrays", "default_cluster_grid",
     "default_neighbor_grid", "evaluate", "gather_trial", "make_split",
