@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -84,6 +85,29 @@ def test_evaluate_measures_the_onboarding_curve(tmp_path, capsys):
   ends = {curve["selections"][n]["mean"][-1] for n in curve["selections"]}
   assert max(ends) - min(ends) < 1e-6
   assert out_png.stat().st_size > 1000
+
+
+def test_evaluate_prints_prop2s_bound_against_k(tmp_path, capsys):
+  out_json = tmp_path / "r.json"
+  argv = ["evaluate", "--format", "synthetic", "--prompts", "400", "--llms",
+          "5", "--trials", "1", "--methods", "zero", "--impurity-bound",
+          "--json", str(out_json)]
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  table = out[out.index("Prop. 2's bound"):out.index("Wrote")].splitlines()
+  assert table[1].split() == ["K", "bound"]
+  doc = json.loads(out_json.read_text())["impurity_bound"]
+  assert doc["prompts"] == 400 and doc["clusters"][0] == 1
+  assert len(doc["bound"]) == len(doc["clusters"]) == len(table) - 2
+  # K = 1: every prompt against the LLMs' overall error, whatever k-means did.
+  from uniroute_jax import make_synthetic, risk
+  data = make_synthetic(jax.random.key(0), num_prompts=400, num_models=5)
+  one = np.zeros(400, np.int32)
+  smooth = risk.neighborhood_error(data.embeddings, one, data.loss,
+                                   num_neighbors=doc["neighbors"],
+                                   mask=data.mask)
+  want = risk.impurity_bound(one, smooth.error, num_clusters=1).bound
+  np.testing.assert_allclose(doc["bound"][0], float(want), rtol=1e-5)
 
 
 def test_interrupting_a_run_prints_one_line_and_leaves_no_file(

@@ -244,6 +244,8 @@ SYNTHETIC = ["evaluate", "--format", "synthetic", "--prompts", "300", "--llms",
      "--plot-excess must end in one of .png, .svg, .pdf"),
     (["--plot-onboarding", "{d}/x.txt"],
      "--plot-onboarding must end in one of .png, .svg, .pdf"),
+    (["--plot-bound", "{d}/x.png", "--plot-onboarding", "{d}/x.png"],
+     "--plot-onboarding and --plot-bound name the same file"),
     (["--fixed-pool", "--onboarding-curve"], "--onboarding-curve measures how "
      "unseen LLMs are onboarded; it does not apply with --fixed-pool"),
     (["--json", "{d}/no/such/folder/r.json"], "--json: folder"),

@@ -244,6 +244,35 @@ def plot_onboarding(curve: protocol.OnboardingCurve, path: str | None = None,
   return _finish(fig, plt, path)
 
 
+def format_bounds(bounds: dict) -> str:
+  """Prop. 2's bound by K (the command line's ``impurity_bound`` document)
+  as a two-column table."""
+  for value in bounds["bound"]:
+    if not math.isfinite(value):
+      raise ValueError("Prop. 2's bound is undefined (NaN) on this data, so "
+                       "no table is printed")
+  lines = [f"{'K':>5}  bound"]
+  lines += [f"{k:>5}  {b:.3f}" for k, b in zip(bounds["clusters"],
+                                                bounds["bound"])]
+  return "\n".join(lines)
+
+
+def plot_bounds(bounds: dict, path: str | None = None, *, title: str = "",
+                ax=None):
+  """Draws Prop. 2's bound against K (:func:`format_bounds`' document).
+  Arguments as :func:`plot`."""
+  fig, ax, plt = _axes(path, ax)
+  ax.plot(bounds["clusters"], bounds["bound"], "o-")
+  ax.set_xscale("log")
+  ax.set_xticks(bounds["clusters"], [str(k) for k in bounds["clusters"]])
+  ax.minorticks_off()
+  ax.set_xlabel("clusters K (log scale)")
+  ax.set_ylabel("2 E[max_h Delta] (Prop. 2)")
+  ax.set_title(title or "Prop. 2's bound against K")
+  ax.grid(alpha=0.3)
+  return _finish(fig, plt, path)
+
+
 PLOT_FORMATS = ("png", "svg", "pdf")
 """The file formats :func:`plot` writes, by suffix."""
 

@@ -73,6 +73,10 @@ def _method_list(text: str) -> tuple[str, ...]:
 
 
 _DEFAULT_ONBOARDING_TEXT = "25,50,100,200,400,all"
+# Prop. 2's bound compares every prompt with its neighbours: memory grows
+# with the square of the prompts, so a random subset this large is used.
+_BOUND_PROMPTS = 3000
+_BOUND_NEIGHBORS = 10
 
 
 def _onboarding_sizes(text: str) -> tuple[int | None, ...]:
@@ -140,6 +144,14 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
   p.add_argument("--plot-onboarding", metavar="OUT.png", default=None,
                  help="plot the onboarding curve (implies --onboarding-curve; "
                       "needs matplotlib)")
+  p.add_argument("--impurity-bound", action="store_true",
+                 help="also print Prop. 2's bound on the clusters' excess risk "
+                      "against K (k-means of up to "
+                      f"{_BOUND_PROMPTS} prompts): whether more clusters "
+                      "would help")
+  p.add_argument("--plot-bound", metavar="OUT.png", default=None,
+                 help="plot Prop. 2's bound against K (implies "
+                      "--impurity-bound; needs matplotlib)")
   p.add_argument("--plot-excess", metavar="OUT.png", default=None,
                  help="plot each router's mean excess risk over the oracle "
                       "against lambda, split into estimation and "
@@ -151,7 +163,8 @@ def _check_outputs(args) -> None:
   outputs = [(flag, path) for flag, path in (
       ("--json", args.json), ("--plot", args.plot),
       ("--plot-excess", args.plot_excess),
-      ("--plot-onboarding", args.plot_onboarding)) if path is not None]
+      ("--plot-onboarding", args.plot_onboarding),
+      ("--plot-bound", args.plot_bound)) if path is not None]
   for flag, path in outputs:
     common.new_file(flag, path)
   seen = {}
@@ -186,7 +199,9 @@ def _run(args, source: str) -> int:
   if args.plot_onboarding is not None and args.onboarding_curve is None:
     args.onboarding_curve = _DEFAULT_ONBOARDING
   onboarding = args.onboarding_curve is not None
-  steps = 4 if onboarding else 3
+  bound = args.impurity_bound or args.plot_bound is not None
+  steps = 3 + onboarding + bound
+  step = 3
   start = time.perf_counter()
   if args.fixed_pool and args.test_llm_frac is not None:
     raise ValueError("--test-llm-frac does not apply with --fixed-pool: every "
@@ -226,7 +241,7 @@ def _run(args, source: str) -> int:
       on_progress=common.progress_printer("trials"))
   curve = None
   if onboarding:
-    print(f"[3/{steps}] onboarding curve: unseen LLMs represented by "
+    print(f"[{step}/{steps}] onboarding curve: unseen LLMs represented by "
           f"{_sizes_text(args.onboarding_curve, n_val)} of the {n_val} "
           "validation prompts ...", file=sys.stderr, flush=True)
     curve = protocol.onboarding_curve(
@@ -237,6 +252,12 @@ def _run(args, source: str) -> int:
         test_model_frac=test_llm_frac,
         prior_strength=args.psi_prior_strength or 0.0,
         on_progress=common.progress_printer("trials"))
+    step += 1
+  bounds = None
+  if bound:
+    print(f"[{step}/{steps}] Prop. 2's bound against K ...", file=sys.stderr,
+          flush=True)
+    bounds = _impurity_bounds(args, data, n_train, n_val)
   elapsed = time.perf_counter() - start
   print(f"[{steps}/{steps}] done in {elapsed:.1f}s", file=sys.stderr,
         flush=True)
@@ -271,6 +292,13 @@ def _run(args, source: str) -> int:
           f"from that many validation prompts, mean [95% CI] over "
           f"{args.trials} trial(s):")
     print(report.format_onboarding(curve))
+  if bounds is not None:
+    print()
+    print(f"Prop. 2's bound on the clusters' excess risk over the Bayes rule, "
+          f"2 E[max_h |P(h wrong | x) - Psi*_k(h)|], by K ({bounds['prompts']} "
+          f"prompts, {_BOUND_NEIGHBORS}-neighbour estimate, biased upward by "
+          "label noise: read its fall with K):")
+    print(report.format_bounds(bounds))
   if args.json is not None:
     document = report.to_dict(
         evaluation, dataset={"source": source, "prompts": data.num_prompts,
@@ -280,7 +308,8 @@ def _run(args, source: str) -> int:
                              "fixed_pool": bool(args.fixed_pool)},
         seed=args.seed, wall_time_s=elapsed,
         **({} if curve is None else
-           {"onboarding_curve": report.onboarding_dict(curve)}))
+           {"onboarding_curve": report.onboarding_dict(curve)}),
+        **({} if bounds is None else {"impurity_bound": bounds}))
     common.write_new("--json", args.json,
                text=json.dumps(document, indent=1) + "\n")
     print(f"Wrote {args.json}")
@@ -290,7 +319,10 @@ def _run(args, source: str) -> int:
        "mean excess risk over the oracle"),
       ("--plot-onboarding", args.plot_onboarding,
        lambda _, path, title: report.plot_onboarding(curve, path, title=title),
-       "onboarding curve")):
+       "onboarding curve"),
+      ("--plot-bound", args.plot_bound,
+       lambda _, path, title: report.plot_bounds(bounds, path, title=title),
+       "Prop. 2's bound against K")):
     if path is None:
       continue
     common.stop_if_interrupted()
@@ -301,6 +333,28 @@ def _run(args, source: str) -> int:
                        f"never overwritten") from None
     print(f"Wrote {path}")
   return 0
+
+
+def _impurity_bounds(args, data, n_train: int, n_val: int) -> dict:
+  """Prop. 2's bound for K = 1 and the protocol's candidates (or --clusters)
+  on a random subset of the prompts, as plain JSON types."""
+  import jax
+  import numpy as np
+  from uniroute_jax import protocol, risk
+  rng = np.random.default_rng(args.seed)
+  n = min(_BOUND_PROMPTS, data.num_prompts)
+  rows = np.sort(rng.choice(data.num_prompts, n, replace=False))
+  grid = ((args.clusters,) if args.clusters else
+          protocol.default_cluster_grid(n_train, n_val))
+  clusters = np.unique(np.asarray((1,) + tuple(grid), np.int32))
+  clusters = clusters[clusters <= n]
+  values = risk.impurity_bounds(
+      jax.random.key(args.seed), np.asarray(data.embeddings)[rows],
+      np.asarray(data.loss)[rows], clusters, num_neighbors=_BOUND_NEIGHBORS,
+      mask=np.asarray(data.mask)[rows], together=1)
+  return {"prompts": int(n), "neighbors": _BOUND_NEIGHBORS,
+          "clusters": [int(k) for k in clusters],
+          "bound": [float(b) for b in np.asarray(values, np.float64)]}
 
 
 def _sizes_text(sizes, n_val: int) -> str:
