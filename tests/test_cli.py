@@ -67,7 +67,8 @@ def test_evaluate_writes_json_and_plot(tmp_path, capsys):
 def test_evaluate_measures_the_onboarding_curve(tmp_path, capsys):
   out_json, out_png = tmp_path / "r.json", tmp_path / "onboarding.png"
   argv = ["evaluate", "--format", "synthetic", *SMALL, "--methods", "kmeans",
-          "--clusters", "4", "--onboarding-curve", "10,30,all", "--json",
+          "--clusters", "4", "--psi-prior-strength", "empirical-bayes",
+          "--onboarding-curve", "10,30,all", "--json",
           str(out_json), "--plot-onboarding", str(out_png)]
   assert cli.main(argv) == 0
   out, err = capsys.readouterr()
@@ -76,6 +77,7 @@ def test_evaluate_measures_the_onboarding_curve(tmp_path, capsys):
   assert [row.split()[0] for row in table[2:5]] == ["10", "30", "all"]
   assert "[3/4] onboarding curve" in err and "[4/4] done" in err
   doc = json.loads(out_json.read_text())
+  assert doc["methods"]["kmeans"]["area"] > 0
   curve = doc["onboarding_curve"]
   assert curve["sizes"] == [10, 30, curve["representatives"]]
   assert curve["clusters"] == [4] and curve["chosen"] == [4, 4]
@@ -565,3 +567,16 @@ def test_hostile_pool_edits_and_budgets(tmp_path, capsys):
   fails(["example", ""], "FOLDER: expected the name of a folder")
   os.symlink(out("nowhere"), out("dangling"))
   fails(["example", out("dangling")], "exists and is not a folder")
+
+
+def test_the_psi_prior_flag_sets_each_routers_own_option():
+  from uniroute_jax.cli import _build_parser
+  from uniroute_jax.cli import evaluate as command
+  parse = lambda *a: _build_parser().parse_args(
+      ["demo", "--methods", "zero,kmeans,learned_map", *a])
+  methods = command._methods(parse("--psi-prior-strength", "Empirical-Bayes"))
+  assert [getattr(m, "empirical_bayes", None) for m in methods] == [None, True,
+                                                                     True]
+  methods = command._methods(parse("--psi-prior-strength", "2.5"))
+  assert [getattr(m, "prior_strength", None) for m in methods] == [None, 2.5, 2.5]
+  assert not any(getattr(m, "empirical_bayes", False) for m in methods)

@@ -393,6 +393,8 @@ def test_bad_embeddings_archives_are_one_line(tmp_path, capsys, saved_router,
     (["--onboarding-curve", "25,0"], "--onboarding-curve: expected "
      "comma-separated positive numbers of prompts or 'all', got '25,0'"),
     (["--onboarding-curve", "many"], "--onboarding-curve: expected"),
+    (["--psi-prior-strength", "auto"], "--psi-prior-strength: expected a "
+     "non-negative number or 'empirical-bayes', got 'auto'"),
 ])
 def test_output_paths_that_name_no_file(tmp_path, capsys, outputs, match):
   (tmp_path / "exists.json").write_text("precious")

@@ -99,6 +99,19 @@ def _onboarding_sizes(text: str) -> tuple[int | None, ...]:
 
 
 _DEFAULT_ONBOARDING = _onboarding_sizes(_DEFAULT_ONBOARDING_TEXT)
+# features.EMPIRICAL_BAYES, spelled here so that parsing needs no JAX.
+_EMPIRICAL_BAYES = "empirical_bayes"
+
+
+def _prior_strength(text: str):
+  if text.strip().lower().replace("_", "-") == "empirical-bayes":
+    return _EMPIRICAL_BAYES
+  try:
+    return common.nonnegative_float(text)
+  except argparse.ArgumentTypeError:
+    raise argparse.ArgumentTypeError(
+        f"expected a non-negative number or 'empirical-bayes', got "
+        f"{text!r}") from None
 
 
 def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
@@ -124,9 +137,10 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
   p.add_argument("--neighbors", type=common.positive_int, default=None,
                  help="fix k for K-NN (default: chosen per trial from 5 .. "
                       "validation prompts / 3)")
-  p.add_argument("--psi-prior-strength", type=common.nonnegative_float, default=None,
+  p.add_argument("--psi-prior-strength", type=_prior_strength, default=None,
                  help="shrink every cluster's error towards the LLM's overall "
-                      "error by this many pseudo-prompts (default 0: the "
+                      "error by this many pseudo-prompts, or by a strength "
+                      "chosen per LLM with 'empirical-bayes' (default 0: the "
                       "paper's plain cluster means)")
   p.add_argument("--json", metavar="OUT", default=None,
                  help="write every number to this JSON file (must not exist)")
@@ -392,6 +406,9 @@ def _methods(args):
       value = getattr(args, attribute)
       for field in fields:
         if value is not None and hasattr(method, field):
-          changes[field] = (value,) if candidate else value
+          if value == _EMPIRICAL_BAYES:
+            changes["empirical_bayes"] = True
+          else:
+            changes[field] = (value,) if candidate else value
     methods.append(method.replace(**changes) if changes else method)
   return methods
