@@ -572,7 +572,7 @@ def test_hostile_pool_edits_and_budgets(tmp_path, capsys):
 def test_the_psi_prior_flag_sets_each_routers_own_option():
   from uniroute_jax.cli import _build_parser
   from uniroute_jax.cli import evaluate as command
-  parse = lambda *a: _build_parser().parse_args(
+  parse = lambda *a: _build_parser()[0].parse_args(
       ["demo", "--methods", "zero,kmeans,learned_map", *a])
   methods = command._methods(parse("--psi-prior-strength", "Empirical-Bayes"))
   assert [getattr(m, "empirical_bayes", None) for m in methods] == [None, True,
