@@ -580,3 +580,32 @@ def test_the_psi_prior_flag_sets_each_routers_own_option():
   methods = command._methods(parse("--psi-prior-strength", "2.5"))
   assert [getattr(m, "prior_strength", None) for m in methods] == [None, 2.5, 2.5]
   assert not any(getattr(m, "empirical_bayes", False) for m in methods)
+
+
+def test_representatives_first_n_in_a_spread_order(tmp_path, capsys):
+  """--first N writes the N representatives a new LLM should be run on
+  first (Router.labelling_order), spread over the clusters."""
+  import csv
+
+  import jax
+  from uniroute_jax import Router
+  path = _fitted(tmp_path, capsys)
+  router = Router.load(path)
+  out = tmp_path / "first.csv"
+  assert cli.main(["representatives", str(path), "-o", str(out), "--first",
+                   "12", "--seed", "3"]) == 0
+  assert "the first 12 of" in capsys.readouterr().out
+  rows = list(csv.DictReader(out.open()))
+  order = np.asarray(router.labelling_order(jax.random.key(3)))[:12]
+  assert [r["prompt_id"] for r in rows] == [router.representatives.ids[i]
+                                            for i in order]
+  clusters = np.asarray(router.representatives.membership)
+  share = np.bincount(clusters, minlength=4) / clusters.size
+  got = np.bincount([int(r["cluster"]) for r in rows], minlength=4)
+  assert np.all(np.abs(got - 12 * share) <= 1)
+  every = tmp_path / "all.txt"
+  assert cli.main(["representatives", str(path), "-o", str(every), "--order",
+                   "random"]) == 0
+  ids = every.read_text().splitlines()
+  assert sorted(ids) == sorted(router.representatives.ids)
+  assert ids != list(router.representatives.ids)

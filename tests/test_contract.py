@@ -127,6 +127,11 @@ CASES = [
     Case("beta_quantile", lambda a, b, q: ur.beta_quantile(a, b, q),
          lambda: (PSI * 10, (1 - PSI) * 10, np.float32(0.3)),
          {0: lambda a: a + 1, 1: lambda b: b * 2, 2: lambda q: q * 2}),
+    Case("labelling_ranks", lambda key, c, spread: ur.labelling_ranks(
+        _key(key), c, num_clusters=K, selection="neyman", spread=spread),
+         lambda: (KEY, CLUSTERS, np.array([0.5, 0.2, 0.3], np.float32)),
+         {0: lambda k: jax.random.key_data(jax.random.key(7)), 1: _flip,
+          2: lambda s: s[::-1].copy()}),
     Case("predicted_loss", lambda phi, psi: ur.predicted_loss(phi, psi),
          lambda: (SOFT, PSI), {0: lambda p: p[::-1].copy(), 1: lambda p: 1 - p}),
     Case("route_hard", lambda c, psi, cost, lam, pool: ur.route(

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import no_retrace
 from test_metrics import numpy_area
-from uniroute_jax import make_synthetic, protocol
+from uniroute_jax import features, make_synthetic, protocol
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,9 @@ def test_orders_are_permutations_that_fill_clusters_in_proportion():
   clusters = np.repeat(np.arange(k), [40, 20, 10, 30]).astype(np.int32)
   rng.shuffle(clusters)
   spread = np.array([0.5, 0.1, 0.4, 0.2], np.float32)
-  ranks = np.asarray(protocol.selection_ranks(jax.random.key(1), clusters, k,
-                                              spread))
+  ranks = np.stack([np.asarray(features.labelling_ranks(
+      jax.random.key(1), clusters, num_clusters=k, selection=name,
+      spread=spread)) for name in features.SELECTIONS])
   n = clusters.size
   for row in ranks:
     np.testing.assert_array_equal(np.sort(row), np.arange(n))
@@ -35,8 +36,12 @@ def test_orders_are_permutations_that_fill_clusters_in_proportion():
     # Allocation in proportion to share (no cluster is exhausted this early).
     assert np.all(np.abs(neyman - want) <= 1.5), (s, neyman, want)
   # Equal spreads make the Neyman order the stratified one.
-  equal = np.asarray(protocol.selection_ranks(jax.random.key(1), clusters, k))
-  np.testing.assert_array_equal(equal[1], equal[2])
+  equal = np.asarray(features.labelling_ranks(
+      jax.random.key(1), clusters, num_clusters=k, selection="neyman"))
+  np.testing.assert_array_equal(equal, ranks[1])
+  with pytest.raises(ValueError, match="selection must be one of"):
+    features.labelling_ranks(jax.random.key(1), clusters, num_clusters=k,
+                             selection="greedy")
 
 
 def test_every_representative_gives_one_area_whatever_the_order(data):

@@ -735,3 +735,27 @@ def test_the_command_lines_thin_threshold_is_the_routers():
   from uniroute_jax.cli import pool
   from uniroute_jax.router import THIN_CELL
   assert pool.THIN_CELL == THIN_CELL
+
+
+def test_labelling_order_spreads_representatives_over_clusters():
+  from uniroute_jax import features
+  rng = np.random.default_rng(2)
+  centroids = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
+  x = np.repeat(centroids, [60, 30, 10], axis=0) + rng.normal(
+      0, 0.1, (100, 2)).astype(np.float32)
+  loss = (rng.random((100, 2)) < 0.5).astype(np.float32)
+  router = Router(centroids=centroids).add_models(
+      ["a", "b"], x, loss, np.ones(2, np.float32)).with_representatives(x)
+  order = np.asarray(router.labelling_order(jax.random.key(0)))
+  np.testing.assert_array_equal(np.sort(order), np.arange(100))
+  clusters = np.repeat([0, 1, 2], [60, 30, 10])
+  np.testing.assert_array_equal(np.bincount(clusters[order[:10]]), [6, 3, 1])
+  psi = np.asarray(router.psi)
+  spread = np.sqrt(np.mean(psi * (1 - psi), axis=1))
+  ranks = features.labelling_ranks(jax.random.key(0), clusters, num_clusters=3,
+                                   selection="neyman", spread=spread)
+  np.testing.assert_array_equal(
+      router.labelling_order(jax.random.key(0), selection="neyman"),
+      np.argsort(np.asarray(ranks)))
+  with pytest.raises(ValueError, match="keeps no representative prompts"):
+    Router(centroids=centroids).labelling_order(jax.random.key(0))

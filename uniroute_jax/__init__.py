@@ -41,7 +41,7 @@ _NAMES = {
         "make_synthetic", "missing_labels", "read_prompts"),
     "uniroute_jax.features": ("ClusterErrors", "ClusterPosterior",
                               "beta_quantile", "cluster_errors",
-                              "cluster_posterior"),
+                              "cluster_posterior", "labelling_ranks"),
     "uniroute_jax.fitting": ("FitReport", "FittedRouter", "fit_router"),
     "uniroute_jax.learn": ("CheckpointSelection", "FittedModel"),
     "uniroute_jax.maps": ("CentroidMap", "ClusterMapping", "LearnedMap"),
@@ -102,5 +102,5 @@ __all__ = [
     "ImpurityBound", "NeighborhoodError", "area_decomposition",
     "excess_decomposition", "excess_risk", "impurity_bound", "impurity_bounds",
     "neighborhood_error", "ClusterPosterior", "beta_quantile",
-    "cluster_posterior",
+    "cluster_posterior", "labelling_ranks",
 ]

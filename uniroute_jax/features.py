@@ -441,3 +441,81 @@ def _cluster_posterior(membership, loss, mask, w, prior_strength, *,
                    overall[None, :])
   return ClusterPosterior(mean, alpha, beta, counts, overall, strength)
 
+
+# ------------------------------------------- which prompts to label first
+
+SELECTIONS = ("random", "stratified", "neyman")
+"""The orders :func:`labelling_ranks` knows."""
+
+
+def labelling_ranks(key, clusters, *, num_clusters: int,
+                    selection: str = "stratified", spread=None) -> Array:
+  """[n] int32 each prompt's position (0 first) in the order a new LLM
+  should be labelled on them, when it can be run on only some of them.
+
+  Orders:
+    - ``"random"``: a random order.
+    - ``"stratified"``: every cluster in proportion to its number of
+      prompts, in random order within each cluster, so the first s prompts
+      spread over the clusters as evenly as s allows.
+    - ``"neyman"``: clusters in proportion to their size times ``spread``
+      (sigma_c, e.g. sqrt of the known LLMs' mean Psi (1 - Psi) in the
+      cluster): Neyman allocation, which spends labels where an error rate
+      is most uncertain. Equal spreads give the stratified order.
+
+  Args:
+    key: a ``jax.random.key``: the random order, and the order within
+      clusters.
+    clusters: [n] int cluster of each prompt in [0, num_clusters).
+    num_clusters: k (static).
+    selection: one of :data:`SELECTIONS` (static).
+    spread: optional [k] non-negative sigma_c for ``"neyman"`` (default
+      equal).
+
+  Examples:
+    >>> import jax
+    >>> ranks = labelling_ranks(jax.random.key(0), np.array([0, 0, 0, 1]),
+    ...                         num_clusters=2)
+    >>> int(ranks[3]) < 2        # the lone prompt of cluster 1 comes early
+    True
+  """
+  checks.prng_key("key", key)
+  clusters = checks.integer_array("clusters", clusters, ndim=1,
+                                  shape_doc="[n] (cluster indices)")
+  k = checks.positive_int("num_clusters", num_clusters)
+  if selection not in SELECTIONS:
+    raise ValueError(f"selection must be one of {SELECTIONS}, got "
+                     f"{selection!r}")
+  if spread is not None:
+    spread = checks.float_array("spread", spread, ndim=1, shape_doc="[k]")
+    if spread.shape[0] != k:
+      raise ValueError(f"spread must have one entry per cluster ({k}), got "
+                       f"shape {spread.shape}")
+  return _labelling_ranks(key, clusters, spread, num_clusters=k,
+                          selection=selection)
+
+
+@checks.kernel(static_argnames=("num_clusters", "selection"))
+def _labelling_ranks(key, clusters, spread, *, num_clusters, selection):
+  n = clusters.shape[0]
+  checks.require(jnp.all((clusters >= 0) & (clusters < num_clusters)),
+                 f"labelling_ranks: clusters must hold cluster indices in "
+                 f"[0, {num_clusters})")
+  u = jax.random.uniform(key, (n,), jnp.float32)
+  if selection == "random":
+    return jnp.argsort(jnp.argsort(u)).astype(jnp.int32)
+  # Position of each prompt within its cluster, in random order.
+  order = jnp.lexsort((u, clusters))
+  sorted_clusters = clusters[order]
+  first = jnp.searchsorted(sorted_clusters, jnp.arange(num_clusters))
+  within = jnp.zeros(n, jnp.int32).at[order].set(
+      jnp.arange(n, dtype=jnp.int32) - first[sorted_clusters].astype(jnp.int32))
+  share = jnp.bincount(clusters, length=num_clusters).astype(jnp.float32)
+  if selection == "neyman" and spread is not None:
+    share = share * jnp.maximum(spread.astype(jnp.float32), 1e-3)
+  # Prompt j of cluster c enters at "time" (j + 1/2) / share_c: by time t
+  # about t share_c of its prompts are in, so clusters fill in proportion
+  # to their share. Ties break by the random order.
+  time = (within + 0.5) / share[clusters]
+  return jnp.argsort(jnp.argsort(time + 1e-6 * u / n)).astype(jnp.int32)
+

@@ -370,6 +370,34 @@ class Router:
     return self._replaced(_representatives=Representatives(
         ids, x, self.membership(x)))
 
+  def labelling_order(self, key, *, selection: str = "stratified") -> Array:
+    """[n_rep] int32 the representative prompts (indices into
+    :attr:`representatives`) in the order a new LLM should be run on them
+    when it can only be run on some: label the first s.
+
+    Args:
+      key: a ``jax.random.key``.
+      selection: ``"stratified"`` (every cluster in proportion to its
+        representatives), ``"neyman"`` (in proportion to that times the
+        spread sqrt(mean Psi (1 - Psi)) of the pool's errors there) or
+        ``"random"`` (:func:`~uniroute_jax.features.labelling_ranks`).
+        A learned map's prompts count in their most probable cluster.
+    """
+    rep = self._representatives
+    if rep is None:
+      raise ValueError("the router keeps no representative prompts: record "
+                       "them with with_representatives")
+    clusters = rep.membership
+    if clusters.ndim == 2:
+      clusters = jnp.argmax(clusters, axis=1).astype(jnp.int32)
+    spread = None
+    if self.num_models:
+      spread = jnp.sqrt(jnp.mean(self._psi * (1.0 - self._psi), axis=1))
+    ranks = features.labelling_ranks(key, clusters,
+                                     num_clusters=self.num_clusters,
+                                     selection=selection, spread=spread)
+    return jnp.argsort(ranks).astype(jnp.int32)
+
   def _add_labelled(self, names, rows_arg: str, n: int, membership, loss, cost,
                     *, mask, weights=None, prior_strength=None,
                     warn_below=None) -> "Router":

@@ -56,6 +56,17 @@ def add_parsers(commands) -> None:
   reps.add_argument("-o", "--out", metavar="OUT.csv", required=True,
                     help=".csv (prompt_id, cluster), .jsonl or .txt (one id "
                          "per line); must not exist")
+  reps.add_argument("--first", metavar="N", type=common.positive_int,
+                    default=None,
+                    help="only the N prompts a new LLM should be run on first "
+                         "when it cannot be run on all, in that order")
+  reps.add_argument("--order", choices=("stratified", "neyman", "random"),
+                    default=None,
+                    help="the order of --first (default stratified: every "
+                         "cluster in proportion to its prompts); given alone, "
+                         "every prompt in that order")
+  reps.add_argument("--seed", type=common.seed, default=0,
+                    help="random seed of the order (default 0)")
 
   add = commands.add_parser(
       "add-model", help="onboard an LLM from its labels on the representatives",
@@ -224,25 +235,37 @@ def run_representatives(args) -> int:
   rep = _representatives_of(router, args.router)
   membership = np.asarray(rep.membership)
   cluster = membership if membership.ndim == 1 else membership.argmax(axis=1)
+  rows = np.arange(len(rep.ids))
+  ordered = args.first is not None or args.order is not None
+  if ordered:
+    import jax
+    rows = np.asarray(router.labelling_order(
+        jax.random.key(args.seed), selection=args.order or "stratified"))
+    rows = rows[:args.first]
+  ids = [rep.ids[i] for i in rows]
+  cluster = cluster[rows].tolist()
   if suffix == ".txt":
-    multiline = [i for i in rep.ids if "\n" in i or "\r" in i]
+    multiline = [i for i in ids if "\n" in i or "\r" in i]
     if multiline:
       raise ValueError(f"--out: a representative id spans lines ("
                        f"{multiline[0][:40]!r}...); write .csv or .jsonl")
-    text = "".join(f"{i}\n" for i in rep.ids)
+    text = "".join(f"{i}\n" for i in ids)
   elif suffix == ".jsonl":
     text = "".join(json.dumps({"prompt_id": i, "cluster": int(c)},
                               ensure_ascii=False) + "\n"
-                   for i, c in zip(rep.ids, cluster.tolist()))
+                   for i, c in zip(ids, cluster))
   else:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["prompt_id", "cluster"])
-    writer.writerows(zip(rep.ids, cluster.tolist()))
+    writer.writerows(zip(ids, cluster))
     text = buffer.getvalue()
   common.write_new("--out", args.out, text=text)
-  print(f"Wrote {args.out}: {len(rep.ids)} representative prompts; run the "
-        "new LLM on them, then uniroute add-model --labels")
+  which = (f"the first {len(ids)} of {len(rep.ids)} representative prompts "
+           f"({args.order or 'stratified'} order)" if ordered
+           else f"{len(ids)} representative prompts")
+  print(f"Wrote {args.out}: {which}; run the new LLM on them, then uniroute "
+        "add-model --labels")
   return 0
 
 

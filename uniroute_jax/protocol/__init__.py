@@ -31,7 +31,7 @@ from uniroute_jax.protocol.methods import (
     ZeroRouter, as_method, as_methods, default_cluster_grid,
     default_neighbor_grid, method_dataclass)
 from uniroute_jax.protocol.onboarding import (
-    OnboardingCurve, SELECTIONS, onboarding_curve, selection_ranks)
+    OnboardingCurve, SELECTIONS, onboarding_curve)
 from uniroute_jax.protocol.running import (
     EXCESS_LAMBDAS, PoolPoints, TrialMetrics, dataset_arrays, run_batch,
     run_trials, trial_mesh)
@@ -47,7 +47,7 @@ __all__ = [
     "BUILT_IN", "Best", "DEFAULT_METHODS", "EXCESS_LAMBDAS", "Evaluation", "KMeansRouter", "KNN",
     "LearnedMapRouter", "MLPRouter", "MatrixFactorizationRouter", "Method",
     "MethodOutput", "MethodSummary", "OnboardingCurve", "Oracle",
-    "SELECTIONS", "onboarding_curve", "selection_ranks", "PoolPoints", "SignTest",
+    "SELECTIONS", "onboarding_curve", "PoolPoints", "SignTest",
     "Split", "TrialData", "TrialMetrics", "ZeroRouter", "as_method",
     "as_methods", "best_candidate", "dataset_arrays", "default_cluster_grid",
     "default_neighbor_grid", "evaluate", "gather_trial", "make_split",

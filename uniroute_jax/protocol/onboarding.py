@@ -39,7 +39,7 @@ from uniroute_jax.protocol.trials import (TrialData, gather_trial, test_curve,
                                           validation_area)
 from uniroute_jax.types import Array, RoutingData
 
-SELECTIONS = ("random", "stratified", "neyman")
+SELECTIONS = features.SELECTIONS
 DEFAULT_SIZES = (25, 50, 100, 200, 400, None)
 
 
@@ -77,41 +77,6 @@ class OnboardingCurve(NamedTuple):
     return self.mean() - half, self.mean() + half
 
 
-def selection_ranks(key, clusters, num_clusters: int, spread=None) -> Array:
-  """[3, n] each prompt's position in the three orders of ``SELECTIONS``
-  (0 first). Traceable.
-
-  Args:
-    key: randomness of the orders.
-    clusters: [n] int cluster of each representative prompt.
-    num_clusters: k (static).
-    spread: optional [k] sigma_c for the Neyman order (default equal, when
-      it is the stratified order).
-  """
-  n = clusters.shape[0]
-  u = jax.random.uniform(key, (n,), jnp.float32)
-  random_rank = jnp.argsort(jnp.argsort(u))
-  # Position of each prompt within its cluster, in random order.
-  order = jnp.lexsort((u, clusters))
-  sorted_clusters = clusters[order]
-  first = jnp.searchsorted(sorted_clusters, jnp.arange(num_clusters))
-  within = jnp.zeros(n, jnp.int32).at[order].set(
-      jnp.arange(n, dtype=jnp.int32) - first[sorted_clusters].astype(jnp.int32))
-  size = jnp.bincount(clusters, length=num_clusters).astype(jnp.float32)
-  weight = jnp.ones((num_clusters,), jnp.float32) if spread is None else (
-      jnp.maximum(spread.astype(jnp.float32), 1e-3))
-
-  def ranks(share):
-    # Prompt j of cluster c enters at "time" (j + 1/2) / share_c: by time t
-    # about t share_c of its prompts are in, so clusters fill in proportion
-    # to their share. Ties break by the random order.
-    time = (within + 0.5) / share[clusters]
-    return jnp.argsort(jnp.argsort(time + 1e-6 * u / n)).astype(jnp.int32)
-
-  return jnp.stack([random_rank.astype(jnp.int32), ranks(size),
-                    ranks(size * weight)])
-
-
 def _trial_curves(trial: TrialData, key, clusters, sizes, prior_strength, *,
                   max_clusters: int, max_iter: int, empirical_bayes: bool):
   """(validation areas [C], test Areas [C, O, S]) of one trial."""
@@ -132,7 +97,9 @@ def _trial_curves(trial: TrialData, key, clusters, sizes, prior_strength, *,
     area = validation_area(routing.predicted_loss(val_clusters, train_psi),
                            trial)
     spread = jnp.sqrt(jnp.mean(train_psi * (1.0 - train_psi), axis=1))
-    ranks = selection_ranks(order_key, val_clusters, max_clusters, spread)
+    ranks = jnp.stack([features.labelling_ranks(
+        order_key, val_clusters, num_clusters=max_clusters, selection=name,
+        spread=spread) for name in SELECTIONS])
 
     def area_at(rank, size):
       weights = (rank < size).astype(trial.val_test_loss.dtype)
