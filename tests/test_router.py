@@ -538,7 +538,7 @@ def test_host_values_are_checked_where_they_enter():
       (lambda: router.add_models(["c"], x, loss[:, :1], [1.0], weights=np.zeros(20)),
        "weights must have at least one positive entry"),
       (lambda: router.add_models(["c"], x, loss[:, :1], [1.0], prior_strength="a"),
-       "prior_strength must be a numeric"),
+       "prior_strength must be a non-negative number or 'empirical_bayes'"),
   ]:
     with pytest.raises(ValueError, match=match):
       call()

@@ -214,8 +214,10 @@ def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float
   router = router.with_representatives(
       np.asarray(data.embeddings)[rep],
       ids=[str(i) for i in np.asarray(data.prompt_ids)[rep].tolist()])
+  # The caller reports thin clusters once for the whole pool (the command
+  # line's uncovered-cluster warning), not once per LLM.
   router = router.onboard(list(data.model_names), loss[rep], cost,
-                          mask=mask[rep])
+                          mask=mask[rep], warn_below=None)
   return router, int(train.size)
 
 
