@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -337,6 +338,18 @@ def test_route_bad_input_is_one_line(tmp_path, capsys, extra, match):
   err = capsys.readouterr().err
   assert code == 2 and match in err and len(err.strip().splitlines()) == 1
   assert not (tmp_path / "c.csv").exists()
+
+
+def test_fit_says_where_the_held_out_area_is_lost(tmp_path, capsys):
+  assert cli.main(["fit", "--format", "synthetic", "--prompts", "300",
+                   "--llms", "4", "--map", "kmeans", "--clusters", "3,6",
+                   "--trials", "2", "--out", str(tmp_path / "r.npz")]) == 0
+  line = next(l for l in capsys.readouterr().out.splitlines()
+              if "Area lost to the per-prompt oracle" in l)
+  gap, estimation, approximation = (
+      float(v) for v in re.findall(r"-?\d+\.\d+", line)[:3])
+  assert abs(gap - estimation - approximation) < 2e-4
+  assert "would win back the larger part" in line
 
 
 def test_fit_with_a_learned_map(tmp_path, capsys):

@@ -82,6 +82,11 @@ def test_the_search_keeps_the_map_with_the_larger_held_out_area(data):
                                np.asarray(evaluation.methods[kind].trials.area))
     np.testing.assert_array_equal(report.scores[kind].chosen_clusters,
                                   np.asarray(evaluation.methods[kind].trials.chosen))
+    summary = evaluation.methods[kind]
+    np.testing.assert_allclose(report.scores[kind].area_estimation,
+                               summary.area_estimation)
+    np.testing.assert_allclose(report.scores[kind].area_approximation,
+                               summary.area_approximation)
 
 
 def test_fit_router_refuses_what_cannot_be_fitted(data):

@@ -71,11 +71,17 @@ class MapScore(NamedTuple):
     area: mean deferral-curve Area over the selection trials.
     area_per_trial: [T] the Area of each trial.
     chosen_clusters: [T] the K it chose in each trial.
+    area_estimation, area_approximation: the mean Area the map lost to the
+      per-prompt oracle, split (:mod:`uniroute_jax.risk`) into what more
+      representative prompts per LLM would win back (estimation) and what
+      only better clusters would (approximation).
   """
 
   area: float
   area_per_trial: np.ndarray
   chosen_clusters: np.ndarray
+  area_estimation: float = float("nan")
+  area_approximation: float = float("nan")
 
 
 class FitReport(NamedTuple):
@@ -161,7 +167,9 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
             f" leave the deferral area undefined (too few, or none labelled "
             f"by every LLM); raise {name('holdout_frac')}"))
       scores[kind] = MapScore(float(per_trial.mean()), per_trial,
-                              np.asarray(summary.trials.chosen))
+                              np.asarray(summary.trials.chosen),
+                              summary.area_estimation,
+                              summary.area_approximation)
     kind = max(maps, key=lambda k: scores[k].area)
     chosen = np.sort(scores[kind].chosen_clusters)
     k = int(chosen[(chosen.size - 1) // 2])   # the lower median: a K it chose

@@ -122,6 +122,17 @@ def run(args) -> int:
       mark = "  <- chosen" if kind == report.map else ""
       print(f"  {kind:8s} {score.area:.4f}   K per trial: "
             f"{','.join(str(k) for k in score.chosen_clusters.tolist())}{mark}")
+    chosen = report.scores[report.map]
+    if np.isfinite(chosen.area_estimation) and np.isfinite(
+        chosen.area_approximation):
+      gap = chosen.area_estimation + chosen.area_approximation
+      more = ("more representative prompts per LLM (--representatives) "
+              if chosen.area_estimation > chosen.area_approximation else
+              "better clusters (another K or map, or a better embedding) ")
+      print(f"  Area lost to the per-prompt oracle: {gap:.4f} = "
+            f"{chosen.area_estimation:.4f} estimation (too few labels per "
+            f"cluster) + {chosen.area_approximation:.4f} approximation (the "
+            f"clusters); {more}would win back the larger part")
   print(f"Wrote {args.out}: {report.map} map with K = {report.num_clusters}, "
         f"fitted on {report.num_train} prompts; {router.num_models} LLMs "
         f"({', '.join(router.models)}) represented on "
