@@ -23,10 +23,10 @@ import numpy as np
 
 try:
   from benchmarks import _machine
-  from benchmarks.paper_table import datasets
+  from benchmarks.paper_table import each_dataset
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
   import _machine
-  from paper_table import datasets
+  from paper_table import each_dataset
 
 from uniroute_jax import protocol
 
@@ -81,15 +81,7 @@ def main(argv=None) -> int:
       "of random prompts with the same mean Area.",
       "",
   ]
-  found = datasets(_machine.data_root(), args.seed)
-  order = sorted(found, key=lambda d: wanted.index(d[0]) if d[0] in wanted
-                 else len(wanted))
-  for key, title, load, kwargs, _ in order:
-    if key not in wanted:
-      continue
-    data = load()
-    print(f"{title}: {data.num_prompts} prompts x {data.num_models} LLMs",
-          flush=True)
+  for key, title, data, kwargs, _ in each_dataset(wanted, args.seed):
     start = time.perf_counter()
     curve = protocol.onboarding_curve(
         jax.random.key(args.seed), data, sizes=SIZES, num_trials=args.trials,

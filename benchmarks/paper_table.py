@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from typing import Sequence
 
 import jax
 
@@ -76,6 +77,21 @@ def datasets(root: str | None, seed: int):
   return out
 
 
+def each_dataset(wanted: Sequence[str], seed: int):
+  """(key, title, data, protocol arguments, paper column) of each dataset
+  whose key is in ``wanted``, loaded in that order (a key may name several,
+  e.g. RouterBench's two validation fractions); says which it loads."""
+  found = datasets(_machine.data_root(), seed)
+  for key in dict.fromkeys(wanted):
+    for found_key, title, load, kwargs, paper_column in found:
+      if found_key != key:
+        continue
+      data = load()
+      print(f"{title}: {data.num_prompts} prompts x {data.num_models} LLMs",
+            flush=True)
+      yield key, title, data, kwargs, paper_column
+
+
 def _qnc(x: float) -> str:
   return "never" if math.isinf(x) else f"{100 * x:.1f}%"
 
@@ -92,7 +108,6 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None, help="write the Markdown here")
   args = parser.parse_args(argv)
   methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-  wanted = {d.strip() for d in args.datasets.split(",")}
 
   lines = [
       "# UniRoute: the paper's table with this library's protocol",
@@ -111,12 +126,8 @@ def main(argv=None) -> int:
       "per-prompt oracle are upper bounds, not dynamic routers.",
       "",
   ]
-  for key, title, load, kwargs, paper_column in datasets(_machine.data_root(), args.seed):
-    if key not in wanted:
-      continue
-    data = load()
-    print(f"{title}: {data.num_prompts} prompts x {data.num_models} LLMs",
-          flush=True)
+  for key, title, data, kwargs, paper_column in each_dataset(
+      [d.strip() for d in args.datasets.split(",")], args.seed):
     start = time.perf_counter()
     evaluation = protocol.evaluate(
         jax.random.key(args.seed), data, num_trials=args.trials,

@@ -30,10 +30,10 @@ import numpy as np
 
 try:
   from benchmarks import _machine
-  from benchmarks.paper_table import datasets
+  from benchmarks.paper_table import each_dataset
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
   import _machine
-  from paper_table import datasets
+  from paper_table import each_dataset
 
 from uniroute_jax import protocol, risk
 
@@ -132,15 +132,7 @@ def main(argv=None) -> int:
       "approximation of the excess risk.",
       "",
   ]
-  found = datasets(_machine.data_root(), args.seed)
-  order = sorted(found, key=lambda d: wanted.index(d[0]) if d[0] in wanted
-                 else len(wanted))
-  for key, title, load, kwargs, _ in order:
-    if key not in wanted:
-      continue
-    data = load()
-    print(f"{title}: {data.num_prompts} prompts x {data.num_models} LLMs",
-          flush=True)
+  for key, title, data, kwargs, _ in each_dataset(wanted, args.seed):
     progress = lambda done, total: print(f"  {done}/{total}", flush=True)
     start = time.perf_counter()
     ev = protocol.evaluate(jax.random.key(args.seed), data,

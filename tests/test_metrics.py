@@ -93,8 +93,9 @@ def numpy_area(points, upper):
   return np.trapezoid(np.interp(grid, xs, ys), grid)
 
 
-def brute_force_curve(gamma, truth, cost, pool, weights):
-  """Route at 0, every midpoint between break-evens, and beyond the last."""
+def break_even_lambdas(gamma, cost, pool):
+  """0 and every positive lambda at which two available LLMs tie on a
+  prompt, ascending."""
   n, m = gamma.shape
   cost = np.broadcast_to(cost, gamma.shape)
   breaks = {0.0}
@@ -104,7 +105,14 @@ def brute_force_curve(gamma, truth, cost, pool, weights):
         lam = (gamma[i, a] - gamma[i, b]) / (cost[i, b] - cost[i, a])
         if lam > 0:
           breaks.add(lam)
-  breaks = np.array(sorted(breaks))
+  return np.array(sorted(breaks))
+
+
+def brute_force_curve(gamma, truth, cost, pool, weights):
+  """Route at 0, every midpoint between break-evens, and beyond the last."""
+  n, m = gamma.shape
+  cost = np.broadcast_to(cost, gamma.shape)
+  breaks = break_even_lambdas(gamma, cost, pool)
   probes = np.concatenate([[0.0], (breaks[1:] + breaks[:-1]) / 2,
                            [breaks[-1] * 2 + 1]])
   choice = np.asarray(choose_models(gamma, cost, probes, pool_mask=pool))

@@ -1,7 +1,5 @@
 """Excess risk, its decomposition and Prop. 2's bound against NumPy loops."""
 
-import itertools
-
 import chex
 import hypothesis
 import hypothesis.extra.numpy as hnp
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import RTOL
-from test_metrics import numpy_area
+from test_metrics import break_even_lambdas, numpy_area
 from uniroute_jax import checked, risk
 
 
@@ -274,14 +272,7 @@ def np_area(gamma, loss, cost, route_cost, pool, w):
   n, m = loss.shape
   route_cost = np.broadcast_to(route_cost, (n, m))
   cost = np.broadcast_to(cost, (n, m))
-  breaks = {0.0}
-  for i in range(n):
-    for a, b in itertools.combinations(np.flatnonzero(pool), 2):
-      if route_cost[i, a] != route_cost[i, b]:
-        lam = (gamma[i, a] - gamma[i, b]) / (route_cost[i, b] - route_cost[i, a])
-        if lam > 0:
-          breaks.add(lam)
-  breaks = np.array(sorted(breaks))
+  breaks = break_even_lambdas(gamma, route_cost, pool)
   probes = np.concatenate([[0.0], breaks, (breaks[1:] + breaks[:-1]) / 2,
                            [breaks[-1] * 2 + 1]])
   share = w / w.sum()
