@@ -150,7 +150,8 @@ def excess_risk(predicted_loss, loss, cost, lambdas, *, mask=None,
   """Risk of routing by ``predicted_loss`` and of the per-prompt oracle.
 
   Args:
-    predicted_loss: [n, m] gamma the rule ranks LLMs by.
+    predicted_loss: [n, m] gamma the rule ranks LLMs by (finite where a
+      prompt counts).
     loss: [n, m] true losses in [0, 1] (anything where ``mask`` is False).
     cost: [m] or [n, m] non-negative costs paid.
     lambdas: a scalar or [L] non-negative trade-offs (traced).
@@ -426,7 +427,12 @@ def _excess_risk(gamma, loss, cost, lambdas, mask, pool_mask, w, routing_cost,
                  "non-negative")
   loss, cost, route_cost, pool, w = _prepare(loss, cost, mask, pool_mask, w,
                                              routing_cost, dtype)
-  risk = _rule_risk(gamma.astype(dtype), loss, cost, route_cost, lambdas, pool, w)
+  gamma = gamma.astype(dtype)
+  checks.require(jnp.all(jnp.where((w[:, None] > 0) & pool[None, :],
+                                   jnp.isfinite(gamma), True)),
+                 "excess_risk: predicted_loss must be finite on the prompts "
+                 "that count")
+  risk = _rule_risk(gamma, loss, cost, route_cost, lambdas, pool, w)
   oracle = _oracle_risk(loss, cost, lambdas, pool, w)
   return ExcessRisk(risk, oracle, risk - oracle)
 
