@@ -389,8 +389,10 @@ def test_pool_commands_onboard_list_and_retire(tmp_path, capsys):
 
   import numpy as np
   from uniroute_jax import Router
-  path = _fitted(tmp_path, capsys)
+  # Plain cluster means, so that an LLM's table error is its mean loss.
+  path = _fitted(tmp_path, capsys, "--psi-prior-strength", "0")
   router = Router.load(path)
+  assert router.psi_prior is None
   reps = tmp_path / "reps.csv"
   assert cli.main(["representatives", str(path), "-o", str(reps)]) == 0
   rows = list(csv.DictReader(reps.open()))
@@ -425,6 +427,7 @@ def test_pool_commands_onboard_list_and_retire(tmp_path, capsys):
   line = next(l for l in table if l.startswith("new-llm "))
   assert f"{(1 - scores)[labelled].mean():.4f}" in line
   assert f"{int(labelled.sum())}" in line.split()
+  assert "as plain cluster means (the paper's eq. 13)" in table[-1]
   # Never overwritten unless asked.
   for argv, match in (
       (["add-model", str(path), "--name", "x", "--cost", "1", "--labels",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import uniroute_jax as ur
-from uniroute_jax import protocol
+from uniroute_jax import features, protocol
 from uniroute_jax.fitting import MAPS, candidate_method, fit_router
 
 
@@ -16,7 +16,8 @@ def data():
 
 
 def test_a_given_map_and_k_fit_without_a_search(data):
-  fitted = fit_router(jax.random.key(1), data, maps=("kmeans",), clusters=(5,))
+  fitted = fit_router(jax.random.key(1), data, maps=("kmeans",), clusters=(5,),
+                      prior_strength=None)
   router, report = fitted
   assert report.scores == {} and (report.map, report.num_clusters) == ("kmeans", 5)
   rep = router.representatives
@@ -42,6 +43,13 @@ def test_a_given_map_and_k_fit_without_a_search(data):
   # the training prompts, which no representative is among.
   assert not set(rep.ids) & {str(p) for p in np.delete(
       np.asarray(data.prompt_ids), rows)}
+  # By default every LLM's Psi is its empirical-Bayes posterior mean, and the
+  # router records that rule for the LLMs onboarded later.
+  eb = fit_router(jax.random.key(1), data, maps=("kmeans",), clusters=(5,)).router
+  assert eb.psi_prior == "empirical_bayes" and router.psi_prior is None
+  np.testing.assert_array_equal(np.asarray(eb.representatives.membership), cluster)
+  want = features.cluster_posterior(cluster, loss, num_clusters=5, mask=mask).mean
+  np.testing.assert_allclose(np.asarray(eb.psi), want, rtol=1e-5)
 
 
 def test_an_llm_onboarded_later_equals_one_fitted_from_the_start(data, tmp_path):
@@ -76,7 +84,8 @@ def test_the_search_keeps_the_map_with_the_larger_held_out_area(data):
   choose_key, _ = jax.random.split(key)
   evaluation = protocol.evaluate(
       choose_key, data, num_trials=2, fixed_pool=True, val_frac=0.2,
-      test_frac=0.2, methods=[candidate_method(k, (3, 6)) for k in MAPS])
+      test_frac=0.2, methods=[candidate_method(k, (3, 6), "empirical_bayes")
+                              for k in MAPS])
   for kind in MAPS:
     np.testing.assert_allclose(report.scores[kind].area_per_trial,
                                np.asarray(evaluation.methods[kind].trials.area))

@@ -759,3 +759,35 @@ def test_labelling_order_spreads_representatives_over_clusters():
       np.argsort(np.asarray(ranks)))
   with pytest.raises(ValueError, match="keeps no representative prompts"):
     Router(centroids=centroids).labelling_order(jax.random.key(0))
+
+
+def test_the_routers_psi_prior_is_used_for_llms_added_later_and_saved(tmp_path):
+  from uniroute_jax import features
+  rng = np.random.default_rng(3)
+  centroids = np.array([[0.0, 0.0], [10.0, 0.0]], np.float32)
+  x = np.repeat(centroids, 8, axis=0)
+  loss = (rng.random((16, 1)) < 0.4).astype(np.float32)
+  clusters = np.repeat([0, 1], 8)
+  plain = Router(centroids=centroids)
+  assert plain.psi_prior is None
+  for prior in ("empirical_bayes", 3.0):
+    router = plain.with_psi_prior(prior)
+    got = router.add_models(["a"], x, loss, np.ones(1, np.float32)).psi
+    want = features.cluster_errors(clusters, loss, num_clusters=2,
+                                   prior_strength=prior).psi
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # An explicit prior_strength wins over the router's.
+    np.testing.assert_allclose(
+        router.add_models(["a"], x, loss, np.ones(1), prior_strength=0.0).psi,
+        features.cluster_errors(clusters, loss, num_clusters=2).psi, rtol=1e-6)
+    path = router.save(tmp_path / f"r{prior}.npz")
+    assert Router.load(path).psi_prior == prior
+    flat, tree = jax.tree.flatten(router)
+    assert jax.tree.unflatten(tree, flat).psi_prior == prior
+  for bad in (-1.0, "auto", True, jnp.float32(1.0)):
+    with pytest.raises(ValueError, match="psi_prior must be"):
+      Router(centroids=centroids, psi_prior=bad)
+  for bad in ("auto", -2, [1]):
+    tampered = rewrite(path, tmp_path / "bad.npz", psi_prior=bad)
+    with pytest.raises(ValueError, match="metadata 'psi_prior' must be"):
+      Router.load(tampered)

@@ -31,20 +31,26 @@ import jax
 import numpy as np
 
 from uniroute_jax import checks, cluster_map, features, protocol
+from uniroute_jax import router as router_module
 from uniroute_jax.router import Router
 from uniroute_jax.types import RoutingData
 
 MAPS = ("kmeans", "learned")
 
 
-def candidate_method(kind: str, clusters=None) -> protocol.Method:
+def candidate_method(kind: str, clusters=None, prior_strength=None
+                     ) -> protocol.Method:
   """The protocol's method for a map kind: "kmeans" (UniRoute K-means) or
-  "learned" (the single softmax-dense map with soft Psi)."""
+  "learned" (the single softmax-dense map with soft Psi), estimating Psi
+  with ``prior_strength`` (None: plain cluster means; a number; or
+  ``"empirical_bayes"``)."""
+  psi = ({"empirical_bayes": True} if prior_strength == features.EMPIRICAL_BAYES
+         else {"prior_strength": prior_strength or 0.0})
   if kind == "kmeans":
-    return protocol.KMeansRouter(name="kmeans", clusters=clusters)
+    return protocol.KMeansRouter(name="kmeans", clusters=clusters, **psi)
   if kind == "learned":
     return protocol.BUILT_IN["learned_map_linear"].replace(
-        name="learned", clusters=clusters)
+        name="learned", clusters=clusters, **psi)
   raise checks.ArgumentError(lambda name: (
       f"{name('map')} must be one of {', '.join(MAPS)}, got {kind!r}"))
 
@@ -111,6 +117,7 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
                clusters: Sequence[int] | None = None,
                representative_frac: float = 0.2, holdout_frac: float = 0.2,
                num_trials: int = 3,
+               prior_strength: float | str | None = features.EMPIRICAL_BAYES,
                on_progress: Callable[[int, int], None] | None = None
                ) -> FittedRouter:
   """A router on ``data``'s pool, its map and K chosen on held-out prompts.
@@ -127,6 +134,13 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
     holdout_frac: the share held out of each selection trial to score the
       candidates.
     num_trials: selection trials (random splits).
+    prior_strength: how every LLM's Psi is estimated, in the selection and
+      in the router (which records it for the LLMs onboarded later,
+      :attr:`Router.psi_prior`): ``"empirical_bayes"`` (the default: the
+      posterior mean of ``features.cluster_posterior``, which measured at
+      least as good as plain means on every shared dataset and better with
+      few representative prompts, ``benchmarks/results/theory.md``), a
+      number of pseudo-prompts, or None for the paper's plain cluster means.
     on_progress: called with (trials done, trials in all) while choosing.
 
   Returns:
@@ -140,6 +154,7 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
     raise ValueError("maps must name at least one map kind")
   for kind in maps:
     candidate_method(kind)
+  prior_strength = router_module._check_prior(prior_strength)
   n = data.num_prompts
   n_train, n_rep, _ = protocol.split_sizes(n, representative_frac,
                                            holdout_frac)
@@ -155,7 +170,7 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
   if len(maps) > 1 or len(grid) > 1:
     evaluation = protocol.evaluate(
         choose_key, data, num_trials=num_trials,
-        methods=[candidate_method(kind, grid) for kind in maps],
+        methods=[candidate_method(kind, grid, prior_strength) for kind in maps],
         val_frac=representative_frac, test_frac=holdout_frac,
         fixed_pool=True, on_progress=on_progress)
     for kind in maps:
@@ -175,13 +190,14 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
     k = int(chosen[(chosen.size - 1) // 2])   # the lower median: a K it chose
   else:
     kind, k = maps[0], grid[0]
-  router, num_train = _fit(fit_key, data, kind, k, representative_frac)
+  router, num_train = _fit(fit_key, data, kind, k, representative_frac,
+                           prior_strength)
   return FittedRouter(router, FitReport(kind, k, scores, num_train,
                                         data.num_prompts - num_train))
 
 
-def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float
-         ) -> tuple[Router, int]:
+def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float,
+         prior_strength) -> tuple[Router, int]:
   """The final router: the map on the training prompts, every LLM on the
   representative ones."""
   n = data.num_prompts
@@ -201,7 +217,7 @@ def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float
     # prompts' labels through the k-means clusters' error profiles.
     train_psi = features.cluster_errors(
         router.membership(x_train), loss[train], num_clusters=k,
-        mask=mask[train]).psi
+        mask=mask[train], prior_strength=prior_strength).psi
     fitted = cluster_map.fit_cluster_map(
         map_key, x_train, loss[train], train_psi, mask=mask[train],
         hidden=method.hidden, batch_norm=method.batch_norm,
@@ -221,7 +237,8 @@ def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float
         f"or raise {name('representative_frac')}"))
   router = router.with_representatives(
       np.asarray(data.embeddings)[rep],
-      ids=[str(i) for i in np.asarray(data.prompt_ids)[rep].tolist()])
+      ids=[str(i) for i in np.asarray(data.prompt_ids)[rep].tolist()]
+  ).with_psi_prior(prior_strength)
   # The caller reports thin clusters once for the whole pool (the command
   # line's uncovered-cluster warning), not once per LLM.
   router = router.onboard(list(data.model_names), loss[rep], cost,

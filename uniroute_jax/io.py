@@ -52,6 +52,7 @@ class RouterContents(NamedTuple):
   embedder: dict | None = None   # the encoder's identity, when known
   counts: np.ndarray | None = None   # [k, m]; None (files before version 3)
   representatives: SavedRepresentatives | None = None
+  psi_prior: float | str | None = None   # how Psi of new LLMs is estimated
 
 
 _REPRESENTATIVES = ("representatives/ids", "representatives/embeddings",
@@ -131,6 +132,8 @@ def save_router(path, contents: RouterContents, *, overwrite: bool = False
           "dtype": np.dtype(contents.psi.dtype).name, "map": map_meta}
   if contents.embedder is not None:
     meta["embedder"] = dict(contents.embedder)
+  if contents.psi_prior is not None:
+    meta["psi_prior"] = contents.psi_prior
   arrays = {"psi": np.asarray(contents.psi), "cost": np.asarray(contents.cost)}
   if contents.counts is not None:
     arrays["counts"] = np.asarray(contents.counts)
@@ -343,8 +346,16 @@ def _contents(meta: dict, arrays: dict, map_types: dict) -> RouterContents:
   if embedder is not None and not isinstance(embedder, dict):
     raise ValueError(f"saved Router metadata 'embedder' must be a mapping, "
                      f"got {embedder!r}")
+  psi_prior = meta.get("psi_prior")
+  if psi_prior is not None and not (
+      psi_prior == "empirical_bayes" or (
+          isinstance(psi_prior, (int, float)) and not isinstance(psi_prior, bool)
+          and 0 <= psi_prior < float("inf"))):
+    raise ValueError(f"saved Router metadata 'psi_prior' must be a "
+                     f"non-negative number or 'empirical_bayes', got "
+                     f"{psi_prior!r}")
   return RouterContents(cluster_map, tuple(models), psi, cost, embedder,
-                        counts, representatives)
+                        counts, representatives, psi_prior)
 
 
 def _representatives(meta: dict, arrays: dict, k: int, d: int, dtype

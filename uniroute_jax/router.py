@@ -89,6 +89,12 @@ class Router:
     representatives: optional :class:`Representatives`, the prompts a new
       LLM is run on to join the pool (:meth:`with_representatives`,
       :meth:`onboard`).
+    psi_prior: how the Psi of LLMs added later is estimated when
+      :meth:`add_models` or :meth:`onboard` is given no ``prior_strength``:
+      None for the paper's plain cluster means (eq. 13), a number of
+      pseudo-prompts of shrinkage towards each LLM's overall error, or
+      ``"empirical_bayes"`` (``features.cluster_posterior``). Saved with
+      the router, so every LLM of a pool stands on the same footing.
 
   Attributes:
     cluster_map: the map.
@@ -101,11 +107,11 @@ class Router:
   """
 
   __slots__ = ("_map", "_models", "_psi", "_cost", "_counts", "_embedder",
-               "_representatives")
+               "_representatives", "_psi_prior")
 
   def __init__(self, cluster_map=None, *, centroids=None, models=(),
                psi=None, cost=None, counts=None, embedder=None,
-               representatives=None):
+               representatives=None, psi_prior=None):
     if (cluster_map is None) == (centroids is None):
       raise ValueError("give exactly one of cluster_map and centroids")
     cluster_map = maps.as_cluster_map(
@@ -126,7 +132,7 @@ class Router:
          _psi=jnp.asarray(psi, dtype), _cost=jnp.asarray(cost, dtype),
          _counts=jnp.asarray(counts, dtype),
          _embedder=_embedder_text(embedder),
-         _representatives=representatives)
+         _representatives=representatives, _psi_prior=_check_prior(psi_prior))
 
   # ------------------------------------------------------------ construction
 
@@ -209,14 +215,26 @@ class Router:
   def tree_flatten_with_keys(self):
     children = tuple((jax.tree_util.GetAttrKey(name), getattr(self, "_" + name))
                      for name in _CHILDREN)
-    return children, (self._models, self._embedder)
+    return children, (self._models, self._embedder, self._psi_prior)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
     router = object.__new__(cls)
-    _set(router, _models=aux[0], _embedder=aux[1],
+    _set(router, _models=aux[0], _embedder=aux[1], _psi_prior=aux[2],
          **{"_" + name: child for name, child in zip(_CHILDREN, children)})
     return router
+
+  # --------------------------------------------------------------- Psi prior
+
+  @property
+  def psi_prior(self) -> float | str | None:
+    """How LLMs added later get their Psi (see the constructor)."""
+    return self._psi_prior
+
+  def with_psi_prior(self, psi_prior) -> "Router":
+    """The same router, estimating the Psi of LLMs added later with
+    ``psi_prior`` (the pool's Psi is kept as it is)."""
+    return self._replaced(_psi_prior=_check_prior(psi_prior))
 
   # ---------------------------------------------------------------- embedder
 
@@ -283,9 +301,10 @@ class Router:
         new LLM needs at least one label.
       weights: optional [n] non-negative prompt weights.
       prior_strength: shrinkage of each cluster's mean towards the LLM's
-        overall mean, in pseudo-prompts (see ``cluster_errors``); default 0,
-        eq. 13. ``"empirical_bayes"`` chooses it per LLM from its own
-        per-cluster counts (``cluster_posterior``).
+        overall mean, in pseudo-prompts (see ``cluster_errors``);
+        ``"empirical_bayes"`` chooses it per LLM from its own per-cluster
+        counts (``cluster_posterior``). Default: the router's
+        :attr:`psi_prior` (for a new router, eq. 13's plain means).
       warn_below: warn (:class:`~uniroute_jax.checks.ArgumentWarning`) when
         a new LLM's error in some cluster rests on fewer than this many
         labelled prompts; None never warns. Labels given as JAX arrays are
@@ -421,6 +440,8 @@ class Router:
       checks.host_labelled("mask", host_mask, names)
     if weights is not None:
       checks.host_positive_weights("weights", checks.weights("weights", weights, n))
+    if prior_strength is None:
+      prior_strength = self._psi_prior
     if prior_strength is not None and not isinstance(prior_strength, str):
       checks.host_nonnegative("prior_strength",
                               checks.scalar("prior_strength", prior_strength))
@@ -503,7 +524,8 @@ class Router:
             router_io.SavedRepresentatives(
                 self._representatives.ids,
                 np.asarray(self._representatives.embeddings),
-                np.asarray(self._representatives.membership))),
+                np.asarray(self._representatives.membership)),
+            self._psi_prior),
         overwrite=overwrite)
 
   @classmethod
@@ -526,7 +548,7 @@ class Router:
       saved = contents.representatives
       return cls(contents.cluster_map, models=contents.models,
                  psi=contents.psi, cost=contents.cost, counts=contents.counts,
-                 embedder=contents.embedder,
+                 embedder=contents.embedder, psi_prior=contents.psi_prior,
                  representatives=None if saved is None else Representatives(
                      saved.ids, saved.embeddings, saved.membership))
     except ValueError as err:
@@ -621,6 +643,24 @@ def _embedder_text(embedder) -> str | None:
 
 
 # ---------------------------------------------------------------- validation
+
+
+def _check_prior(psi_prior):
+  """A Psi prior as stored: None, a non-negative float or
+  ``"empirical_bayes"``."""
+  if psi_prior is None or psi_prior == features.EMPIRICAL_BAYES:
+    return psi_prior
+  if isinstance(psi_prior, str) or isinstance(psi_prior, bool):
+    raise ValueError(f"psi_prior must be None, a non-negative number or "
+                     f"{features.EMPIRICAL_BAYES!r}, got {psi_prior!r}")
+  checks.scalar("psi_prior", psi_prior)
+  if checks.host_values(psi_prior) is None:
+    raise ValueError("psi_prior must be a host number (it is the router's "
+                     "static metadata), got a JAX array")
+  value = float(psi_prior)
+  if not 0.0 <= value < float("inf"):
+    raise ValueError(f"psi_prior must be a non-negative number, got {value}")
+  return value
 
 
 def _warn_thin(names, counts, warn_below: int) -> None:

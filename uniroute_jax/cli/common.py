@@ -47,6 +47,22 @@ def positive_int(text: str) -> int:
   return value
 
 
+# features.EMPIRICAL_BAYES, spelled here so that parsing needs no JAX.
+EMPIRICAL_BAYES = "empirical_bayes"
+
+
+def prior_strength(text: str):
+  """A number of pseudo-prompts, or 'empirical-bayes'."""
+  if text.strip().lower().replace("_", "-") == "empirical-bayes":
+    return EMPIRICAL_BAYES
+  try:
+    return nonnegative_float(text)
+  except argparse.ArgumentTypeError:
+    raise argparse.ArgumentTypeError(
+        f"expected a non-negative number or 'empirical-bayes', got "
+        f"{text!r}") from None
+
+
 def fraction(text: str) -> float:
   try:
     value = float(text)

@@ -99,19 +99,6 @@ def _onboarding_sizes(text: str) -> tuple[int | None, ...]:
 
 
 _DEFAULT_ONBOARDING = _onboarding_sizes(_DEFAULT_ONBOARDING_TEXT)
-# features.EMPIRICAL_BAYES, spelled here so that parsing needs no JAX.
-_EMPIRICAL_BAYES = "empirical_bayes"
-
-
-def _prior_strength(text: str):
-  if text.strip().lower().replace("_", "-") == "empirical-bayes":
-    return _EMPIRICAL_BAYES
-  try:
-    return common.nonnegative_float(text)
-  except argparse.ArgumentTypeError:
-    raise argparse.ArgumentTypeError(
-        f"expected a non-negative number or 'empirical-bayes', got "
-        f"{text!r}") from None
 
 
 def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
@@ -137,7 +124,7 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
   p.add_argument("--neighbors", type=common.positive_int, default=None,
                  help="fix k for K-NN (default: chosen per trial from 5 .. "
                       "validation prompts / 3)")
-  p.add_argument("--psi-prior-strength", type=_prior_strength, default=None,
+  p.add_argument("--psi-prior-strength", type=common.prior_strength, default=None,
                  help="shrink every cluster's error towards the LLM's overall "
                       "error by this many pseudo-prompts, or by a strength "
                       "chosen per LLM with 'empirical-bayes' (default 0: the "
@@ -406,7 +393,7 @@ def _methods(args):
       value = getattr(args, attribute)
       for field in fields:
         if value is not None and hasattr(method, field):
-          if value == _EMPIRICAL_BAYES:
+          if value == common.EMPIRICAL_BAYES:
             changes["empirical_bayes"] = True
           else:
             changes[field] = (value,) if candidate else value

@@ -54,6 +54,14 @@ def add_parser(commands) -> None:
                         "trial to score the maps and K (default 0.2)")
   fit.add_argument("--trials", type=common.positive_int, default=None,
                    help="selection trials, random splits (default 3)")
+  fit.add_argument("--psi-prior-strength", type=common.prior_strength,
+                   default=common.EMPIRICAL_BAYES,
+                   help="how every LLM's per-cluster error is estimated, now "
+                        "and for LLMs added later: 'empirical-bayes' (default: "
+                        "each cluster's mean shrunk towards the LLM's overall "
+                        "error as much as its clusters' spread says), or a "
+                        "number of pseudo-prompts (0: the paper's plain "
+                        "means)")
   fit.add_argument("--seed", type=common.seed, default=0,
                    help="random seed (default 0)")
   fit.add_argument("--out", metavar="ROUTER.npz", required=True,
@@ -99,7 +107,8 @@ def run(args) -> int:
   fitted = fitting.fit_router(
       jax.random.key(args.seed), data, maps=maps, clusters=args.clusters,
       representative_frac=args.representatives, holdout_frac=args.holdout,
-      num_trials=args.trials, on_progress=common.progress_printer("trials"))
+      num_trials=args.trials, prior_strength=args.psi_prior_strength or None,
+      on_progress=common.progress_printer("trials"))
   router, report = fitted
   if loaded.embedder is not None:   # route then refuses prompts embedded otherwise
     router = router.with_embedder(loaded.embedder)

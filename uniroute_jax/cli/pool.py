@@ -195,9 +195,15 @@ def run_models(args) -> int:
   print(line(header))
   for r in rows:
     print(line(r))
-  print(f"error: mean loss on the representative prompts; clusters: those "
-        f"with a labelled prompt; thin: clusters with fewer than {THIN_CELL} "
-        "labelled prompts")
+  print(f"error: mean per-cluster error over the labelled representative "
+        f"prompts; clusters: those with a labelled prompt; thin: clusters "
+        f"with fewer than {THIN_CELL} labelled prompts")
+  prior = router.psi_prior
+  rule = ("each cluster's mean shrunk towards the LLM's overall error by "
+          "empirical Bayes" if prior == common.EMPIRICAL_BAYES else
+          "plain cluster means (the paper's eq. 13)" if not prior else
+          f"cluster means shrunk by {prior:g} pseudo-prompts")
+  print(f"LLMs added from now on get their per-cluster errors as {rule}.")
   return 0
 
 
