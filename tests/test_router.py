@@ -787,6 +787,10 @@ def test_the_routers_psi_prior_is_used_for_llms_added_later_and_saved(tmp_path):
   for bad in (-1.0, "auto", True, jnp.float32(1.0)):
     with pytest.raises(ValueError, match="psi_prior must be"):
       Router(centroids=centroids, psi_prior=bad)
+  # A version-3 file (before the rule was saved) onboards with plain means.
+  old = rewrite(plain.save(tmp_path / "plain.npz"), tmp_path / "v3.npz",
+                version=3)
+  assert Router.load(old).psi_prior is None
   for bad in ("auto", -2, [1]):
     tampered = rewrite(path, tmp_path / "bad.npz", psi_prior=bad)
     with pytest.raises(ValueError, match="metadata 'psi_prior' must be"):

@@ -6,7 +6,8 @@ A router file holds ``psi`` [k, m] and ``cost`` [m], the map's arrays
 learned map's ``params`` and ``state`` under its key path, e.g.
 ``params/dense/0/kernel``, and its training history), and one JSON string
 ``metadata``: format, version, the map's kind and structure, the LLM names,
-k, d and the dtype. It is read with ``allow_pickle=False``, and every array
+k, d, the dtype and the rule that estimates Psi of LLMs added later
+(``psi_prior``, version 4). It is read with ``allow_pickle=False``, and every array
 is checked against the metadata, so a file that is not a router fails with
 one ``ValueError`` saying why.
 
@@ -29,8 +30,10 @@ import numpy as np
 from uniroute_jax import maps
 
 FORMAT = "uniroute_jax.Router"
-FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+# Version 4 adds the rule that estimates Psi of LLMs added later
+# (``psi_prior``): a reader that ignored it would onboard them differently.
+FORMAT_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 _METADATA_KEY = "metadata"
 
 
