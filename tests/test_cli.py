@@ -106,7 +106,7 @@ def test_evaluate_prints_prop2s_bound_against_k(tmp_path, capsys):
   from uniroute_jax import make_synthetic, risk
   data = make_synthetic(jax.random.key(0), num_prompts=400, num_models=5)
   one = np.zeros(400, np.int32)
-  smooth = risk.neighborhood_error(data.embeddings, one, data.loss,
+  smooth = risk.neighborhood_error(data.embeddings, data.loss,
                                    num_neighbors=doc["neighbors"],
                                    mask=data.mask)
   want = risk.impurity_bound(one, smooth.error, num_clusters=1).bound
@@ -349,7 +349,7 @@ def test_fit_says_where_the_held_out_area_is_lost(tmp_path, capsys):
   gap, estimation, approximation = (
       float(v) for v in re.findall(r"-?\d+\.\d+", line)[:3])
   assert abs(gap - estimation - approximation) < 2e-4
-  assert "would win back the larger part" in line
+  assert "--representatives, win back up to this" in line
 
 
 def test_fit_with_a_learned_map(tmp_path, capsys):
@@ -585,6 +585,14 @@ def test_hostile_pool_edits_and_budgets(tmp_path, capsys):
   fails(["example", out("dangling")], "exists and is not a folder")
 
 
+def test_cluster_and_prior_flags_serve_the_onboarding_curve_alone(capsys):
+  argv = ["demo", "--prompts", "300", "--llms", "4", "--trials", "1",
+          "--methods", "zero", "--clusters", "3", "--psi-prior-strength", "2",
+          "--onboarding-curve", "5,all"]
+  assert cli.main(argv) == 0
+  assert "How many prompts an unseen LLM" in capsys.readouterr().out
+
+
 def test_the_psi_prior_flag_sets_each_routers_own_option():
   from uniroute_jax.cli import _build_parser
   from uniroute_jax.cli import evaluate as command
@@ -609,10 +617,11 @@ def test_representatives_first_n_in_a_spread_order(tmp_path, capsys):
   router = Router.load(path)
   out = tmp_path / "first.csv"
   assert cli.main(["representatives", str(path), "-o", str(out), "--first",
-                   "12", "--seed", "3"]) == 0
+                   "12", "--order", "stratified", "--seed", "3"]) == 0
   assert "the first 12 of" in capsys.readouterr().out
   rows = list(csv.DictReader(out.open()))
-  order = np.asarray(router.labelling_order(jax.random.key(3)))[:12]
+  order = np.asarray(router.labelling_order(jax.random.key(3),
+                                            selection="stratified"))[:12]
   assert [r["prompt_id"] for r in rows] == [router.representatives.ids[i]
                                             for i in order]
   clusters = np.asarray(router.representatives.membership)

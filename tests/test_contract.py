@@ -246,7 +246,7 @@ CASES = [
          lambda: (CLUSTERS, GAMMA, POOL, WEIGHTS),
          {0: _flip, 1: lambda g: 1 - g, 2: _flip, 3: lambda w: w[::-1].copy()}),
     Case("neighborhood_error", lambda x, c, loss, mask, w: ur.neighborhood_error(
-        x, c, loss, num_neighbors=4, mask=mask, weights=w),
+        x, loss, membership=c, num_neighbors=4, mask=mask, weights=w),
          lambda: (X, CLUSTERS, LOSS, MASK, WEIGHTS),
          {0: lambda x: x * 2 + 1, 1: _flip, 2: lambda l: 1 - l,
           3: lambda m: m[::-1].copy(), 4: lambda w: w[::-1].copy()}),

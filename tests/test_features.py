@@ -217,18 +217,58 @@ def test_posterior_with_a_fixed_strength_is_the_shrinkage_estimate(dtype, mode):
   cluster = rng.integers(0, k, n)
   loss = (rng.random((n, m)) < 0.3).astype(dtype)
   mask = rng.random((n, m)) < 0.8
-  w = rng.uniform(0.5, 2.0, n).astype(dtype)
   post = features.cluster_posterior(cluster, loss, num_clusters=k, mask=mask,
-                                    weights=w, prior_strength=3.0)
-  errors = cluster_errors(cluster, loss, num_clusters=k, mask=mask, weights=w,
+                                    prior_strength=3.0)
+  errors = cluster_errors(cluster, loss, num_clusters=k, mask=mask,
                           prior_strength=3.0)
   np.testing.assert_allclose(post.mean, errors.psi, rtol=RTOL[dtype])
-  counts, sums = numpy_counts(cluster, loss, mask, w, k)
+  np.testing.assert_allclose(post.overall, errors.overall, rtol=RTOL[dtype])
+  counts, sums = numpy_counts(cluster, loss, mask, np.ones(n), k)
   mu = sums.sum(0) / counts.sum(0)
   np.testing.assert_allclose(post.alpha, sums + 3.0 * mu, rtol=RTOL[dtype])
   np.testing.assert_allclose(post.beta, counts - sums + 3.0 * (1 - mu),
                              rtol=RTOL[dtype], atol=RTOL[dtype])
   assert post.mean.dtype == dtype
+
+
+def test_posterior_counts_weights_as_effective_prompts():
+  """Only the weights' relative sizes matter: rescaling them changes
+  nothing, and weights of 2 and 0 are the prompts of weight 2 once."""
+  rng = np.random.default_rng(8)
+  n, k = 90, 6
+  cluster = rng.integers(0, k, n)
+  rates = rng.beta(2, 2, (k, 2))
+  loss = (rng.random((n, 2)) < rates[cluster]).astype(float)
+  w = rng.uniform(0.5, 2.0, n)
+  base = features.cluster_posterior(cluster, loss, num_clusters=k, weights=w)
+  for scale in (0.01, 100.0):
+    scaled = features.cluster_posterior(cluster, loss, num_clusters=k,
+                                        weights=w * scale)
+    np.testing.assert_allclose(scaled.mean, base.mean, rtol=1e-9)
+    np.testing.assert_allclose(scaled.prior_strength, base.prior_strength)
+  ones = features.cluster_posterior(cluster, loss, num_clusters=k)
+  doubled = features.cluster_posterior(cluster, loss, num_clusters=k,
+                                       weights=np.full(n, 2.0))
+  np.testing.assert_allclose(doubled.mean, ones.mean, rtol=1e-12)
+
+
+def test_an_llm_never_wrong_is_not_certain_of_it():
+  """8 right answers over 4 of 5 clusters: the prior is centred at
+  0.5 / 9, so every cell keeps a positive error and an interval."""
+  cluster = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+  loss = np.zeros((8, 1))
+  for prior in (None, 2.0):
+    post = features.cluster_posterior(cluster, loss, num_clusters=5,
+                                      prior_strength=prior)
+    np.testing.assert_allclose(post.prior_mean, 0.5 / 9)
+    low, high = post.interval(0.9)
+    assert np.all(np.asarray(post.mean) > 0) and np.all(np.asarray(high) > 0)
+  # With no prior at all an empty cell could hold any rate.
+  post = features.cluster_posterior(cluster, loss, num_clusters=5,
+                                    prior_strength=0.0)
+  low, high = post.interval(0.9)
+  np.testing.assert_array_equal(np.asarray(low)[4], 0.0)
+  np.testing.assert_array_equal(np.asarray(high)[4], 1.0)
 
 
 def test_empirical_bayes_takes_the_grids_best_marginal_likelihood(dtype):

@@ -357,9 +357,13 @@ def test_bad_split_arguments(kwargs, match):
     (protocol.KNN(neighbors=(10 ** 6,)), "knn: neighbors must be at most"),
     (protocol.KMeansRouter(prior_strength=-1.0), "kmeans: prior_strength must be non-negative"),
     (protocol.KMeansRouter(tol=np.nan), "kmeans: tol must be finite"),
-    (protocol.KMeansRouter(psi_quantile=1.5), "kmeans: psi_quantile must lie in"),
-    (protocol.KMeansRouter(psi_quantile=-0.1),
+    (protocol.KMeansRouter(psi_quantile=1.5, empirical_bayes=True),
+     "kmeans: psi_quantile must lie in"),
+    (protocol.KMeansRouter(psi_quantile=-0.1, empirical_bayes=True),
      "kmeans: psi_quantile must be non-negative"),
+    (protocol.KMeansRouter(psi_quantile=0.9), "kmeans: psi_quantile needs a prior"),
+    (protocol.KMeansRouter(empirical_bayes=True, prior_strength=5.0),
+     "kmeans: empirical_bayes chooses the prior strength itself"),
     (protocol.MLPRouter(learning_rate=0.0), "mlp: learning_rate must be positive"),
 ])
 def test_bad_evaluate_arguments(small, method, match):

@@ -345,6 +345,23 @@ def test_impurity_bound_matches_a_numpy_loop(dtype, mode):
                              rtol=RTOL[dtype], atol=RTOL[dtype])
 
 
+def test_impurity_bounds_are_checked_under_checkify():
+  x = np.random.default_rng(0).normal(size=(12, 2))
+  loss = np.random.default_rng(1).random((12, 2))
+  plain = risk.impurity_bounds(jax.random.key(0), x, loss, np.array([1, 3]),
+                               num_neighbors=3)
+  checked_bounds = checked(risk.impurity_bounds)(
+      jax.random.key(0), x, loss, np.array([1, 3]), max_clusters=3,
+      num_neighbors=3)
+  np.testing.assert_allclose(checked_bounds, plain, rtol=1e-10)
+
+
+def test_an_empty_pool_has_no_bound():
+  out = risk.impurity_bound(np.array([0, 1]), np.full((2, 2), 0.3),
+                            num_clusters=2, pool_mask=np.zeros(2, bool))
+  assert np.isnan(float(out.bound))
+
+
 def test_pure_clusters_have_a_zero_bound():
   eta = np.repeat(np.random.default_rng(0).random((3, 4)), 5, axis=0)
   out = risk.impurity_bound(np.repeat(np.arange(3), 5), eta, num_clusters=3)
@@ -372,44 +389,61 @@ def test_property_prop2_bounds_the_cluster_rules_bayes_excess(seed, k, m):
 
 
 def np_neighborhood(x, membership, loss, mask, w, k):
+  """Every prompt at most as far as the k-th nearest of its group (itself
+  included, at distance 0), a loop."""
   n, m = loss.shape
   error, counts = np.zeros((n, m)), np.zeros((n, m))
+  group = np.zeros(n, int) if membership is None else membership
   for i in range(n):
     if w[i] <= 0:
       continue
-    same = [j for j in range(n) if membership[j] == membership[i] and w[j] > 0]
-    near = sorted(same, key=lambda j: (j != i, np.sum((x[i] - x[j]) ** 2)))[:k]
+    same = [j for j in range(n) if group[j] == group[i] and (w[j] > 0 or j == i)]
+    dist = {j: 0.0 if j == i else float(np.sum((x[i] - x[j]) ** 2)) for j in same}
+    reach = sorted(dist.values())[min(k, len(same)) - 1]
+    near = [j for j in same if dist[j] <= reach + 1e-9 and w[j] > 0]
     for h in range(m):
       lab = [j for j in near if mask[j, h]]
       counts[i, h] = sum(w[j] for j in lab)
       if lab:
         error[i, h] = sum(w[j] * loss[j, h] for j in lab) / counts[i, h]
       else:
-        pool = [j for j in same if mask[j, h]]
-        everyone = [j for j in range(n) if mask[j, h]]
+        pool = [j for j in same if mask[j, h] and w[j] > 0]
+        everyone = [j for j in range(n) if mask[j, h] and w[j] > 0]
         source = pool or everyone
         error[i, h] = (sum(w[j] * loss[j, h] for j in source)
                        / sum(w[j] for j in source)) if source else 1.0
   return error, counts
 
 
-def test_neighborhood_error_matches_a_numpy_loop(dtype):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_neighborhood_error_matches_a_numpy_loop(dtype, grouped):
   rng = np.random.default_rng(12)
   n, m, k = 30, 3, 4
   x = rng.normal(size=(n, 5))
+  x[5] = x[6] = x[7]                      # duplicates: ties at the reach
   membership = rng.integers(0, 3, n)
   loss = (rng.random((n, m)) < 0.5).astype(float)
   mask = rng.random((n, m)) < 0.7
   mask[membership == 0, 1] = False     # the cluster's mean is missing too
   w = rng.uniform(0.5, 1.5, n)
-  w[[2, 7]] = 0.0
-  out = risk.neighborhood_error(x.astype(dtype), membership, loss.astype(dtype),
+  w[[2, 9]] = 0.0
+  out = risk.neighborhood_error(x.astype(dtype), loss.astype(dtype),
+                                membership=membership if grouped else None,
                                 num_neighbors=k, mask=mask,
                                 weights=w.astype(dtype))
-  error, counts = np_neighborhood(x, membership, loss, mask, w, k)
+  error, counts = np_neighborhood(x, membership if grouped else None, loss,
+                                  mask, w, k)
   np.testing.assert_allclose(out.error, error, rtol=RTOL[dtype],
                              atol=RTOL[dtype])
   np.testing.assert_allclose(out.counts, counts, rtol=RTOL[dtype])
+
+
+def test_equal_embeddings_get_equal_estimates_in_any_row_order():
+  x = np.zeros((8, 2))
+  loss = (np.arange(8) % 2).astype(float)[:, None]
+  for order in (np.arange(8), np.arange(8)[::-1]):
+    out = risk.neighborhood_error(x[order], loss[order], num_neighbors=3)
+    np.testing.assert_allclose(out.error, 0.5)
 
 
 def test_impurity_bounds_equal_one_fit_at_a_time():
@@ -422,10 +456,10 @@ def test_impurity_bounds_equal_one_fit_at_a_time():
   clusters = np.array([1, 2, 4])
   bounds = risk.impurity_bounds(key, x, loss, clusters, num_neighbors=5)
   from uniroute_jax import kmeans
+  smooth = risk.neighborhood_error(x, loss, num_neighbors=5)
   for i, k in enumerate(clusters):
     fit = kmeans(jax.random.fold_in(key, i), x, num_clusters=4,
                  active_clusters=int(k), max_iter=100)
-    smooth = risk.neighborhood_error(x, fit.assignment, loss, num_neighbors=5)
     want = risk.impurity_bound(fit.assignment, smooth.error, num_clusters=4)
     np.testing.assert_allclose(bounds[i], want.bound, rtol=1e-10)
   # Two blobs of different error: splitting them tightens the bound.
@@ -451,8 +485,11 @@ def test_impurity_bounds_equal_one_fit_at_a_time():
     (lambda: risk.impurity_bounds(jax.random.key(0), np.zeros((3, 2)),
                                   np.zeros((3, 2)), jax.numpy.array([1, 2])),
      "max_clusters must be given"),
-    (lambda: risk.neighborhood_error(np.zeros((3, 2)), np.zeros(3, np.int32),
-                                     np.zeros((4, 2))), "embeddings and loss"),
+    (lambda: risk.neighborhood_error(np.zeros((3, 2)), np.zeros((4, 2))),
+     "embeddings and loss"),
+    (lambda: risk.impurity_bounds(jax.random.key(0), np.zeros((3, 2)),
+                                  np.zeros((3, 2)), np.array([1, 4])),
+     "clusters must be at most the number of prompts"),
 ])
 def test_bad_shapes_name_the_argument(call, match):
   with pytest.raises(ValueError, match=match):
@@ -471,6 +508,12 @@ def test_bad_shapes_name_the_argument(call, match):
      {"num_clusters": 2}, "cluster indices"),
     (risk.impurity_bound, (np.array([0, 1]), np.full((2, 2), -0.5)),
      {"num_clusters": 2}, "error_probability must lie"),
+    (risk.excess_risk, (np.zeros((2, 2)), np.zeros((2, 2)), np.ones(2),
+                        np.float64(0.5)),
+     {"routing_cost": np.array([np.nan, 1.0])}, "routing_cost must be finite"),
+    (risk.impurity_bounds, (jax.random.key(0), np.eye(4), np.zeros((4, 2)),
+                            np.array([1, 3])),
+     {"max_clusters": 2, "together": 1}, "clusters must lie in"),
 ])
 def test_bad_values_are_caught_under_checkify(fn, args, kwargs, match):
   with pytest.raises(ValueError, match=match):

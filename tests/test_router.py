@@ -714,6 +714,11 @@ def test_thin_clusters_warn_when_llms_are_added():
   rep = router.with_representatives(x)
   with pytest.warns(checks.ArgumentWarning, match="'c': its error in 1 of 3"):
     rep.onboard(["c"], loss[:, :1], np.ones(1, np.float32))
+  # Prompts are counted as prompts, whatever their weights.
+  for w in (10.0, 0.5):
+    with pytest.warns(checks.ArgumentWarning, match="'a': its error in 1 of 3"):
+      router.add_models(["a"], x, loss[:, :1], np.ones(1),
+                        weights=np.full(43, w))
   with pytest.raises(ValueError, match="warn_below must be a positive integer"):
     router.add_models(["a"], x, loss[:, :1], np.ones(1), warn_below=0)
 
@@ -746,8 +751,11 @@ def test_labelling_order_spreads_representatives_over_clusters():
   loss = (rng.random((100, 2)) < 0.5).astype(np.float32)
   router = Router(centroids=centroids).add_models(
       ["a", "b"], x, loss, np.ones(2, np.float32)).with_representatives(x)
-  order = np.asarray(router.labelling_order(jax.random.key(0)))
+  order = np.asarray(router.labelling_order(jax.random.key(0),
+                                            selection="stratified"))
   np.testing.assert_array_equal(np.sort(order), np.arange(100))
+  shuffled = np.asarray(router.labelling_order(jax.random.key(0)))
+  np.testing.assert_array_equal(np.sort(shuffled), np.arange(100))
   clusters = np.repeat([0, 1, 2], [60, 30, 10])
   np.testing.assert_array_equal(np.bincount(clusters[order[:10]]), [6, 3, 1])
   psi = np.asarray(router.psi)

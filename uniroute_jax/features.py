@@ -204,17 +204,21 @@ class ClusterPosterior(NamedTuple):
   """A Beta posterior on each (cluster, LLM) error rate.
 
   The prior of LLM j is Beta(a_j mu_j, a_j (1 - mu_j)): centred on its
-  overall error mu_j, worth a_j pseudo-prompts. After s_cj weighted errors
-  in n_cj weighted labelled prompts of cluster c, the posterior is
-  Beta(alpha, beta) with alpha = s_cj + a_j mu_j and
-  beta = n_cj - s_cj + a_j (1 - mu_j).
+  overall error mu_j (kept 0.5 / (n_j + 1) away from 0 and 1 after n_j
+  prompts: no finite number of right answers makes an error rate of
+  exactly 0 certain), worth a_j pseudo-prompts. After s_cj errors in n_cj
+  labelled prompts of cluster c, the posterior is Beta(alpha, beta) with
+  alpha = s_cj + a_j mu_j and beta = n_cj - s_cj + a_j (1 - mu_j). Weighted
+  prompts count as effective prompts (the weights rescaled so that they
+  sum to (sum w)^2 / sum w^2), so only their relative sizes matter.
 
   Attributes:
-    mean: [k, m] the posterior mean (the prior mean where nothing is
-      known): what routing uses in place of Psi.
-    alpha, beta: [k, m] the posterior's parameters.
+    mean: [k, m] the posterior mean (the LLM's overall error where nothing
+      is known): what routing uses in place of Psi.
+    alpha, beta: [k, m] the posterior's parameters, in effective prompts.
     counts: [k, m] n_cj, the (weighted, fractional for soft memberships)
-      labelled prompts behind each cell.
+      labelled prompts behind each cell, as ``cluster_errors`` counts them.
+    overall: [m] each LLM's mean loss (:func:`mean_loss`).
     prior_mean: [m] mu_j.
     prior_strength: [m] a_j.
   """
@@ -223,13 +227,14 @@ class ClusterPosterior(NamedTuple):
   alpha: Array
   beta: Array
   counts: Array
+  overall: Array
   prior_mean: Array
   prior_strength: Array
 
   @property
   def errors(self) -> ClusterErrors:
     """The posterior mean as the :class:`ClusterErrors` routing uses."""
-    return ClusterErrors(self.mean, self.counts, self.prior_mean)
+    return ClusterErrors(self.mean, self.counts, self.overall)
 
   def quantile(self, q) -> Array:
     """[k, m] the posterior's q-quantile (traced ``q`` in [0, 1]); a cell
@@ -238,7 +243,8 @@ class ClusterPosterior(NamedTuple):
 
   def interval(self, level=0.9) -> tuple[Array, Array]:
     """([k, m] low, [k, m] high): the central credible interval holding
-    ``level`` (traced, in [0, 1]) of the posterior."""
+    ``level`` (traced, in [0, 1]) of the posterior; [0, 1] for a cell with
+    neither a prior nor a prompt."""
     level = checks.scalar("level", level)
     return _interval(self.alpha, self.beta, self.mean, level,
                      dtype=checks.compute_dtype(self.alpha))
@@ -249,10 +255,13 @@ def _interval(alpha, beta, mean, level, *, dtype):
   level = level.astype(dtype)
   checks.require((level >= 0) & (level <= 1),
                  "interval: level must lie in [0, 1], got {}", level)
-  return (_beta_quantile(alpha, beta, (1.0 - level) / 2.0, mean,
-                         iterations=60, dtype=dtype),
-          _beta_quantile(alpha, beta, (1.0 + level) / 2.0, mean,
-                         iterations=60, dtype=dtype))
+  # A cell with neither a prior nor a prompt could hold any error rate.
+  known = (alpha > 0) | (beta > 0)
+  low = _beta_quantile(alpha, beta, (1.0 - level) / 2.0, mean, iterations=60,
+                       dtype=dtype)
+  high = _beta_quantile(alpha, beta, (1.0 + level) / 2.0, mean, iterations=60,
+                        dtype=dtype)
+  return jnp.where(known, low, 0.0), jnp.where(known, high, 1.0)
 
 
 def cluster_posterior(membership, loss, *, num_clusters: int | None = None,
@@ -272,7 +281,9 @@ def cluster_posterior(membership, loss, *, num_clusters: int | None = None,
   and one whose clusters differ much keeps its cluster means. The
   posterior mean is ``cluster_errors`` with that strength. Losses in
   (0, 1) and soft memberships enter as fractional counts (the likelihood
-  is then a quasi-likelihood).
+  is then a quasi-likelihood). With unit weights and an overall error
+  inside (0, 1), the posterior mean for a given strength is
+  ``cluster_errors`` with that ``prior_strength``.
 
   Args:
     membership, loss, num_clusters, mask, weights: as :func:`cluster_errors`.
@@ -370,6 +381,10 @@ def beta_quantile(alpha, beta, q, *, fallback=None, iterations: int = 60
     iterations: bisection steps (static): 60 halvings reach float64's
       resolution of [0, 1].
 
+  In float32, JAX's incomplete beta function loses accuracy far in the
+  tails of very unequal parameters (e.g. Beta(3, 1e6) at 0.99 is 12% low);
+  compute in float64 where such quantiles matter.
+
   Examples:
     >>> q = beta_quantile(np.float32(1.0), np.float32(1.0), 0.25)   # uniform
     >>> round(float(q), 5)
@@ -426,20 +441,35 @@ def _cluster_posterior(membership, loss, mask, w, prior_strength, *,
   phi, loss, mask, w = _inputs(membership, loss, mask, w, num_clusters, dtype,
                                "cluster_posterior")
   counts, sums, overall = _cluster_sums(phi, loss, mask, w)
+  # Weights count prompts only relatively: the Beta parameters are in
+  # effective prompts, (sum w)^2 / sum w^2 in all, so a rescaled weight
+  # vector gives the same posterior.
+  labelled = mask * w[:, None]
+  total_w = jnp.sum(labelled, axis=0)
+  total_w2 = jnp.sum(mask * (w * w)[:, None], axis=0)
+  scale = jnp.where(total_w2 > 0, total_w / jnp.where(total_w2 > 0, total_w2, 1.0),
+                    1.0)[None, :]
+  counts_e, sums_e = counts * scale, sums * scale
+  # The prior's centre: the overall error, kept 0.5 / (n + 1) inside (0, 1),
+  # so that an LLM never wrong (or always wrong) on n prompts is not
+  # certain of it in every cluster; an LLM with no label keeps its 1.
+  n_e = jnp.sum(counts_e, axis=0)
+  edge = 0.5 / (n_e + 1.0)
+  centre = jnp.where(n_e > 0, jnp.clip(overall, edge, 1.0 - edge), overall)
   if prior_strength is None:
-    strength = empirical_bayes_strength(counts, sums, overall)
+    strength = empirical_bayes_strength(counts_e, sums_e, centre)
   else:
     prior_strength = jnp.asarray(prior_strength, dtype)
     checks.require(prior_strength >= 0, "cluster_posterior: prior_strength "
                    "must be non-negative, got {}", prior_strength)
     strength = jnp.broadcast_to(prior_strength, overall.shape)
-  alpha = sums + strength[None, :] * overall[None, :]
-  beta = jnp.clip(counts - sums, 0.0, None) + strength[None, :] * (
-      1.0 - overall[None, :])
+  alpha = sums_e + strength[None, :] * centre[None, :]
+  beta = jnp.clip(counts_e - sums_e, 0.0, None) + strength[None, :] * (
+      1.0 - centre[None, :])
   total = alpha + beta
   mean = jnp.where(total > 0, alpha / jnp.where(total > 0, total, 1.0),
                    overall[None, :])
-  return ClusterPosterior(mean, alpha, beta, counts, overall, strength)
+  return ClusterPosterior(mean, alpha, beta, counts, overall, centre, strength)
 
 
 # ------------------------------------------- which prompts to label first
@@ -474,10 +504,10 @@ def labelling_ranks(key, clusters, *, num_clusters: int,
 
   Examples:
     >>> import jax
-    >>> ranks = labelling_ranks(jax.random.key(0), np.array([0, 0, 0, 1]),
+    >>> ranks = labelling_ranks(jax.random.key(0), np.array([0, 0, 0, 0, 1]),
     ...                         num_clusters=2)
-    >>> int(ranks[3]) < 2        # the lone prompt of cluster 1 comes early
-    True
+    >>> int(ranks[4])            # cluster 1's one prompt is third of five
+    2
   """
   checks.prng_key("key", key)
   clusters = checks.integer_array("clusters", clusters, ndim=1,
@@ -501,7 +531,8 @@ def _labelling_ranks(key, clusters, spread, *, num_clusters, selection):
   checks.require(jnp.all((clusters >= 0) & (clusters < num_clusters)),
                  f"labelling_ranks: clusters must hold cluster indices in "
                  f"[0, {num_clusters})")
-  u = jax.random.uniform(key, (n,), jnp.float32)
+  order_key, tie_key = jax.random.split(key)
+  u = jax.random.uniform(order_key, (n,), jnp.float32)
   if selection == "random":
     return jnp.argsort(jnp.argsort(u)).astype(jnp.int32)
   # Position of each prompt within its cluster, in random order.
@@ -515,7 +546,8 @@ def _labelling_ranks(key, clusters, spread, *, num_clusters, selection):
     share = share * jnp.maximum(spread.astype(jnp.float32), 1e-3)
   # Prompt j of cluster c enters at "time" (j + 1/2) / share_c: by time t
   # about t share_c of its prompts are in, so clusters fill in proportion
-  # to their share. Ties break by the random order.
+  # to their share. Equal times (clusters of equal shares) break at random.
   time = (within + 0.5) / share[clusters]
-  return jnp.argsort(jnp.argsort(time + 1e-6 * u / n)).astype(jnp.int32)
+  tie = jax.random.uniform(tie_key, (n,), jnp.float32)
+  return jnp.argsort(jnp.lexsort((tie, time))).astype(jnp.int32)
 

@@ -80,7 +80,8 @@ class MapScore(NamedTuple):
     area_estimation, area_approximation: the mean Area the map lost to the
       per-prompt oracle, split (:mod:`uniroute_jax.risk`) into what more
       representative prompts per LLM would win back (estimation) and what
-      only better clusters would (approximation).
+      the clusters miss with every label known, with the labels' own noise,
+      which no router removes (approximation).
   """
 
   area: float

@@ -153,7 +153,8 @@ def format_table(evaluation: protocol.Evaluation) -> str:
 def format_excess(evaluation: protocol.Evaluation) -> str:
   """Where each cluster router's Area lost to the per-prompt oracle goes:
   estimation (Psi from too few labelled prompts) and approximation (the
-  clusters themselves), means over trials; "" when no router has the split.
+  clusters themselves, and the labels' own noise), means over trials; ""
+  when no router has the split.
   """
   rows = [s for s in evaluation.methods.values()
           if math.isfinite(s.area_estimation)
@@ -162,8 +163,9 @@ def format_excess(evaluation: protocol.Evaluation) -> str:
     return ""
   width = max(len(s.title) for s in rows)
   lines = ["Area lost to the per-prompt oracle = estimation (more labelled "
-           "prompts shrink it)", "  + approximation (better clusters shrink "
-           "it), mean over trials:"]
+           "prompts shrink it)", "  + approximation (what the clusters miss "
+           "with every label known, and the labels' own noise, which no "
+           "router removes), mean over trials:"]
   for s in rows:
     gap = s.area_estimation + s.area_approximation
     lines.append(f"  {s.title:<{width}}  {gap:.3f} = {s.area_estimation:.3f} "

@@ -16,14 +16,20 @@ clusters allow, and splits the excess in two (:func:`excess_decomposition`,
 
   excess = [R(Psi-hat rule) - R(Psi-star rule)]   estimation: more labelled
                                                   prompts shrink it
-         + [R(Psi-star rule) - R(oracle)]         approximation: better
-                                                  clusters shrink it.
+         + [R(Psi-star rule) - R(oracle)]         approximation: what these
+                                                  clusters miss with every
+                                                  label known.
 
-Prop. 2 of the paper bounds the second part, against the Bayes rule, by the
-clusters' impurity 2 E_x[max_h |P(h wrong | x) - Psi*_k(x)(h)|]
-(:func:`impurity_bound`; :func:`neighborhood_error` estimates P(h wrong | x)
-from 0/1 labels, and :func:`impurity_bounds` computes the bound for many K at
-once), so a user sees whether more clusters would help.
+The per-prompt oracle sees each prompt's realised label, so the
+approximation part also holds the labels' own noise, R(Bayes) - R(oracle),
+which no router removes. Prop. 2 of the paper bounds the rest,
+R(Psi-star rule) - R(Bayes), by the clusters' impurity
+2 E_x[max_h |P(h wrong | x) - Psi*_k(x)(h)|] (:func:`impurity_bound`;
+:func:`neighborhood_error` estimates P(h wrong | x) from 0/1 labels, and
+:func:`impurity_bounds` computes the bound for many K at once), so a user
+sees whether more clusters would help. Psi-star is measured on the prompts
+it is scored on, so the approximation part also falls mechanically as K
+nears the number of those prompts.
 
 Conventions, those of the protocol: a prompt missing a label for any
 available LLM is left out (weight 0), since its routed loss would be
@@ -263,7 +269,7 @@ def impurity_bound(membership, error_probability, *, num_clusters: int,
     weights: optional [n] non-negative prompt weights (0 leaves a prompt out).
 
   Returns:
-    An :class:`ImpurityBound`.
+    An :class:`ImpurityBound` (NaN bound for an empty pool or no weight).
   """
   eta = checks.float_array("error_probability", error_probability, ndim=2,
                            shape_doc="[n, m]")
@@ -279,24 +285,31 @@ def impurity_bound(membership, error_probability, *, num_clusters: int,
                          num_clusters=k, dtype=checks.compute_dtype(eta))
 
 
-def neighborhood_error(embeddings, membership, loss, *, num_neighbors: int = 10,
-                       mask=None, weights=None) -> NeighborhoodError:
-  """P(h wrong | x) estimated by the mean loss of x's nearest prompts in
-  its own cluster (x included), the smoother :func:`impurity_bound` needs
-  when each prompt carries a single 0/1 label.
+def neighborhood_error(embeddings, loss, *, membership=None,
+                       num_neighbors: int = 10, mask=None, weights=None
+                       ) -> NeighborhoodError:
+  """P(h wrong | x) estimated by the mean loss of x's nearest prompts (x
+  included), the smoother :func:`impurity_bound` needs when each prompt
+  carries a single 0/1 label.
+
+  A prompt's neighbours are every prompt at most as far as its
+  ``num_neighbors``-th nearest, so prompts at equal distance (duplicates)
+  all count and equal embeddings get equal estimates. With ``membership``
+  the neighbours are searched within the prompt's own cluster; without it
+  (the default) among all prompts, so the estimate does not depend on any
+  clustering and can be compared across K.
 
   Which way it is biased: with few neighbours the labels' own noise
   dominates, and by Jensen's inequality E|p-hat - Psi| >= |E p-hat - Psi|,
   so Delta is overestimated (more so after the max over LLMs); with many
-  neighbours p-hat is pulled towards the cluster mean and Delta is
-  underestimated (a cluster of at most ``num_neighbors`` prompts gives
-  Delta = 0). The default of 10 neighbours leans to the first: the bound
-  it gives errs high.
+  neighbours p-hat is smoothed across the prompts' differences and Delta
+  is underestimated. The default of 10 neighbours leans to the first: the
+  bound it gives errs high.
 
   Args:
     embeddings: [n, d] prompt embeddings (Euclidean distances, as k-means).
-    membership: [n] int cluster of each prompt.
     loss: [n, m] losses in [0, 1] (anything where ``mask`` is False).
+    membership: optional [n] int cluster of each prompt.
     num_neighbors: neighbours per prompt (static), capped at n.
     mask: optional [n, m] bool, False where a label is missing.
     weights: optional [n] non-negative prompt weights; a prompt of weight 0
@@ -309,9 +322,10 @@ def neighborhood_error(embeddings, membership, loss, *, num_neighbors: int = 10,
   loss = checks.float_array("loss", loss, ndim=2, shape_doc="[n, m]")
   n, m = loss.shape
   checks.same_size("embeddings", x.shape[0], "loss", n, "prompts")
-  membership = checks.integer_array("membership", membership, ndim=1,
-                                    shape_doc="[n] (cluster indices)")
-  checks.same_size("membership", membership.shape[0], "loss", n, "prompts")
+  if membership is not None:
+    membership = checks.integer_array("membership", membership, ndim=1,
+                                      shape_doc="[n] (cluster indices)")
+    checks.same_size("membership", membership.shape[0], "loss", n, "prompts")
   k = min(checks.positive_int("num_neighbors", num_neighbors), n)
   return _neighborhood_error(x, membership, loss, checks.mask("mask", mask, (n, m)),
                              checks.weights("weights", weights, n),
@@ -322,15 +336,19 @@ def neighborhood_error(embeddings, membership, loss, *, num_neighbors: int = 10,
 def impurity_bounds(key, embeddings, loss, clusters, *, max_clusters: int | None = None,
                     num_neighbors: int = 10, mask=None, weights=None,
                     max_iter: int = 100, together: int | None = None) -> Array:
-  """[c] Prop. 2's bound (:func:`impurity_bound` on
-  :func:`neighborhood_error`) for each candidate number of clusters K.
+  """[c] Prop. 2's bound (:func:`impurity_bound`) for each candidate number
+  of clusters K.
 
-  Each K gets a k-means fit of ``embeddings`` (padded to ``max_clusters``
-  slots with ``active_clusters=K``, so every candidate runs through one
-  compiled step), and the bound is measured on the same prompts. A bound
-  that keeps falling as K grows says finer clusters would route better, if
-  there were labels enough to estimate their Psi (the estimation term of
-  :func:`excess_decomposition`).
+  P(h wrong | x) is estimated once (:func:`neighborhood_error` among all
+  prompts, so every K is measured against the same estimate); each K gets a
+  k-means fit of ``embeddings`` (padded to ``max_clusters`` slots with
+  ``active_clusters=K``, so every candidate runs through one compiled step)
+  and its Psi-star on the same prompts. A bound that keeps falling as K
+  grows says finer clusters would be purer, if there were labels enough to
+  estimate their Psi (the estimation term of :func:`excess_decomposition`).
+  Psi-star is measured on the prompts it is scored on, so the bound also
+  falls a little with K for clusters that are no purer (to 0 at one prompt
+  a cluster): compare Ks well below the number of prompts.
 
   Args:
     key: a ``jax.random.key`` (candidate i fits with ``fold_in(key, i)``).
@@ -350,7 +368,8 @@ def impurity_bounds(key, embeddings, loss, clusters, *, max_clusters: int | None
     values = checks.host_values(clusters)
     if values is None:
       raise ValueError("max_clusters must be given when clusters is a JAX "
-                       "array (it fixes the fits' shapes)")
+                       "array or traced, e.g. under checked() (it fixes the "
+                       "fits' shapes)")
     max_clusters = int(values.max()) if values.size else 1
     if values.size and values.min() < 1:
       raise ValueError(f"clusters must be positive, got {values.tolist()}")
@@ -359,6 +378,9 @@ def impurity_bounds(key, embeddings, loss, clusters, *, max_clusters: int | None
   loss = checks.float_array("loss", loss, ndim=2, shape_doc="[n, m]")
   n, m = loss.shape
   checks.same_size("embeddings", x.shape[0], "loss", n, "prompts")
+  if top > n:
+    raise ValueError(f"clusters must be at most the number of prompts ({n}), "
+                     f"got up to {top}")
   mask = checks.mask("mask", mask, (n, m))
   weights = checks.weights("weights", weights, n)
   k = min(checks.positive_int("num_neighbors", num_neighbors), n)
@@ -386,6 +408,9 @@ def _prepare(loss, cost, mask, pool_mask, w, routing_cost, dtype):
                  "excess risk: loss must lie in [0, 1] where labelled")
   checks.require(jnp.all(w >= 0), "excess risk: weights must be non-negative")
   routing._require_costs(cost, None, "excess risk")
+  if routing_cost is not None:
+    checks.require(jnp.all(jnp.isfinite(routing_cost) & (routing_cost >= 0)),
+                   "excess risk: routing_cost must be finite and non-negative")
   labelled = jnp.all(mask | ~pool[None, :], axis=1)
   w = jnp.where(labelled, w, 0.0)
   cost = jnp.broadcast_to(cost, (n, m))
@@ -407,9 +432,11 @@ def _rule_risk(gamma, loss, cost, route_cost, lambdas, pool, w):
   index = jnp.maximum(choice, 0)
   rows = jnp.arange(loss.shape[0])
   paid = loss[rows, index] + grid[:, None] * cost[rows, index]
-  # No available LLM: nothing is routed, and nothing counts.
+  # A prompt that counts but that the rule cannot route (every score NaN,
+  # outside the preconditions) leaves the risk undefined, as an empty pool.
+  unroutable = jnp.any((choice < 0) & (w[None, :] > 0), axis=1)
   risk = _mean(jnp.where(choice >= 0, paid, 0.0), w)
-  risk = jnp.where(jnp.any(pool), risk, jnp.nan)
+  risk = jnp.where(jnp.any(pool) & ~unroutable, risk, jnp.nan)
   return risk[0] if lambdas.ndim == 0 else risk
 
 
@@ -521,7 +548,8 @@ def _bound_of(membership, eta, pool, w, num_clusters, dtype):
   centre = psi_star[jnp.where(known, membership, 0)]
   delta = jnp.where(pool[None, :], jnp.abs(eta - centre), 0.0)
   worst = jnp.where((w > 0) & known, jnp.max(delta, axis=1), 0.0)
-  return ImpurityBound(2.0 * _mean(worst, w), worst, psi_star)
+  bound = jnp.where(jnp.any(pool), 2.0 * _mean(worst, w), jnp.nan)
+  return ImpurityBound(bound, worst, psi_star)
 
 
 @checks.kernel(static_argnames=("num_neighbors", "dtype"))
@@ -540,27 +568,31 @@ def _neighborhood_error(x, membership, loss, mask, w, *, num_neighbors, dtype):
 def _smooth(x, membership, loss, mask, w, num_neighbors):
   n, m = loss.shape
   squared = jnp.sum(x * x, axis=1)
-  distance = (squared[:, None] + squared[None, :]
-              - 2.0 * jnp.matmul(x, x.T, precision=PRECISION))
-  eligible = (membership[:, None] == membership[None, :]) & (w[None, :] > 0)
-  # A prompt is always its own nearest neighbour, whatever the rounding.
-  closeness = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, -distance)
-  closeness = jnp.where(eligible | jnp.eye(n, dtype=bool), closeness, -jnp.inf)
-  top, index = jax.lax.top_k(closeness, num_neighbors)          # [n, k]
-  near = (top > -jnp.inf) & (w[index] > 0)
-  labelled = mask[index] & near[:, :, None]                     # [n, k, m]
-  weight = w[index][:, :, None] * labelled
-  counts = jnp.sum(weight, axis=1)
-  sums = jnp.sum(weight * jnp.where(labelled, loss[index], 0.0), axis=1)
-  # Where no neighbour is labelled for an LLM, its cluster mean stands in.
-  same = (membership[:, None] == membership[None, :]).astype(loss.dtype)
+  diagonal = jnp.eye(n, dtype=bool)
+  # Rounding may leave a duplicate's distance a hair from 0 (either way);
+  # clipped, duplicates and the prompt itself are all exactly 0 apart.
+  distance = jnp.clip(squared[:, None] + squared[None, :]
+                      - 2.0 * jnp.matmul(x, x.T, precision=PRECISION), 0.0, None)
+  distance = jnp.where(diagonal, 0.0, distance)
+  group = (jnp.ones((n, n), bool) if membership is None
+           else membership[:, None] == membership[None, :])
+  eligible = (group & (w[None, :] > 0)) | diagonal
+  top, _ = jax.lax.top_k(jnp.where(eligible, -distance, -jnp.inf), num_neighbors)
+  # Everyone at most as far as the k-th nearest: ties all count.
+  reach = -top[:, -1]
+  near = (eligible & (distance <= reach[:, None]) & (w[None, :] > 0)).astype(
+      loss.dtype)
   labelled_w = mask * w[:, None]
-  cluster_counts = jnp.matmul(same, labelled_w, precision=PRECISION)
-  cluster_sums = jnp.matmul(same, jnp.where(mask, loss, 0.0) * w[:, None],
-                            precision=PRECISION)
+  loss_w = jnp.where(mask, loss, 0.0) * w[:, None]
+  counts = jnp.matmul(near, labelled_w, precision=PRECISION)
+  sums = jnp.matmul(near, loss_w, precision=PRECISION)
+  # Where no neighbour is labelled for an LLM, its group's mean stands in.
+  same = group.astype(loss.dtype)
+  group_counts = jnp.matmul(same, labelled_w, precision=PRECISION)
+  group_sums = jnp.matmul(same, loss_w, precision=PRECISION)
   fallback = jnp.where(
-      cluster_counts > 0,
-      cluster_sums / jnp.where(cluster_counts > 0, cluster_counts, 1.0),
+      group_counts > 0,
+      group_sums / jnp.where(group_counts > 0, group_counts, 1.0),
       features.mean_loss(loss, mask, w)[None, :])
   error = jnp.where(counts > 0, sums / jnp.where(counts > 0, counts, 1.0),
                     fallback)
@@ -580,14 +612,19 @@ def _impurity_bounds(key, x, loss, clusters, mask, w, *, max_clusters,
   checks.require(jnp.all((clusters >= 1) & (clusters <= max_clusters)),
                  f"impurity_bounds: clusters must lie in [1, {max_clusters}]")
 
+  # One estimate of P(h wrong | x) for every K.
+  smoothed = _smooth(x, None, loss, mask, w, num_neighbors).error
+
   def one(item):
     k, i = item
     fit = clustering.kmeans(jax.random.fold_in(key, i), x,
                             num_clusters=max_clusters, active_clusters=k,
                             weights=w, max_iter=max_iter)
-    smoothed = _smooth(x, fit.assignment, loss, mask, w, num_neighbors)
-    return _bound_of(fit.assignment, smoothed.error, jnp.ones((m,), bool), w,
+    return _bound_of(fit.assignment, smoothed, jnp.ones((m,), bool), w,
                      max_clusters, dtype).bound
 
   index = jnp.arange(clusters.shape[0])
-  return jax.lax.map(one, (clusters, index), batch_size=together)
+  # checkify cannot check k-means' while loop under vmap: visit the
+  # candidates in turn when checking (or when asked to).
+  batch = None if together == 1 or checks._CHECKING.get() else together
+  return jax.lax.map(one, (clusters, index), batch_size=batch)

@@ -389,18 +389,22 @@ class Router:
     return self._replaced(_representatives=Representatives(
         ids, x, self.membership(x)))
 
-  def labelling_order(self, key, *, selection: str = "stratified") -> Array:
+  def labelling_order(self, key, *, selection: str = "random") -> Array:
     """[n_rep] int32 the representative prompts (indices into
     :attr:`representatives`) in the order a new LLM should be run on them
     when it can only be run on some: label the first s.
 
     Args:
       key: a ``jax.random.key``.
-      selection: ``"stratified"`` (every cluster in proportion to its
-        representatives), ``"neyman"`` (in proportion to that times the
-        spread sqrt(mean Psi (1 - Psi)) of the pool's errors there) or
-        ``"random"`` (:func:`~uniroute_jax.features.labelling_ranks`).
+      selection: ``"random"`` (the default), ``"stratified"`` (every
+        cluster in proportion to its representatives) or ``"neyman"`` (in
+        proportion to that times the spread sqrt(mean Psi (1 - Psi)) of the
+        pool's errors there; :func:`~uniroute_jax.features.labelling_ranks`).
         A learned map's prompts count in their most probable cluster.
+        Spreading the prompts did not reach random prompts' Area with fewer
+        prompts on the shared data (``benchmarks/results/onboarding_curve.md``:
+        within 1% either way, and worse at 10 prompts on RouterBench), so
+        random is the default.
     """
     rep = self._representatives
     if rep is None:
@@ -447,11 +451,13 @@ class Router:
                               checks.scalar("prior_strength", prior_strength))
     if warn_below is not None:
       warn_below = checks.positive_int("warn_below", warn_below)
+    groups = membership()
     errors = features.cluster_errors(
-        membership(), loss, num_clusters=self.num_clusters, mask=mask,
+        groups, loss, num_clusters=self.num_clusters, mask=mask,
         weights=weights, prior_strength=prior_strength)
     if warn_below is not None and host_mask is not None and checks.is_host(loss):
-      _warn_thin(names, errors.counts, warn_below)
+      _warn_thin(names, groups, host_mask, warn_below, self.num_clusters,
+                 shrunk=bool(prior_strength))
     return self._extended(names, errors.psi, cost, errors.counts)
 
   # ---------------------------------------------------------------- routing
@@ -663,22 +669,30 @@ def _check_prior(psi_prior):
   return value
 
 
-def _warn_thin(names, counts, warn_below: int) -> None:
-  """Warns about the clusters where a new LLM's error rests on few labels
-  (read back only for labels the user gave as host data)."""
-  if isinstance(counts, jax.core.Tracer):
+def _warn_thin(names, membership, mask, warn_below: int, k: int, *,
+               shrunk: bool) -> None:
+  """Warns about the clusters where a new LLM's error rests on fewer than
+  ``warn_below`` labelled prompts, counted as prompts (a learned map's in
+  their most probable cluster), whatever their weights; read back only for
+  labels the user gave as host data."""
+  if isinstance(membership, jax.core.Tracer):
     return
-  counts = np.asarray(counts)
-  k = counts.shape[0]
+  membership = np.asarray(membership)
+  cluster = membership.argmax(axis=1) if membership.ndim == 2 else membership
   for j, name in enumerate(names):
-    thin = int(np.sum(counts[:, j] < warn_below))
+    counts = np.bincount(cluster[np.asarray(mask)[:, j].astype(bool)],
+                         minlength=k)
+    thin = int(np.sum(counts < warn_below))
     if thin:
-      warnings.warn(checks.ArgumentWarning(lambda arg, name=name, thin=thin: (
-          f"{name!r}: its error in {thin} of {k} clusters rests on fewer "
-          f"than {warn_below} labelled prompts, so it is mostly a guess "
-          "there; label more representative prompts of those clusters, or "
-          f"shrink them towards the LLM's overall error ({arg('prior_strength')}"
-          ", e.g. 'empirical_bayes')")), stacklevel=4)
+      remedy = ("" if shrunk else
+                ", or shrink them towards the LLM's overall error "
+                "({prior}, e.g. 'empirical_bayes')")
+      warnings.warn(checks.ArgumentWarning(
+          lambda arg, name=name, thin=thin, remedy=remedy: (
+              f"{name!r}: its error in {thin} of {k} clusters rests on fewer "
+              f"than {warn_below} labelled prompts, so it is mostly a guess "
+              "there; label more representative prompts of those clusters"
+              + remedy.format(prior=arg("prior_strength")))), stacklevel=4)
 
 
 def _names(arg: str, names, *, allow_empty: bool = False) -> tuple[str, ...]:

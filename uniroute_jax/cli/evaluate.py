@@ -376,9 +376,16 @@ def _methods(args):
   that none of --methods has an option for is an error."""
   from uniroute_jax import protocol
   chosen = [protocol.BUILT_IN[name] for name in args.methods]
+  onboarding = (getattr(args, "onboarding_curve", None) is not None
+                or getattr(args, "plot_onboarding", None) is not None)
+  bound = (getattr(args, "impurity_bound", False)
+           or getattr(args, "plot_bound", None) is not None)
+  # The onboarding curve (K-means) and the bound use these flags too.
+  used_elsewhere = {"--clusters": onboarding or bound,
+                    "--psi-prior-strength": onboarding}
   for flag, attribute, fields, _ in _METHOD_FLAGS:
     value = getattr(args, attribute)
-    if value is None:
+    if value is None or used_elsewhere.get(flag, False):
       continue
     if not any(hasattr(m, f) for m in chosen for f in fields):
       takers = [name for name, m in protocol.BUILT_IN.items()

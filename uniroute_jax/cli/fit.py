@@ -135,13 +135,12 @@ def run(args) -> int:
     if np.isfinite(chosen.area_estimation) and np.isfinite(
         chosen.area_approximation):
       gap = chosen.area_estimation + chosen.area_approximation
-      more = ("more representative prompts per LLM (--representatives) "
-              if chosen.area_estimation > chosen.area_approximation else
-              "better clusters (another K or map, or a better embedding) ")
       print(f"  Area lost to the per-prompt oracle: {gap:.4f} = "
-            f"{chosen.area_estimation:.4f} estimation (too few labels per "
-            f"cluster) + {chosen.area_approximation:.4f} approximation (the "
-            f"clusters); {more}would win back the larger part")
+            f"{chosen.area_estimation:.4f} estimation (more representative "
+            f"prompts per LLM, --representatives, win back up to this) + "
+            f"{chosen.area_approximation:.4f} approximation (what the "
+            f"clusters miss with every label known, and the labels' own "
+            f"noise)")
   print(f"Wrote {args.out}: {report.map} map with K = {report.num_clusters}, "
         f"fitted on {report.num_train} prompts; {router.num_models} LLMs "
         f"({', '.join(router.models)}) represented on "

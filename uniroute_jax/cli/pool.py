@@ -62,9 +62,10 @@ def add_parsers(commands) -> None:
                          "when it cannot be run on all, in that order")
   reps.add_argument("--order", choices=("stratified", "neyman", "random"),
                     default=None,
-                    help="the order of --first (default stratified: every "
-                         "cluster in proportion to its prompts); given alone, "
-                         "every prompt in that order")
+                    help="the order of --first (default random; stratified: "
+                         "every cluster in proportion to its prompts; neyman: "
+                         "also to the spread of the pool's errors there); "
+                         "given alone, every prompt in that order")
   reps.add_argument("--seed", type=common.seed, default=0,
                     help="random seed of the order (default 0)")
 
@@ -246,7 +247,7 @@ def run_representatives(args) -> int:
   if ordered:
     import jax
     rows = np.asarray(router.labelling_order(
-        jax.random.key(args.seed), selection=args.order or "stratified"))
+        jax.random.key(args.seed), selection=args.order or "random"))
     rows = rows[:args.first]
   ids = [rep.ids[i] for i in rows]
   cluster = cluster[rows].tolist()
@@ -268,7 +269,7 @@ def run_representatives(args) -> int:
     text = buffer.getvalue()
   common.write_new("--out", args.out, text=text)
   which = (f"the first {len(ids)} of {len(rep.ids)} representative prompts "
-           f"({args.order or 'stratified'} order)" if ordered
+           f"({args.order or 'random'} order)" if ordered
            else f"{len(ids)} representative prompts")
   print(f"Wrote {args.out}: {which}; run the new LLM on them, then uniroute "
         "add-model --labels")

@@ -309,11 +309,21 @@ def _resolve_clusters(method, n_train, n_val):
   _check_numbers(method, nonnegative=("prior_strength", "tol"),
                  positive=("learning_rate",) if hasattr(method, "learning_rate")
                  else ())
+  shrunk = bool(np.asarray(method.prior_strength) != 0)
+  if method.empirical_bayes and shrunk:
+    raise ValueError(f"{method.name}: empirical_bayes chooses the prior "
+                     f"strength itself; prior_strength={method.prior_strength!r}"
+                     " would be ignored (give one of them)")
   if method.psi_quantile is not None:
     _check_numbers(method, nonnegative=("psi_quantile",))
     if not np.asarray(method.psi_quantile) <= 1:
       raise ValueError(f"{method.name}: psi_quantile must lie in [0, 1], got "
                        f"{method.psi_quantile!r}")
+    if not (method.empirical_bayes or shrunk):
+      # Without a prior, a cluster with one right answer has the posterior
+      # Beta(0, 1), a point mass at 0: quantiles would trust it most.
+      raise ValueError(f"{method.name}: psi_quantile needs a prior "
+                       "(empirical_bayes=True or prior_strength > 0)")
   return method.replace(clusters=values, max_clusters=top)
 
 
