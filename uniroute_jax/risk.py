@@ -260,7 +260,8 @@ def impurity_bound(membership, error_probability, *, num_clusters: int,
 
   Args:
     membership: [n] int cluster of each prompt (hard: a prompt belongs to
-      one cluster; for a soft map pass its most probable cluster).
+      one cluster; for a soft map its most probable cluster, which bounds
+      the hard rule of that map rather than the soft router itself).
     error_probability: [n, m] P(h wrong | x) in [0, 1]: known on synthetic
       data or from repeated samples, else estimated
       (:func:`neighborhood_error`).

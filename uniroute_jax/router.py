@@ -275,7 +275,8 @@ class Router:
   def add_models(self, names, embeddings, loss, cost, *, mask=None,
                  weights=None, prior_strength=None,
                  warn_below: int | None = THIN_CELL) -> "Router":
-    """A new router with LLMs added, Psi from their labels (eq. 13).
+    """A new router with LLMs added, Psi from their labels (eq. 13, shrunk
+    as ``prior_strength`` or the router's :attr:`psi_prior` says).
 
     Psi is :func:`~uniroute_jax.features.cluster_errors` of the LLMs' loss on
     the given (representative, validation) prompts, grouped by this router's

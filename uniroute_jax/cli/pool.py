@@ -73,8 +73,9 @@ def add_parsers(commands) -> None:
       "add-model", help="onboard an LLM from its labels on the representatives",
       description=("Add an LLM to a saved router from its labels on the "
                    "router's representative prompts (missing ones allowed): "
-                   "its per-cluster error is their mean, and nothing is "
-                   "retrained."))
+                   "its per-cluster error is their mean (shrunk as the "
+                   "router's rule says: uniroute models shows it), and "
+                   "nothing is retrained."))
   add.add_argument("router", metavar="ROUTER")
   add.add_argument("--name", type=_llm_name, required=True,
                    help="the new LLM's name")
