@@ -403,9 +403,9 @@ class Router:
         pool's errors there; :func:`~uniroute_jax.features.labelling_ranks`).
         A learned map's prompts count in their most probable cluster.
         Spreading the prompts did not reach random prompts' Area with fewer
-        prompts on the shared data (``benchmarks/results/onboarding_curve.md``:
-        within 1% either way, and worse at 10 prompts on RouterBench), so
-        random is the default.
+        prompts on the shared data (``benchmarks/results/onboarding_curve*.md``:
+        a few prompts' worth at best, and worse with 10-25 prompts on
+        RouterBench and MMLU-Pro), so random is the default.
     """
     rep = self._representatives
     if rep is None:
