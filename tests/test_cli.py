@@ -516,7 +516,8 @@ def test_hostile_pool_edits_and_budgets(tmp_path, capsys):
 
   import numpy as np
   from uniroute_jax import Router
-  path = _fitted(tmp_path, capsys)
+  # Plain cluster means: an LLM right on every prompt has Psi exactly 0.
+  path = _fitted(tmp_path, capsys, "--psi-prior-strength", "0")
   router = Router.load(path)
   ids = router.representatives.ids
   log = tmp_path / "log.csv"

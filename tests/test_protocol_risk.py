@@ -11,8 +11,8 @@ from uniroute_jax import make_synthetic, protocol, report
 
 @pytest.fixture(scope="module")
 def evaluation():
-  data = make_synthetic(jax.random.key(3), num_prompts=600, num_models=7, dim=12)
-  methods = (protocol.ZeroRouter(), protocol.KNN(neighbors=(5, 9)),
+  data = make_synthetic(jax.random.key(3), num_prompts=400, num_models=7, dim=12)
+  methods = (protocol.ZeroRouter(), protocol.KNN(neighbors=(5,)),
              protocol.KMeansRouter(clusters=(3, 6)),
              protocol.BUILT_IN["learned_map_linear"].replace(clusters=(3, 6)),
              protocol.Oracle())

@@ -71,7 +71,14 @@ cost), so 0 and 0.01 .. 100 cover every swap where both differences are at
 least 0.01."""
 
 
-def _excess(result, trial: TrialData, lambdas, area):
+def _oracle_area(trial: TrialData):
+  """[] the per-prompt oracle's Area on a trial's test prompts."""
+  return metrics.deferral_metrics(metrics.deferral_curve(
+      trial.test_loss, trial.test_loss, trial.test_cost,
+      weights=trial.test_weights, routing_cost=trial.test_cost)).area
+
+
+def _excess(result, trial: TrialData, lambdas, area, oracle_area):
   """(excess, estimation, approximation [L], area estimation,
   area approximation) of one method's output on one trial."""
   dtype = trial.test_loss.dtype
@@ -97,9 +104,6 @@ def _excess(result, trial: TrialData, lambdas, area):
   approximation = excess_of(result.cluster_gamma)
   cluster_area = metrics.deferral_metrics(
       test_curve(result.cluster_gamma, trial)).area
-  oracle_area = metrics.deferral_metrics(metrics.deferral_curve(
-      trial.test_loss, trial.test_loss, trial.test_cost,
-      weights=trial.test_weights, routing_cost=trial.test_cost)).area
   return (excess, excess - approximation, approximation, cluster_area - area,
           oracle_area - cluster_area)
 
@@ -154,11 +158,12 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...],
                      f"({len(methods)}), got {vectorize}")
 
   def pool(split):
-    return _pool_points(gather_trial(arrays, split))
+    trial = gather_trial(arrays, split)
+    return _pool_points(trial), _oracle_area(trial)
 
   def metrics_of(method):
     def one(item):
-      split, key = item
+      split, key, oracle_area = item
       trial = gather_trial(arrays, split)
       result = method.run(trial, method_key(key, method))
       m = metrics.deferral_metrics(result.curve)
@@ -166,14 +171,17 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...],
       return TrialMetrics(
           m.area, m.area50, m.qnc, m.peak_quality, result.curve.best_quality,
           jnp.asarray(result.chosen, jnp.int32), metrics.interpolate(env, grid),
-          *_excess(result, trial, lambdas, m.area))
+          *_excess(result, trial, lambdas, m.area, oracle_area))
     return one
 
-  out = {"pool": jax.lax.map(pool, splits)}
+  # The oracle's Area is the same for every method: computed once a trial.
+  points, oracle_areas = jax.lax.map(pool, splits)
+  out = {"pool": points}
   # Each method is mapped on its own: one may fill the device best with
   # trials vmapped, another visiting them in turn.
   for method, batch in zip(methods, vectorize):
-    out[method.name] = jax.lax.map(metrics_of(method), (splits, keys),
+    out[method.name] = jax.lax.map(metrics_of(method),
+                                   (splits, keys, oracle_areas),
                                    batch_size=batch)
   return out
 
