@@ -67,20 +67,21 @@ def test_evaluate_writes_json_and_plot(tmp_path, capsys):
 
 def test_evaluate_measures_the_onboarding_curve(tmp_path, capsys):
   out_json, out_png = tmp_path / "r.json", tmp_path / "onboarding.png"
-  argv = ["evaluate", "--format", "synthetic", *SMALL, "--methods", "kmeans",
+  argv = ["evaluate", "--format", "synthetic", "--prompts", "300", "--llms",
+          "6", "--trials", "2", "--methods", "kmeans",
           "--clusters", "4", "--psi-prior-strength", "empirical-bayes",
-          "--onboarding-curve", "10,30,all", "--json",
+          "--onboarding-curve", "10,20,all", "--json",
           str(out_json), "--plot-onboarding", str(out_png)]
   assert cli.main(argv) == 0
   out, err = capsys.readouterr()
   table = out[out.index("How many prompts an unseen LLM"):].splitlines()
   assert table[1].split() == ["prompts", "random", "stratified", "neyman"]
-  assert [row.split()[0] for row in table[2:5]] == ["10", "30", "all"]
+  assert [row.split()[0] for row in table[2:5]] == ["10", "20", "all"]
   assert "[3/4] onboarding curve" in err and "[4/4] done" in err
   doc = json.loads(out_json.read_text())
   assert doc["methods"]["kmeans"]["area"] > 0
   curve = doc["onboarding_curve"]
-  assert curve["sizes"] == [10, 30, curve["representatives"]]
+  assert curve["sizes"] == [10, 20, curve["representatives"]]
   assert curve["clusters"] == [4] and curve["chosen"] == [4, 4]
   for name in ("random", "stratified", "neyman"):
     assert np.asarray(curve["selections"][name]["trials"]).shape == (2, 3)
@@ -92,7 +93,7 @@ def test_evaluate_measures_the_onboarding_curve(tmp_path, capsys):
 
 def test_evaluate_prints_prop2s_bound_against_k(tmp_path, capsys):
   out_json = tmp_path / "r.json"
-  argv = ["evaluate", "--format", "synthetic", "--prompts", "400", "--llms",
+  argv = ["evaluate", "--format", "synthetic", "--prompts", "250", "--llms",
           "5", "--trials", "1", "--methods", "zero", "--impurity-bound",
           "--json", str(out_json)]
   assert cli.main(argv) == 0
@@ -100,12 +101,12 @@ def test_evaluate_prints_prop2s_bound_against_k(tmp_path, capsys):
   table = out[out.index("Prop. 2's bound"):out.index("Wrote")].splitlines()
   assert table[1].split() == ["K", "bound"]
   doc = json.loads(out_json.read_text())["impurity_bound"]
-  assert doc["prompts"] == 400 and doc["clusters"][0] == 1
+  assert doc["prompts"] == 250 and doc["clusters"][0] == 1
   assert len(doc["bound"]) == len(doc["clusters"]) == len(table) - 2
   # K = 1: every prompt against the LLMs' overall error, whatever k-means did.
   from uniroute_jax import make_synthetic, risk
-  data = make_synthetic(jax.random.key(0), num_prompts=400, num_models=5)
-  one = np.zeros(400, np.int32)
+  data = make_synthetic(jax.random.key(0), num_prompts=250, num_models=5)
+  one = np.zeros(250, np.int32)
   smooth = risk.neighborhood_error(data.embeddings, data.loss,
                                    num_neighbors=doc["neighbors"],
                                    mask=data.mask)
@@ -587,7 +588,7 @@ def test_hostile_pool_edits_and_budgets(tmp_path, capsys):
 
 
 def test_cluster_and_prior_flags_serve_the_onboarding_curve_alone(capsys):
-  argv = ["demo", "--prompts", "300", "--llms", "4", "--trials", "1",
+  argv = ["demo", "--prompts", "200", "--llms", "4", "--trials", "1",
           "--methods", "zero", "--clusters", "3", "--psi-prior-strength", "2",
           "--onboarding-curve", "5,all"]
   assert cli.main(argv) == 0

@@ -11,7 +11,7 @@ from uniroute_jax import features, make_synthetic, protocol
 
 @pytest.fixture(scope="module")
 def data():
-  return make_synthetic(jax.random.key(2), num_prompts=900, num_models=7, dim=8)
+  return make_synthetic(jax.random.key(2), num_prompts=600, num_models=7, dim=8)
 
 
 def test_orders_are_permutations_that_fill_clusters_in_proportion():
