@@ -336,9 +336,9 @@ def _log_marginal(strength, counts, sums, mean):
   """[m] the log marginal likelihood (up to terms free of the strength) of
   each LLM's per-cluster counts under Beta(strength mu, strength (1 - mu)):
   log B(s + a, f + b) - log B(a, b) as three log-gamma ratios."""
-  # An LLM always right (or always wrong) has mu at the edge, where the Beta
-  # prior is degenerate: a mean a hair inside [0, 1] keeps every term finite
-  # and changes no decision (every strength then fits equally).
+  # At mu = 0 or 1 the Beta prior is degenerate. cluster_posterior passes a
+  # centre already inside (0, 1); a mean a hair inside keeps every term
+  # finite for other callers too.
   tiny = 1e-6
   mu = jnp.clip(mean, tiny, 1.0 - tiny)[None, :]
   a, b = strength * mu, strength * (1.0 - mu)

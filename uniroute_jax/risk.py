@@ -146,6 +146,17 @@ def _common(n, m, mask, pool_mask, weights, routing_cost):
                                                         routing_cost, n, m))
 
 
+def _cluster_rule(membership, psi, loss, cost):
+  """The shapes of a cluster rule's arguments, checked: (membership, psi,
+  loss, cost, n, m)."""
+  psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
+  membership = routing._check_membership(membership, psi.shape[0])
+  loss, cost, n, m = _loss_and_cost(loss, cost)
+  checks.same_size("membership", membership.shape[0], "loss", n, "prompts")
+  checks.same_size("psi", psi.shape[1], "loss", m, "LLMs")
+  return membership, psi, loss, cost, n, m
+
+
 def _lambdas(lambdas):
   return checks.float_array("lambdas", lambdas, ndim=(0, 1),
                             shape_doc="(a scalar or [L])")
@@ -214,11 +225,8 @@ def excess_decomposition(membership, psi, loss, cost, lambdas, *, mask=None,
   Returns:
     An :class:`ExcessDecomposition`.
   """
-  psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
-  membership = routing._check_membership(membership, psi.shape[0])
-  loss, cost, n, m = _loss_and_cost(loss, cost)
-  checks.same_size("membership", membership.shape[0], "loss", n, "prompts")
-  checks.same_size("psi", psi.shape[1], "loss", m, "LLMs")
+  membership, psi, loss, cost, n, m = _cluster_rule(membership, psi, loss,
+                                                    cost)
   lambdas = _lambdas(lambdas)
   return _excess_decomposition(
       membership, psi, loss, cost, lambdas,
@@ -237,11 +245,8 @@ def area_decomposition(membership, psi, loss, cost, *, mask=None,
   measured on the upper envelope of its curve, so the gaps are not sums of
   per-lambda gaps, and ``estimation`` can be slightly negative.
   """
-  psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
-  membership = routing._check_membership(membership, psi.shape[0])
-  loss, cost, n, m = _loss_and_cost(loss, cost)
-  checks.same_size("membership", membership.shape[0], "loss", n, "prompts")
-  checks.same_size("psi", psi.shape[1], "loss", m, "LLMs")
+  membership, psi, loss, cost, n, m = _cluster_rule(membership, psi, loss,
+                                                    cost)
   return _area_decomposition(
       membership, psi, loss, cost,
       *_common(n, m, mask, pool_mask, weights, routing_cost),
@@ -469,12 +474,9 @@ def _psi_star(membership, loss, mask, w, num_clusters, dtype):
   """Psi-star: the clusters' errors on the prompts that count."""
   phi = (jax.nn.one_hot(membership, num_clusters, dtype=dtype)
          if membership.ndim == 1 else membership.astype(dtype))
-  counts = jnp.matmul(phi.T, mask * w[:, None], precision=PRECISION)
-  sums = jnp.matmul(phi.T, jnp.where(mask, loss, 0.0) * w[:, None],
-                    precision=PRECISION)
-  overall = features.mean_loss(loss, mask, w)[None, :]
+  counts, sums, overall = features._cluster_sums(phi, loss, mask, w)
   return jnp.where(counts > 0, sums / jnp.where(counts > 0, counts, 1.0),
-                   overall)
+                   overall[None, :])
 
 
 def _decomposition_inputs(membership, psi, loss, cost, mask, pool_mask, w,

@@ -71,14 +71,20 @@ cost), so 0 and 0.01 .. 100 cover every swap where both differences are at
 least 0.01."""
 
 
-def _oracle_area(trial: TrialData):
-  """[] the per-prompt oracle's Area on a trial's test prompts."""
-  return metrics.deferral_metrics(metrics.deferral_curve(
+def _pool_and_shared(trial: TrialData):
+  """The test LLMs' own points, and what every method's excess needs of a
+  trial: (the oracle's Area, the cost scale of relative costs)."""
+  points = metrics.single_llm_points(trial.test_loss, trial.test_cost,
+                                     trial.test_weights)
+  oracle_area = metrics.deferral_metrics(metrics.deferral_curve(
       trial.test_loss, trial.test_loss, trial.test_cost,
       weights=trial.test_weights, routing_cost=trial.test_cost)).area
+  top = jnp.max(points.cost)
+  return (PoolPoints(points.relative_cost, points.quality),
+          (oracle_area, jnp.where(top > 0, top, 1.0)))
 
 
-def _excess(result, trial: TrialData, lambdas, area, oracle_area):
+def _excess(result, trial: TrialData, lambdas, area, shared):
   """(excess, estimation, approximation [L], area estimation,
   area approximation) of one method's output on one trial."""
   dtype = trial.test_loss.dtype
@@ -86,10 +92,7 @@ def _excess(result, trial: TrialData, lambdas, area, oracle_area):
   nan = jnp.array(jnp.nan, dtype)
   if result.gamma is None:
     return nan_grid, nan_grid, nan_grid, nan, nan
-  points = metrics.single_llm_points(trial.test_loss, trial.test_cost,
-                                     trial.test_weights)
-  top = jnp.max(points.cost)
-  scale = jnp.where(top > 0, top, 1.0)
+  oracle_area, scale = shared
   ranked_by = (trial.test_route_cost if result.routing_cost is None
                else result.routing_cost)
 
@@ -112,12 +115,6 @@ def method_key(key, method: Method):
   """A method's own key: its results do not depend on which other methods
   run beside it."""
   return jax.random.fold_in(key, zlib.crc32(method.name.encode()) & 0x7FFFFFFF)
-
-
-def _pool_points(trial: TrialData) -> PoolPoints:
-  points = metrics.single_llm_points(trial.test_loss, trial.test_cost,
-                                     trial.test_weights)
-  return PoolPoints(points.relative_cost, points.quality)
 
 
 def dataset_arrays(data: RoutingData):
@@ -158,12 +155,11 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...],
                      f"({len(methods)}), got {vectorize}")
 
   def pool(split):
-    trial = gather_trial(arrays, split)
-    return _pool_points(trial), _oracle_area(trial)
+    return _pool_and_shared(gather_trial(arrays, split))
 
   def metrics_of(method):
     def one(item):
-      split, key, oracle_area = item
+      split, key, shared = item
       trial = gather_trial(arrays, split)
       result = method.run(trial, method_key(key, method))
       m = metrics.deferral_metrics(result.curve)
@@ -171,17 +167,17 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...],
       return TrialMetrics(
           m.area, m.area50, m.qnc, m.peak_quality, result.curve.best_quality,
           jnp.asarray(result.chosen, jnp.int32), metrics.interpolate(env, grid),
-          *_excess(result, trial, lambdas, m.area, oracle_area))
+          *_excess(result, trial, lambdas, m.area, shared))
     return one
 
-  # The oracle's Area is the same for every method: computed once a trial.
-  points, oracle_areas = jax.lax.map(pool, splits)
+  # What every method's excess needs of a trial is computed once a trial.
+  points, shared = jax.lax.map(pool, splits)
   out = {"pool": points}
   # Each method is mapped on its own: one may fill the device best with
   # trials vmapped, another visiting them in turn.
   for method, batch in zip(methods, vectorize):
     out[method.name] = jax.lax.map(metrics_of(method),
-                                   (splits, keys, oracle_areas),
+                                   (splits, keys, shared),
                                    batch_size=batch)
   return out
 
