@@ -388,6 +388,33 @@ def test_posterior_under_vmap_over_quantiles_does_not_retrace():
     f(post, np.float32(0.7))
 
 
+def test_empirical_bayes_under_jit_matches_a_scipy_scan_for_many_llms(dtype):
+  """Every grid strength of 2000 random LLMs, jitted: the evidence at
+  strength 10, where the log-gamma ratio changes formula at a + b = 10, is
+  that of SciPy, so no LLM is pulled to it by a wrong value there."""
+  from scipy.special import betaln
+  rng = np.random.default_rng(11)
+  k, m = 5, 2000
+  counts = rng.integers(1, 40, (k, m)).astype(float)
+  sums = np.floor(rng.random((k, m)) * counts)
+  mu = rng.random(m) * 0.98 + 0.01
+  ours = np.asarray(jax.jit(features.empirical_bayes_strength)(
+      *(np.asarray(a, dtype) for a in (counts, sums, mu))), np.float64)
+  grid = features.STRENGTH_GRID[:, None, None]
+  a, b = grid * mu, grid * (1 - mu)
+  scores = np.sum(betaln(sums + a, counts - sums + b) - betaln(a, b), axis=1)
+  absolute, relative = features.EVIDENCE_TOLERANCE
+  best = scores.max(axis=0)
+  slack = absolute + relative * np.abs(best)
+  want = features.STRENGTH_GRID[np.argmax(scores >= best - slack, axis=0)]
+  if dtype == np.float64:
+    np.testing.assert_allclose(ours, want, rtol=1e-12)
+  else:
+    # float32 may step to a neighbour at the edge of the tolerance.
+    chosen = np.searchsorted(features.STRENGTH_GRID, ours * (1 - 1e-6))
+    assert np.all(scores[chosen, np.arange(m)] >= best - 2 * slack)
+
+
 def test_log_gamma_ratio_matches_scipy(dtype):
   from scipy.special import gammaln
   rng = np.random.default_rng(7)

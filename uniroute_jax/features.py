@@ -317,7 +317,11 @@ def log_gamma_ratio(x, s) -> Array:
   stays accurate in float32 at the prior strengths empirical Bayes tries."""
   x, s = jnp.asarray(x), jnp.asarray(s)
   large = x > 10.0
-  xl = jnp.where(large, x, 11.0)
+  # Each branch sees x clamped to its own side of 10, not a stand-in value:
+  # XLA may round x (a sum of products) differently where it computes the
+  # test and where it computes a branch, and with a stand-in a point a hair
+  # from 10 could take one branch's value at the stand-in.
+  xl = jnp.maximum(x, 10.0)
   z = xl + s
 
   def tail(t):
@@ -327,7 +331,7 @@ def log_gamma_ratio(x, s) -> Array:
 
   stirling = ((xl - 0.5) * jnp.log1p(s / xl) + s * jnp.log(z) - s
               + tail(z) - tail(xl))
-  xs = jnp.where(large, 1.0, x)
+  xs = jnp.minimum(x, 10.0)
   direct = jax.scipy.special.gammaln(xs + s) - jax.scipy.special.gammaln(xs)
   return jnp.where(large, stirling, direct)
 
