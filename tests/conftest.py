@@ -2,15 +2,39 @@
 
 import contextlib
 import os
+import shutil
+import tempfile
 
-# The tests run small arrays, where most of the time is XLA compiling: at
-# LLVM's lowest optimisation level programs compile about 1.5x faster (and
-# run slower, which small arrays do not notice). Set before JAX starts;
+# The tests run small arrays, where most of the time is XLA compiling. Two
+# settings of XLA:CPU's code generation make programs compile faster and run
+# slower, which small arrays do not notice: LLVM's lowest optimisation level
+# (about 1.5x faster to compile) and the loop emitters in place of the MLIR
+# fusion emitters (2 to 3x faster on the protocol's programs). Neither
+# changes what a program computes; `test_xla_flags.py` checks that results
+# under these flags are those of XLA's defaults. Set before JAX starts;
 # inherited by the subprocesses some tests run. A user's own XLA_FLAGS that
-# name a level win.
-_LEVEL = "--xla_backend_optimization_level"
-if _LEVEL not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_LEVEL}=0".strip()
+# name a setting win.
+TEST_XLA_FLAGS = {"--xla_backend_optimization_level": "0",
+                  "--xla_cpu_use_fusion_emitters": "false"}
+for _flag, _value in TEST_XLA_FLAGS.items():
+  if _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip())
+
+# Test modules free their compiled programs when they end (below), and the
+# two worker processes and the commands some tests start compile on their
+# own, so one program is compiled many times over in a run. A compilation
+# cache on disk, for this run only, turns the repeats into reads: set up by
+# the first process, inherited by the workers and children through the
+# environment, removed by its owner at the end. A user's own cache wins.
+_CACHE = "JAX_COMPILATION_CACHE_DIR"
+_CACHE_OWNER = "UNIROUTE_TEST_CACHE_OWNER"
+if _CACHE not in os.environ:
+  os.environ[_CACHE] = tempfile.mkdtemp(prefix="uniroute-jax-test-xla-")
+  os.environ[_CACHE_OWNER] = str(os.getpid())
+  # Every program, not only those that compiled for a second or more: the
+  # suite's many small programs add up.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import numpy as np
@@ -24,6 +48,12 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 DTYPES = (np.float32, np.float64)
 # Per-dtype tolerances for comparisons against float64 NumPy oracles.
 RTOL = {np.float32: 2e-5, np.float64: 1e-10}
+
+
+def pytest_unconfigure(config):
+  del config
+  if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
+    shutil.rmtree(os.environ[_CACHE], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

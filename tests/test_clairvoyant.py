@@ -196,8 +196,12 @@ def test_checkpoint_selection_keeps_the_best_epoch():
     np.testing.assert_allclose(areas[e], metrics.deferral_metrics(curve).area,
                                rtol=1e-9)
     if e == best:
-      np.testing.assert_array_equal(predict_loss(short, x), predict_loss(fit, x))
-  np.testing.assert_array_equal(short.loss_history, fit.loss_history)
+      # The same arithmetic, but in another program (a loop of e + 1 epochs,
+      # which XLA may unroll and fuse differently), so equal to rounding.
+      np.testing.assert_allclose(predict_loss(short, x), predict_loss(fit, x),
+                                 rtol=1e-12)
+  # Scoring epochs changes the program, not the training: equal to rounding.
+  np.testing.assert_allclose(short.loss_history, fit.loss_history, rtol=1e-12)
 
 
 def test_masked_labels_may_hold_anything():

@@ -386,7 +386,7 @@ def test_matched_k_choice(small):
   arrays = protocol.dataset_arrays(small)
   trial = protocol.gather_trial(arrays, protocol.Split(*(p[0] for p in splits)))
   key = jax.random.key(9)
-  paper, same = kmeans.run(trial, key), matched.run(trial, key)
+  paper, same = (jax.jit(m.run)(trial, key) for m in (kmeans, matched))
   assert int(paper.chosen) == int(same.chosen)
   np.testing.assert_array_equal(np.asarray(paper.curve.quality),
                                 np.asarray(same.curve.quality))
