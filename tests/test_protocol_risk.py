@@ -92,6 +92,34 @@ def test_json_carries_the_excess_per_trial_and_the_mean(evaluation):
     assert "excess_decomposition" not in doc["methods"][name]
 
 
+def test_json_keeps_the_excess_of_a_method_undefined_in_one_trial(evaluation):
+  """A trial without a value is null (and so is the mean over it); the
+  other trials' values stay."""
+  _, ev = evaluation
+  s = ev.methods["kmeans"]
+  t = s.trials
+  nan_first = lambda a: np.concatenate([np.full_like(a[:1], np.nan), a[1:]])
+  t = t._replace(**{f: nan_first(np.asarray(getattr(t, f))) for f in (
+      "excess", "estimation", "approximation", "area_estimation",
+      "area_approximation")})
+  s = s._replace(trials=t, excess=np.mean(t.excess, axis=0),
+                 estimation=np.mean(t.estimation, axis=0),
+                 approximation=np.mean(t.approximation, axis=0),
+                 area_estimation=float(np.mean(t.area_estimation)),
+                 area_approximation=float(np.mean(t.area_approximation)))
+  ev = ev._replace(methods={**ev.methods, "kmeans": s})
+  entry = json.loads(json.dumps(report.to_dict(ev), allow_nan=False)
+                     )["methods"]["kmeans"]
+  excess, split = entry["excess_risk"], entry["excess_decomposition"]
+  assert excess["trials"][0] == [None] * len(protocol.EXCESS_LAMBDAS)
+  np.testing.assert_allclose(excess["trials"][1], t.excess[1])
+  assert excess["mean"] == [None] * len(protocol.EXCESS_LAMBDAS)
+  assert split["trial_area_estimation"][0] is None
+  assert split["trial_area_estimation"][1] == pytest.approx(
+      float(t.area_estimation[1]))
+  assert split["area_estimation"] is None
+
+
 def test_lambdas_are_values_not_shapes_of_the_program():
   data = make_synthetic(jax.random.key(5), num_prompts=300, num_models=5, dim=8)
   one = protocol.evaluate(jax.random.key(0), data, num_trials=2,

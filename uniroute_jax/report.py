@@ -79,13 +79,15 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
 
 def _excess_entry(s) -> dict[str, Any]:
   """A method's excess risk over the oracle at ``excess_lambdas`` and, for
-  cluster routers, its split; absent where the method has none."""
+  cluster routers, its split; absent where the method has none. A trial
+  without a value (no test prompt labelled for every test LLM) is null, and
+  so is a mean over it."""
   trials = s.trials
   entry = {}
-  if np.all(np.isfinite(trials.excess)):
+  if np.any(np.isfinite(trials.excess)):
     entry["excess_risk"] = {"mean": _numbers(s.excess),
                             "trials": [_numbers(t) for t in trials.excess]}
-  if np.all(np.isfinite(trials.estimation)):
+  if np.any(np.isfinite(trials.estimation)):
     entry["excess_decomposition"] = {
         "estimation": _numbers(s.estimation),
         "approximation": _numbers(s.approximation),
