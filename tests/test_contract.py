@@ -386,3 +386,36 @@ def test_protocol_search_runs_under_the_users_jit():
   eager = method.run(trial, jax.random.key(2))
   jitted = jax.jit(lambda t, m: m.run(t, jax.random.key(2)))(trial, method)
   _close(jitted, eager, 1e-6)
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+  """What one module needs of another is public and documented: no
+  ``module._name`` access or ``from module import _name`` across modules."""
+  import ast
+  import importlib
+  import pathlib
+  import types
+  root = pathlib.Path(ur.__file__).parent
+  offenders = []
+  for path in sorted(root.rglob("*.py")):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        modules.update((a.asname or a.name).split(".")[0] for a in node.names
+                       if a.name.startswith("uniroute_jax"))
+      elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+          "uniroute_jax"):
+        for a in node.names:
+          if isinstance(getattr(importlib.import_module(node.module), a.name,
+                                None), types.ModuleType):
+            modules.add(a.asname or a.name)
+          elif a.name.startswith("_"):
+            offenders.append(f"{path.name}:{node.lineno} imports {a.name}")
+    offenders += [
+        f"{path.name}:{node.lineno} reads {node.value.id}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        and node.value.id in modules and node.attr.startswith("_")
+        and not node.attr.startswith("__")]
+  assert not offenders, offenders

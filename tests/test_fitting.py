@@ -101,6 +101,9 @@ def test_the_search_keeps_the_map_with_the_larger_held_out_area(data):
 def test_fit_router_refuses_what_cannot_be_fitted(data):
   with pytest.raises(ValueError, match="map must be one of kmeans, learned"):
     fit_router(jax.random.key(0), data, maps=("tree",))
+  for bad in ("auto", -1.0, True):
+    with pytest.raises(ValueError, match="^prior_strength must be"):
+      fit_router(jax.random.key(0), data, prior_strength=bad)
   sparse = data._replace(mask=np.asarray(data.mask).copy())
   sparse.mask[:, 2] = False
   sparse.mask[0, 2] = True

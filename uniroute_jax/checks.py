@@ -117,6 +117,12 @@ def require(predicate, message: str, *format_args) -> None:
     checkify.debug_check(predicate, message, *format_args)
 
 
+def checking() -> bool:
+  """Whether the computation being traced is run under :func:`checked` (a
+  kernel may then take a path that ``checkify`` can check)."""
+  return _CHECKING.get()
+
+
 def kernel(fn: Callable | None = None, *, static_argnames: Sequence[str] = ()):
   """``jax.jit`` for the library's kernels: the checking state is a static
   argument, so a kernel traced under :func:`checked` keeps its checks and a
@@ -343,6 +349,54 @@ def weights(name: str, w, n: int):
   if w.shape[0] != n:
     raise ValueError(f"{name} must have length {n}, got {w.shape[0]}")
   return w
+
+
+def membership(x, k: int):
+  """Cluster memberships of a pool with ``k`` clusters: [n] integer indices
+  or [n, k] probabilities (as ``membership``, the name every routing
+  function gives them)."""
+  x = array("membership", x, ndim=(1, 2),
+            shape_doc="[n] (clusters) or [n, k] (probabilities)")
+  if x.ndim == 2:
+    float_array("membership", x, ndim=2, shape_doc="[n, k]")
+    if x.shape[1] != k:
+      raise ValueError(f"membership must have {k} columns like psi has rows, "
+                       f"got shape {x.shape}")
+  elif not jnp.issubdtype(x.dtype, jnp.integer):
+    raise ValueError("membership must hold integer cluster indices when 1-d")
+  return x
+
+
+def membership_dtype(membership, *arrays) -> np.dtype:
+  """:func:`compute_dtype` of ``arrays`` and a soft ``membership`` (hard
+  indices are integers and do not count)."""
+  return compute_dtype(membership if membership.ndim == 2 else None, *arrays)
+
+
+def availability(pool_mask, m: int):
+  """[m] bool: which LLMs a traced computation may route to (all of them
+  for None)."""
+  return jnp.ones((m,), bool) if pool_mask is None else pool_mask.astype(bool)
+
+
+def require_membership(membership, k: int, where: str) -> None:
+  """:func:`require` that hard memberships are indices in [0, k) and soft
+  ones non-negative."""
+  if membership.ndim == 1:
+    require(jnp.all((membership >= 0) & (membership < k)),
+            f"{where}: membership must hold cluster indices in [0, {k})")
+  else:
+    require(jnp.all(membership >= 0),
+            f"{where}: membership must be non-negative")
+
+
+def require_costs(cost, lambdas=None, where: str = "route") -> None:
+  """:func:`require` that costs are finite and non-negative, and so are
+  the lambdas when given."""
+  require(jnp.all(cost >= 0) & jnp.all(jnp.isfinite(cost)),
+          f"{where}: cost must be finite and non-negative")
+  if lambdas is not None:
+    require(jnp.all(lambdas >= 0), f"{where}: lambdas must be non-negative")
 
 
 def scalar(name: str, x):

@@ -83,7 +83,7 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
     Array([[0.5, 1. ],
            [0. , 0. ]], dtype=float32)
   """
-  if _is_empirical_bayes(prior_strength):
+  if is_empirical_bayes(prior_strength):
     return cluster_posterior(membership, loss, num_clusters=num_clusters,
                              mask=mask, weights=weights).errors
   membership, loss, mask, weights, k, dtype = _check_errors_args(
@@ -92,7 +92,29 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
                          num_clusters=k, dtype=dtype)
 
 
-def _is_empirical_bayes(prior_strength) -> bool:
+def prior_rule(value, name: str = "psi_prior"):
+  """A rule for the Psi of LLMs added later, as a router stores it (static
+  metadata, so host values only): None (plain means), a finite non-negative
+  number, or :data:`EMPIRICAL_BAYES`. ``ValueError`` naming ``name``
+  otherwise."""
+  if value is None or (isinstance(value, str) and value == EMPIRICAL_BAYES):
+    return value
+  if isinstance(value, jax.Array):
+    raise ValueError(f"{name} must be a host number (it is the router's "
+                     f"static metadata), got a JAX array")
+  if isinstance(value, (str, bool, np.bool_)) or np.ndim(value) != 0 or not (
+      np.issubdtype(np.asarray(value).dtype, np.number)):
+    raise ValueError(f"{name} must be None, a non-negative number or "
+                     f"{EMPIRICAL_BAYES!r}, got {value!r}")
+  number = float(value)
+  if not 0.0 <= number < float("inf"):
+    raise ValueError(f"{name} must be a non-negative number, got {number}")
+  return number
+
+
+def is_empirical_bayes(prior_strength) -> bool:
+  """Whether ``prior_strength`` asks for :data:`EMPIRICAL_BAYES`; a string
+  that is not it raises ``ValueError``."""
   if isinstance(prior_strength, str):
     if prior_strength != EMPIRICAL_BAYES:
       raise ValueError(f"prior_strength must be a non-negative number or "
@@ -147,8 +169,11 @@ def mean_loss(loss, mask, w=None):
   return jnp.where(total > 0, sums / jnp.where(total > 0, total, 1.0), 1.0)
 
 
-def _cluster_sums(phi, loss, mask, w):
-  """(counts, loss sums [k, m], overall [m]) of memberships ``phi`` [n, k]."""
+def cluster_sums(phi, loss, mask, w):
+  """(labelled weight, weighted loss sums [k, m], each LLM's overall error
+  [m]) of memberships ``phi`` [n, k], ``loss`` and ``mask`` [n, m] and
+  weights ``w`` [n], all traced and in one dtype: the sums every Psi here
+  (and Psi-star in :mod:`uniroute_jax.risk`) is made of."""
   labelled = mask * w[:, None]
   counts = jnp.matmul(phi.T, labelled, precision=PRECISION)
   sums = jnp.matmul(phi.T, jnp.where(mask, loss, 0.0) * w[:, None],
@@ -187,7 +212,7 @@ def _cluster_errors(membership, loss, mask, w, prior_strength, *,
                                dtype)
   checks.require(prior_strength >= 0, "cluster_errors: prior_strength must be "
                  "non-negative, got {}", prior_strength)
-  counts, sums, overall = _cluster_sums(phi, loss, mask, w)
+  counts, sums, overall = cluster_sums(phi, loss, mask, w)
   overall_row = overall[None, :]
   denom = counts + prior_strength
   psi = jnp.where(denom > 0,
@@ -302,7 +327,7 @@ def cluster_posterior(membership, loss, *, num_clusters: int | None = None,
     Array([[0.75 , 0.125],
            [0.25 , 0.375]], dtype=float32)
   """
-  if _is_empirical_bayes(prior_strength):
+  if is_empirical_bayes(prior_strength):
     prior_strength = None
   membership, loss, mask, weights, k, dtype = _check_errors_args(
       membership, loss, num_clusters, mask, weights, prior_strength)
@@ -444,7 +469,7 @@ def _cluster_posterior(membership, loss, mask, w, prior_strength, *,
                        num_clusters: int, dtype):
   phi, loss, mask, w = _inputs(membership, loss, mask, w, num_clusters, dtype,
                                "cluster_posterior")
-  counts, sums, overall = _cluster_sums(phi, loss, mask, w)
+  counts, sums, overall = cluster_sums(phi, loss, mask, w)
   # Weights count prompts only relatively: the Beta parameters are in
   # effective prompts, (sum w)^2 / sum w^2 in all, so a rescaled weight
   # vector gives the same posterior.

@@ -31,7 +31,6 @@ import jax
 import numpy as np
 
 from uniroute_jax import checks, cluster_map, features, protocol
-from uniroute_jax import router as router_module
 from uniroute_jax.router import Router
 from uniroute_jax.types import RoutingData
 
@@ -155,7 +154,7 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
     raise ValueError("maps must name at least one map kind")
   for kind in maps:
     candidate_method(kind)
-  prior_strength = router_module._check_prior(prior_strength)
+  prior_strength = features.prior_rule(prior_strength, "prior_strength")
   n = data.num_prompts
   n_train, n_rep, _ = protocol.split_sizes(n, representative_frac,
                                            holdout_frac)

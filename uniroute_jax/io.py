@@ -27,7 +27,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from uniroute_jax import maps
+from uniroute_jax import features, maps
 
 FORMAT = "uniroute_jax.Router"
 # Version 4 adds the rule that estimates Psi of LLMs added later
@@ -349,14 +349,8 @@ def _contents(meta: dict, arrays: dict, map_types: dict) -> RouterContents:
   if embedder is not None and not isinstance(embedder, dict):
     raise ValueError(f"saved Router metadata 'embedder' must be a mapping, "
                      f"got {embedder!r}")
-  psi_prior = meta.get("psi_prior")
-  if psi_prior is not None and not (
-      psi_prior == "empirical_bayes" or (
-          isinstance(psi_prior, (int, float)) and not isinstance(psi_prior, bool)
-          and 0 <= psi_prior < float("inf"))):
-    raise ValueError(f"saved Router metadata 'psi_prior' must be a "
-                     f"non-negative number or 'empirical_bayes', got "
-                     f"{psi_prior!r}")
+  psi_prior = features.prior_rule(meta.get("psi_prior"),
+                                  "saved Router metadata 'psi_prior'")
   return RouterContents(cluster_map, tuple(models), psi, cost, embedder,
                         counts, representatives, psi_prior)
 

@@ -150,7 +150,7 @@ def _cluster_rule(membership, psi, loss, cost):
   """The shapes of a cluster rule's arguments, checked: (membership, psi,
   loss, cost, n, m)."""
   psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
-  membership = routing._check_membership(membership, psi.shape[0])
+  membership = checks.membership(membership, psi.shape[0])
   loss, cost, n, m = _loss_and_cost(loss, cost)
   checks.same_size("membership", membership.shape[0], "loss", n, "prompts")
   checks.same_size("psi", psi.shape[1], "loss", m, "LLMs")
@@ -231,7 +231,7 @@ def excess_decomposition(membership, psi, loss, cost, lambdas, *, mask=None,
   return _excess_decomposition(
       membership, psi, loss, cost, lambdas,
       *_common(n, m, mask, pool_mask, weights, routing_cost),
-      dtype=routing._dtype(membership, psi, loss, cost))
+      dtype=checks.membership_dtype(membership, psi, loss, cost))
 
 
 def area_decomposition(membership, psi, loss, cost, *, mask=None,
@@ -250,7 +250,7 @@ def area_decomposition(membership, psi, loss, cost, *, mask=None,
   return _area_decomposition(
       membership, psi, loss, cost,
       *_common(n, m, mask, pool_mask, weights, routing_cost),
-      dtype=routing._dtype(membership, psi, loss, cost))
+      dtype=checks.membership_dtype(membership, psi, loss, cost))
 
 
 def impurity_bound(membership, error_probability, *, num_clusters: int,
@@ -408,12 +408,12 @@ def _prepare(loss, cost, mask, pool_mask, w, routing_cost, dtype):
   n, m = loss.shape
   loss, cost = loss.astype(dtype), cost.astype(dtype)
   mask = jnp.ones((n, m), bool) if mask is None else mask.astype(bool)
-  pool = routing._pool(pool_mask, m)
+  pool = checks.availability(pool_mask, m)
   w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
   checks.require(jnp.all(jnp.where(mask, (loss >= 0) & (loss <= 1), True)),
                  "excess risk: loss must lie in [0, 1] where labelled")
   checks.require(jnp.all(w >= 0), "excess risk: weights must be non-negative")
-  routing._require_costs(cost, None, "excess risk")
+  checks.require_costs(cost, None, "excess risk")
   if routing_cost is not None:
     checks.require(jnp.all(jnp.isfinite(routing_cost) & (routing_cost >= 0)),
                    "excess risk: routing_cost must be finite and non-negative")
@@ -434,7 +434,7 @@ def _mean(values, w):
 
 def _rule_risk(gamma, loss, cost, route_cost, lambdas, pool, w):
   grid = jnp.atleast_1d(lambdas)
-  choice = routing._choose(gamma, route_cost, grid, pool)    # [L, n]
+  choice = routing.choose_models(gamma, route_cost, grid, pool_mask=pool)  # [L, n]
   index = jnp.maximum(choice, 0)
   rows = jnp.arange(loss.shape[0])
   paid = loss[rows, index] + grid[:, None] * cost[rows, index]
@@ -474,7 +474,7 @@ def _psi_star(membership, loss, mask, w, num_clusters, dtype):
   """Psi-star: the clusters' errors on the prompts that count."""
   phi = (jax.nn.one_hot(membership, num_clusters, dtype=dtype)
          if membership.ndim == 1 else membership.astype(dtype))
-  counts, sums, overall = features._cluster_sums(phi, loss, mask, w)
+  counts, sums, overall = features.cluster_sums(phi, loss, mask, w)
   return jnp.where(counts > 0, sums / jnp.where(counts > 0, counts, 1.0),
                    overall[None, :])
 
@@ -482,13 +482,14 @@ def _psi_star(membership, loss, mask, w, num_clusters, dtype):
 def _decomposition_inputs(membership, psi, loss, cost, mask, pool_mask, w,
                           routing_cost, dtype):
   psi = psi.astype(dtype)
-  routing._require_membership(membership, psi.shape[0], "excess decomposition")
+  checks.require_membership(membership, psi.shape[0], "excess decomposition")
   loss, cost, route_cost, pool, w = _prepare(loss, cost, mask, pool_mask, w,
                                              routing_cost, dtype)
   membership = membership if membership.ndim == 1 else membership.astype(dtype)
   labelled = jnp.broadcast_to(w[:, None] > 0, loss.shape)
   psi_star = _psi_star(membership, loss, labelled, w, psi.shape[0], dtype)
-  return (routing._gamma(membership, psi), routing._gamma(membership, psi_star),
+  return (routing.predicted_loss(membership, psi),
+          routing.predicted_loss(membership, psi_star),
           psi_star, loss, cost, route_cost, pool, w)
 
 
@@ -520,7 +521,7 @@ def _area_decomposition(membership, psi, loss, cost, mask, pool_mask, w,
   def area(g, ranked_by):
     curve = metrics.deferral_curve(g, loss, cost, pool_mask=pool, weights=w,
                                    routing_cost=ranked_by)
-    return jnp.where(any_weight, metrics._deferral_metrics(curve, None).area,
+    return jnp.where(any_weight, metrics.deferral_metrics(curve).area,
                      jnp.nan)
 
   hat, star = area(gamma, route_cost), area(gamma_star, route_cost)
@@ -533,7 +534,7 @@ def _impurity_bound(membership, eta, pool_mask, w, *, num_clusters, dtype):
   n, m = eta.shape
   eta = eta.astype(dtype)
   w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
-  pool = routing._pool(pool_mask, m)
+  pool = checks.availability(pool_mask, m)
   checks.require(jnp.all((membership >= 0) & (membership < num_clusters)),
                  f"impurity_bound: membership must hold cluster indices in "
                  f"[0, {num_clusters})")
@@ -547,7 +548,7 @@ def _impurity_bound(membership, eta, pool_mask, w, *, num_clusters, dtype):
 def _bound_of(membership, eta, pool, w, num_clusters, dtype):
   everywhere = jnp.ones(eta.shape, bool)
   psi_star = _psi_star(membership, eta, everywhere, w, num_clusters, dtype)
-  known = routing._known_cluster(membership, num_clusters)
+  known = (membership >= 0) & (membership < num_clusters)
   centre = psi_star[jnp.where(known, membership, 0)]
   delta = jnp.where(pool[None, :], jnp.abs(eta - centre), 0.0)
   worst = jnp.where((w > 0) & known, jnp.max(delta, axis=1), 0.0)
@@ -629,5 +630,5 @@ def _impurity_bounds(key, x, loss, clusters, mask, w, *, max_clusters,
   index = jnp.arange(clusters.shape[0])
   # checkify cannot check k-means' while loop under vmap: visit the
   # candidates in turn when checking (or when asked to).
-  batch = None if together == 1 or checks._CHECKING.get() else together
+  batch = None if together == 1 or checks.checking() else together
   return jax.lax.map(one, (clusters, index), batch_size=batch)

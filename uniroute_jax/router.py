@@ -132,7 +132,7 @@ class Router:
          _psi=jnp.asarray(psi, dtype), _cost=jnp.asarray(cost, dtype),
          _counts=jnp.asarray(counts, dtype),
          _embedder=_embedder_text(embedder),
-         _representatives=representatives, _psi_prior=_check_prior(psi_prior))
+         _representatives=representatives, _psi_prior=features.prior_rule(psi_prior))
 
   # ------------------------------------------------------------ construction
 
@@ -234,7 +234,7 @@ class Router:
   def with_psi_prior(self, psi_prior) -> "Router":
     """The same router, estimating the Psi of LLMs added later with
     ``psi_prior`` (the pool's Psi is kept as it is)."""
-    return self._replaced(_psi_prior=_check_prior(psi_prior))
+    return self._replaced(_psi_prior=features.prior_rule(psi_prior))
 
   # ---------------------------------------------------------------- embedder
 
@@ -650,24 +650,6 @@ def _embedder_text(embedder) -> str | None:
 
 
 # ---------------------------------------------------------------- validation
-
-
-def _check_prior(psi_prior):
-  """A Psi prior as stored: None, a non-negative float or
-  ``"empirical_bayes"``."""
-  if psi_prior is None or psi_prior == features.EMPIRICAL_BAYES:
-    return psi_prior
-  if isinstance(psi_prior, str) or isinstance(psi_prior, bool):
-    raise ValueError(f"psi_prior must be None, a non-negative number or "
-                     f"{features.EMPIRICAL_BAYES!r}, got {psi_prior!r}")
-  checks.scalar("psi_prior", psi_prior)
-  if checks.host_values(psi_prior) is None:
-    raise ValueError("psi_prior must be a host number (it is the router's "
-                     "static metadata), got a JAX array")
-  value = float(psi_prior)
-  if not 0.0 <= value < float("inf"):
-    raise ValueError(f"psi_prior must be a non-negative number, got {value}")
-  return value
 
 
 def _warn_thin(names, membership, mask, warn_below: int, k: int, *,

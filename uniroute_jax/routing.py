@@ -103,17 +103,6 @@ def _check_lambdas(lambdas):
                             shape_doc="(a scalar or [L])")
 
 
-def _require_costs(cost, lambdas=None, where: str = "route"):
-  checks.require(jnp.all(cost >= 0) & jnp.all(jnp.isfinite(cost)),
-                 f"{where}: cost must be finite and non-negative")
-  if lambdas is not None:
-    checks.require(jnp.all(lambdas >= 0),
-                   f"{where}: lambdas must be non-negative")
-
-
-def _pool(pool_mask, m: int):
-  """[m] bool availability (all True for None)."""
-  return jnp.ones((m,), bool) if pool_mask is None else pool_mask.astype(bool)
 
 
 def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
@@ -211,8 +200,9 @@ def _choose(gamma, cost, lambdas, pool):
 @checks.kernel(static_argnames=("dtype",))
 def _choose_jit(gamma, cost, lambdas, pool_mask, *, dtype):
   gamma, cost, lambdas = (a.astype(dtype) for a in (gamma, cost, lambdas))
-  _require_costs(cost, lambdas, "choose_models")
-  return _choose(gamma, cost, lambdas, _pool(pool_mask, gamma.shape[1]))
+  checks.require_costs(cost, lambdas, "choose_models")
+  return _choose(gamma, cost, lambdas,
+                 checks.availability(pool_mask, gamma.shape[1]))
 
 
 def predicted_loss(membership, psi) -> Array:
@@ -227,28 +217,11 @@ def predicted_loss(membership, psi) -> Array:
     [n, m]; a row is NaN where a hard cluster index lies outside [0, k).
   """
   psi = checks.float_array("psi", psi, ndim=2, shape_doc="[k, m]")
-  membership = _check_membership(membership, psi.shape[0])
-  return _predicted_loss_jit(membership, psi, dtype=_dtype(membership, psi))
+  membership = checks.membership(membership, psi.shape[0])
+  return _predicted_loss_jit(membership, psi,
+                            dtype=checks.membership_dtype(membership, psi))
 
 
-def _dtype(membership, psi, *more):
-  soft = membership if membership.ndim == 2 else None
-  return checks.compute_dtype(psi, soft, *more)
-
-
-def _check_membership(membership, k: int):
-  membership = checks.array(
-      "membership", membership, ndim=(1, 2),
-      shape_doc="[n] (clusters) or [n, k] (probabilities)")
-  if membership.ndim == 2:
-    checks.float_array("membership", membership, ndim=2, shape_doc="[n, k]")
-    if membership.shape[1] != k:
-      raise ValueError(
-          f"membership must have {k} columns like psi has rows, "
-          f"got shape {membership.shape}")
-  elif not jnp.issubdtype(membership.dtype, jnp.integer):
-    raise ValueError("membership must hold integer cluster indices when 1-d")
-  return membership
 
 
 def _gamma(membership, psi):
@@ -266,19 +239,11 @@ def _known_cluster(membership, k: int):
   return (membership >= 0) & (membership < k)
 
 
-def _require_membership(membership, k: int, where: str):
-  if membership.ndim == 1:
-    checks.require(jnp.all((membership >= 0) & (membership < k)),
-                   f"{where}: membership must hold cluster indices in [0, {k})")
-  else:
-    checks.require(jnp.all(membership >= 0),
-                   f"{where}: membership must be non-negative")
-
 
 @checks.kernel(static_argnames=("dtype",))
 def _predicted_loss_jit(membership, psi, *, dtype):
   psi = psi.astype(dtype)
-  _require_membership(membership, psi.shape[0], "predicted_loss")
+  checks.require_membership(membership, psi.shape[0], "predicted_loss")
   membership = membership if membership.ndim == 1 else membership.astype(dtype)
   return _gamma(membership, psi)
 
@@ -316,23 +281,23 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
   if k < 1:
     raise ValueError(f"psi must have at least one cluster (row), got shape "
                      f"{tuple(psi.shape)}")
-  membership = _check_membership(membership, k)
+  membership = checks.membership(membership, k)
   n = membership.shape[0]
   cost = checks.cost("cost", cost, n, m)
   lambdas = _check_lambdas(lambdas)
   pool_mask = _check_pool(pool_mask, m)
   return _route(membership, psi, cost, lambdas, pool_mask,
-                dtype=_dtype(membership, psi, cost))
+                dtype=checks.membership_dtype(membership, psi, cost))
 
 
 @checks.kernel(static_argnames=("dtype",))
 def _route(membership, psi, cost, lambdas, pool_mask, *, dtype):
   psi, cost, lambdas = (a.astype(dtype) for a in (psi, cost, lambdas))
   k, m = psi.shape
-  _require_membership(membership, k, "route")
+  checks.require_membership(membership, k, "route")
   checks.require(jnp.all(jnp.isfinite(psi)), "route: psi must be finite")
-  _require_costs(cost, lambdas, "route")
-  pool = _pool(pool_mask, m)
+  checks.require_costs(cost, lambdas, "route")
+  pool = checks.availability(pool_mask, m)
   checks.require(jnp.any(pool), "route: pool_mask must leave an LLM available")
   if membership.ndim == 1 and cost.ndim == 1:
     # Hard clusters and one cost per LLM: every prompt of a cluster gets the
@@ -380,8 +345,8 @@ def _switch_path_jit(gamma_, cost, pool_mask, *, dtype):
   gamma_, cost = gamma_.astype(dtype), cost.astype(dtype)
   checks.require(jnp.all(jnp.isfinite(gamma_)),
                  "switch_path: predicted_loss must be finite")
-  _require_costs(cost, None, "switch_path")
-  pool = _pool(pool_mask, gamma_.shape[1])
+  checks.require_costs(cost, None, "switch_path")
+  pool = checks.availability(pool_mask, gamma_.shape[1])
   n, m = gamma_.shape
   cost = jnp.broadcast_to(cost, gamma_.shape)
   available = pool[None, :]

@@ -174,7 +174,7 @@ def onboarding_curve(key, data: RoutingData, *, sizes: Sequence[int | None] =
     clusters = default_cluster_grid(n_train, n_val)
   clusters = candidate_array("clusters", clusters, n_train,
                              f"the number of training prompts ({n_train})")
-  empirical_bayes = features._is_empirical_bayes(prior_strength)
+  empirical_bayes = features.is_empirical_bayes(prior_strength)
   if empirical_bayes:
     prior_strength = 0.0
   checks.scalar("prior_strength", prior_strength)
