@@ -195,6 +195,38 @@ def test_module_entry_point_runs():
   assert help_.returncode == 0 and "--test-llm-frac" in help_.stdout
 
 
+def test_commands_keep_compiled_programs_for_the_next_one(tmp_path):
+  """A command leaves its compiled programs in xla/ beside the embedding
+  cache (off with UNIROUTE_COMPILATION_CACHE=0); a cache the user set up
+  wins and is left as it is."""
+  from uniroute_jax import Router
+  from uniroute_jax.cli import common
+  x = np.asarray(jax.random.normal(jax.random.key(0), (40, 3)), np.float32)
+  loss = (x[:, :2] > 0).astype(np.float32)
+  router = Router(centroids=x[:3]).add_models(
+      ["a", "b"], x, loss, np.array([1.0, 2.0], np.float32), warn_below=None)
+  router.save(tmp_path / "r.npz")
+  np.save(tmp_path / "p.npy", x[:5])
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  for off in ("1", "0"):
+    cache = tmp_path / f"cache{off}"
+    result = subprocess.run(
+        [sys.executable, "-m", "uniroute_jax", "route", str(tmp_path / "r.npz"),
+         str(tmp_path / "p.npy"), "--lambda", "0.1", "-o",
+         str(tmp_path / f"out{off}.jsonl")],
+        env=dict(env, UNIROUTE_CACHE=str(cache),
+                 UNIROUTE_COMPILATION_CACHE=off),
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    programs = list((cache / "xla").glob("*")) if (cache / "xla").exists() else []
+    assert bool(programs) == (off == "1"), programs
+  # This session's own cache (set up by conftest.py) is the user's: kept.
+  own = jax.config.jax_compilation_cache_dir
+  assert own
+  common.use_compilation_cache()
+  assert jax.config.jax_compilation_cache_dir == own
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt, folder", [("embedllm", "mmlu_pro"),
                                          ("routerbench", "routerbench")])

@@ -93,6 +93,7 @@ def _command(argv) -> int:
   if args.command is None:
     parser.print_help()
     return common.EXIT_USAGE
+  common.use_compilation_cache()
   return handlers[args.command](args)
 
 

@@ -203,6 +203,35 @@ def error_text(err: Exception) -> str:
 interrupted = [False]
 
 
+# The most a command leaves of compiled programs for the next ones (the
+# least recently used go first).
+COMPILATION_CACHE_BYTES = 512 * 2**20
+
+
+def use_compilation_cache() -> None:
+  """Keeps XLA's compiled programs on disk, in ``xla/`` beside the
+  embedding cache, so that the next command on data of the same shapes
+  skips compiling them: most of a short command's time. A cache the user
+  set up (``JAX_COMPILATION_CACHE_DIR``) wins; ``UNIROUTE_COMPILATION_CACHE=0``
+  turns it off, and a folder that cannot be written leaves it off."""
+  import jax
+
+  from uniroute_jax.encoder.cache import default_cache_path
+  if (os.environ.get("UNIROUTE_COMPILATION_CACHE", "1") == "0"
+      or jax.config.jax_compilation_cache_dir):
+    return
+  folder = os.path.join(os.path.dirname(default_cache_path()), "xla")
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError:
+    return
+  if not os.access(folder, os.W_OK):
+    return
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+
+
 def on_interrupt(signum, frame) -> None:
   del signum, frame
   if interrupted[0]:
