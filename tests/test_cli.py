@@ -222,9 +222,24 @@ def test_commands_keep_compiled_programs_for_the_next_one(tmp_path):
     assert bool(programs) == (off == "1"), programs
   # This session's own cache (set up by conftest.py) is the user's: kept.
   own = jax.config.jax_compilation_cache_dir
-  assert own
+  assert own and common.compilation_cache_folder() is None
   common.use_compilation_cache()
   assert jax.config.jax_compilation_cache_dir == own
+
+
+def test_no_compilation_cache_without_filelock(tmp_path, monkeypatch):
+  """JAX keeps a cache within its size only with filelock: without it,
+  commands compile as they would without a cache, and never fail."""
+  from uniroute_jax.cli import common
+  monkeypatch.setenv("UNIROUTE_CACHE", str(tmp_path))
+  own = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", None)   # nothing compiles here
+  try:
+    assert common.compilation_cache_folder() == str(tmp_path / "xla")
+    monkeypatch.setitem(sys.modules, "filelock", None)
+    assert common.compilation_cache_folder() is None
+  finally:
+    jax.config.update("jax_compilation_cache_dir", own)
 
 
 @pytest.mark.slow

@@ -208,24 +208,38 @@ interrupted = [False]
 COMPILATION_CACHE_BYTES = 512 * 2**20
 
 
-def use_compilation_cache() -> None:
-  """Keeps XLA's compiled programs on disk, in ``xla/`` beside the
-  embedding cache, so that the next command on data of the same shapes
-  skips compiling them: most of a short command's time. A cache the user
-  set up (``JAX_COMPILATION_CACHE_DIR``) wins; ``UNIROUTE_COMPILATION_CACHE=0``
-  turns it off, and a folder that cannot be written leaves it off."""
+def compilation_cache_folder() -> str | None:
+  """Where commands keep XLA's compiled programs, so that the next command
+  on data of the same shapes skips compiling them (most of a short
+  command's time): ``xla/`` beside the embedding cache. None when the user
+  set up a cache of their own (``JAX_COMPILATION_CACHE_DIR``: it wins),
+  turned it off (``UNIROUTE_COMPILATION_CACHE=0``), when the folder cannot
+  be written, or without the ``filelock`` package (the ``text`` extra
+  brings it), which JAX needs to keep the cache within its size."""
   import jax
 
   from uniroute_jax.encoder.cache import default_cache_path
   if (os.environ.get("UNIROUTE_COMPILATION_CACHE", "1") == "0"
       or jax.config.jax_compilation_cache_dir):
-    return
+    return None
+  try:
+    import filelock  # noqa: F401
+  except ImportError:
+    return None
   folder = os.path.join(os.path.dirname(default_cache_path()), "xla")
   try:
     os.makedirs(folder, exist_ok=True)
   except OSError:
-    return
-  if not os.access(folder, os.W_OK):
+    return None
+  return folder if os.access(folder, os.W_OK) else None
+
+
+def use_compilation_cache() -> None:
+  """Turns on the cache of :func:`compilation_cache_folder`, if any, for
+  every program this process compiles from now on."""
+  import jax
+  folder = compilation_cache_folder()
+  if folder is None:
     return
   jax.config.update("jax_compilation_cache_dir", folder)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
