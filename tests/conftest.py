@@ -21,21 +21,6 @@ for _flag, _value in TEST_XLA_FLAGS.items():
     os.environ["XLA_FLAGS"] = (
         f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip())
 
-# Test modules free their compiled programs when they end (below), and the
-# two worker processes and the commands some tests start compile on their
-# own, so one program is compiled many times over in a run. A compilation
-# cache on disk, for this run only, turns the repeats into reads: set up by
-# the first process, inherited by the workers and children through the
-# environment, removed by its owner at the end. A user's own cache wins.
-_CACHE = "JAX_COMPILATION_CACHE_DIR"
-_CACHE_OWNER = "UNIROUTE_TEST_CACHE_OWNER"
-if _CACHE not in os.environ:
-  os.environ[_CACHE] = tempfile.mkdtemp(prefix="uniroute-jax-test-xla-")
-  os.environ[_CACHE_OWNER] = str(os.getpid())
-  # Every program, not only those that compiled for a second or more: the
-  # suite's many small programs add up.
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
 import jax  # noqa: E402
 import numpy as np
 import pytest
@@ -50,10 +35,51 @@ DTYPES = (np.float32, np.float64)
 RTOL = {np.float32: 2e-5, np.float64: 1e-10}
 
 
+# Test modules free their compiled programs when they end (below), so a
+# program several modules use is compiled again in each. A compilation cache
+# on disk turns the repeats into reads: one per process that runs tests
+# (each xdist worker has its own, so no two processes write one at once),
+# inherited through the environment by the commands a test starts and waits
+# for, and removed at the end; a folder left by a process that was killed is
+# removed by the next run. A user's own cache wins.
+_CACHE = "JAX_COMPILATION_CACHE_DIR"
+_CACHE_PREFIX = "uniroute-jax-test-xla-"
+_cache_folder = []
+
+
+def _remove_orphaned_caches() -> None:
+  for entry in os.scandir(tempfile.gettempdir()):
+    if not entry.name.startswith(_CACHE_PREFIX):
+      continue
+    try:
+      os.kill(int(entry.name[len(_CACHE_PREFIX):].split("-")[0]), 0)
+    except ProcessLookupError:
+      shutil.rmtree(entry.path, ignore_errors=True)
+    except (ValueError, PermissionError):
+      pass   # not ours, or a live process of another user
+
+
+def pytest_configure(config):
+  controller = (not hasattr(config, "workerinput")
+                and config.getoption("numprocesses", None))
+  if controller or os.environ.get(_CACHE):
+    return
+  _remove_orphaned_caches()
+  folder = tempfile.mkdtemp(prefix=f"{_CACHE_PREFIX}{os.getpid()}-")
+  _cache_folder.append(folder)
+  os.environ[_CACHE] = folder
+  # Every program, not only those that compiled for a second or more: the
+  # suite's many small programs add up.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
 def pytest_unconfigure(config):
   del config
-  if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
-    shutil.rmtree(os.environ[_CACHE], ignore_errors=True)
+  for folder in _cache_folder:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

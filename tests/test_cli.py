@@ -227,15 +227,23 @@ def test_commands_keep_compiled_programs_for_the_next_one(tmp_path):
   assert jax.config.jax_compilation_cache_dir == own
 
 
-def test_no_compilation_cache_without_filelock(tmp_path, monkeypatch):
-  """JAX keeps a cache within its size only with filelock: without it,
-  commands compile as they would without a cache, and never fail."""
+def test_compilation_cache_switches(tmp_path, monkeypatch):
+  """Off when asked, for main() called from Python, and without filelock
+  (JAX keeps a cache within its size only with it): commands then compile
+  as they would without a cache, and never fail."""
   from uniroute_jax.cli import common
   monkeypatch.setenv("UNIROUTE_CACHE", str(tmp_path))
   own = jax.config.jax_compilation_cache_dir
   jax.config.update("jax_compilation_cache_dir", None)   # nothing compiles here
   try:
     assert common.compilation_cache_folder() == str(tmp_path / "xla")
+    for off in ("0", "off", "False"):
+      monkeypatch.setenv("UNIROUTE_COMPILATION_CACHE", off)
+      assert common.compilation_cache_folder() is None
+    monkeypatch.delenv("UNIROUTE_COMPILATION_CACHE")
+    # main() from a Python session leaves its JAX settings alone.
+    assert cli.main(["models", str(tmp_path / "missing.npz")]) == 2
+    assert jax.config.jax_compilation_cache_dir is None
     monkeypatch.setitem(sys.modules, "filelock", None)
     assert common.compilation_cache_folder() is None
   finally:

@@ -390,32 +390,54 @@ def test_protocol_search_runs_under_the_users_jit():
 
 def test_no_module_reaches_into_another_modules_private_names():
   """What one module needs of another is public and documented: no
-  ``module._name`` access or ``from module import _name`` across modules."""
+  ``module._name`` (or ``package.module._name``) access and no
+  ``from module import _name`` across modules. NamedTuple's own methods
+  (``_replace``, ``_asdict``, ...) are public API."""
   import ast
   import importlib
   import pathlib
   import types
+  namedtuple_api = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
   root = pathlib.Path(ur.__file__).parent
+
+  def absolute(node, path):
+    if not node.level:
+      return node.module or ""
+    package = ["uniroute_jax", *path.relative_to(root).parent.parts]
+    package = package[:len(package) - node.level + 1]
+    return ".".join(package + ([node.module] if node.module else []))
+
   offenders = []
   for path in sorted(root.rglob("*.py")):
     tree = ast.parse(path.read_text(), filename=str(path))
     modules = set()
     for node in ast.walk(tree):
       if isinstance(node, ast.Import):
-        modules.update((a.asname or a.name).split(".")[0] for a in node.names
-                       if a.name.startswith("uniroute_jax"))
-      elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-          "uniroute_jax"):
         for a in node.names:
-          if isinstance(getattr(importlib.import_module(node.module), a.name,
-                                None), types.ModuleType):
+          if a.name.startswith("uniroute_jax"):
+            modules.add((a.asname or a.name).split(".")[0])
+            if any(p.startswith("_") and not p.startswith("__")
+                   for p in a.name.split(".")):
+              offenders.append(f"{path.name}:{node.lineno} imports {a.name}")
+      elif isinstance(node, ast.ImportFrom):
+        source = absolute(node, path)
+        if not source.startswith("uniroute_jax"):
+          continue
+        for a in node.names:
+          if isinstance(getattr(importlib.import_module(source), a.name, None),
+                        types.ModuleType):
             modules.add(a.asname or a.name)
-          elif a.name.startswith("_"):
-            offenders.append(f"{path.name}:{node.lineno} imports {a.name}")
-    offenders += [
-        f"{path.name}:{node.lineno} reads {node.value.id}.{node.attr}"
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-        and node.value.id in modules and node.attr.startswith("_")
-        and not node.attr.startswith("__")]
+          if a.name.startswith("_") and not a.name.startswith("__"):
+            offenders.append(f"{path.name}:{node.lineno} imports {a.name} "
+                             f"from {source}")
+    for node in ast.walk(tree):
+      if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+              and not node.attr.startswith("__")
+              and node.attr not in namedtuple_api):
+        continue
+      base = node.value
+      while isinstance(base, ast.Attribute):
+        base = base.value
+      if isinstance(base, ast.Name) and base.id in modules:
+        offenders.append(f"{path.name}:{node.lineno} reads {ast.unparse(node)}")
   assert not offenders, offenders

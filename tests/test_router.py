@@ -792,7 +792,8 @@ def test_the_routers_psi_prior_is_used_for_llms_added_later_and_saved(tmp_path):
     assert Router.load(path).psi_prior == prior
     flat, tree = jax.tree.flatten(router)
     assert jax.tree.unflatten(tree, flat).psi_prior == prior
-  for bad in (-1.0, "auto", True, jnp.float32(1.0)):
+  for bad in (-1.0, "auto", True, jnp.float32(1.0), 1 + 0j, np.complex64(2),
+              np.timedelta64(3), np.inf, np.nan, [1.0]):
     with pytest.raises(ValueError, match="psi_prior must be"):
       Router(centroids=centroids, psi_prior=bad)
   # A version-3 file (before the rule was saved) onboards with plain means.

@@ -102,13 +102,14 @@ def prior_rule(value, name: str = "psi_prior"):
   if isinstance(value, jax.Array):
     raise ValueError(f"{name} must be a host number (it is the router's "
                      f"static metadata), got a JAX array")
-  if isinstance(value, (str, bool, np.bool_)) or np.ndim(value) != 0 or not (
-      np.issubdtype(np.asarray(value).dtype, np.number)):
+  if isinstance(value, (str, bool, np.bool_)) or np.ndim(value) != 0 or (
+      np.asarray(value).dtype.kind not in "iuf"):
     raise ValueError(f"{name} must be None, a non-negative number or "
                      f"{EMPIRICAL_BAYES!r}, got {value!r}")
   number = float(value)
   if not 0.0 <= number < float("inf"):
-    raise ValueError(f"{name} must be a non-negative number, got {number}")
+    raise ValueError(f"{name} must be a finite non-negative number, got "
+                     f"{number}")
   return number
 
 

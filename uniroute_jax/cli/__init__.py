@@ -93,7 +93,6 @@ def _command(argv) -> int:
   if args.command is None:
     parser.print_help()
     return common.EXIT_USAGE
-  common.use_compilation_cache()
   return handlers[args.command](args)
 
 
@@ -104,7 +103,12 @@ def run() -> None:
   up by then): an interrupt that landed in an XLA compilation or crossed an
   exec() can leave the interpreter's teardown to crash or to re-raise
   SIGINT, which would turn the promised status 130 into 139 or -2.
+
+  Only the program keeps compiled programs on disk
+  (:func:`common.use_compilation_cache`): :func:`main` called from a
+  Python session leaves that session's JAX settings as they are.
   """
+  common.use_compilation_cache()
   code = main()
   if code == EXIT_INTERRUPTED:
     sys.stdout.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report it
@@ -203,24 +204,31 @@ def error_text(err: Exception) -> str:
 interrupted = [False]
 
 
-# The most a command leaves of compiled programs for the next ones (the
-# least recently used go first).
-COMPILATION_CACHE_BYTES = 512 * 2**20
+# The most the program keeps of compiled programs (the least recently used
+# go first), and the shortest compilation worth keeping: JAX scans every
+# entry when it writes one, so thousands of tiny ones would cost more than
+# they save.
+COMPILATION_CACHE_BYTES = 256 * 2**20
+COMPILATION_CACHE_MIN_SECONDS = 0.1
+_OFF = ("0", "false", "no", "off")
 
 
 def compilation_cache_folder() -> str | None:
-  """Where commands keep XLA's compiled programs, so that the next command
-  on data of the same shapes skips compiling them (most of a short
-  command's time): ``xla/`` beside the embedding cache. None when the user
-  set up a cache of their own (``JAX_COMPILATION_CACHE_DIR``: it wins),
-  turned it off (``UNIROUTE_COMPILATION_CACHE=0``), when the folder cannot
-  be written, or without the ``filelock`` package (the ``text`` extra
-  brings it), which JAX needs to keep the cache within its size."""
+  """Where the ``uniroute`` program keeps XLA's compiled programs, so that
+  the next command on data of the same shapes skips compiling them (most
+  of a short command's time): ``xla/`` in the cache folder (``$UNIROUTE_CACHE``,
+  else ``~/.cache/uniroute_jax``). None when the user set up a compilation
+  cache of their own (``JAX_COMPILATION_CACHE_DIR``: it wins) or turned
+  JAX's off (``JAX_ENABLE_COMPILATION_CACHE=false``), when
+  ``UNIROUTE_COMPILATION_CACHE`` is 0 / false / no / off, when the folder
+  cannot be written, or without the ``filelock`` package (in the ``text``
+  extra), which JAX needs to keep the cache within its size."""
   import jax
 
   from uniroute_jax.encoder.cache import default_cache_path
-  if (os.environ.get("UNIROUTE_COMPILATION_CACHE", "1") == "0"
-      or jax.config.jax_compilation_cache_dir):
+  if (os.environ.get("UNIROUTE_COMPILATION_CACHE", "1").strip().lower() in _OFF
+      or jax.config.jax_compilation_cache_dir
+      or not jax.config.jax_enable_compilation_cache):
     return None
   try:
     import filelock  # noqa: F401
@@ -236,13 +244,19 @@ def compilation_cache_folder() -> str | None:
 
 def use_compilation_cache() -> None:
   """Turns on the cache of :func:`compilation_cache_folder`, if any, for
-  every program this process compiles from now on."""
+  every program this process compiles from now on. A damaged entry (a
+  command killed while writing it) is compiled again, and JAX's warning
+  about it is not shown: it changes no result (delete the folder to
+  start afresh)."""
   import jax
   folder = compilation_cache_folder()
   if folder is None:
     return
+  warnings.filterwarnings(
+      "ignore", message=r"Error (reading|writing) persistent compilation cache")
   jax.config.update("jax_compilation_cache_dir", folder)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    COMPILATION_CACHE_MIN_SECONDS)
   jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
 
 
