@@ -49,9 +49,15 @@ def _build_parser():
   return parser, handlers
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, compilation_cache: bool = False) -> int:
   """Runs the command line on ``argv`` (default ``sys.argv[1:]``) and
-  returns its exit status."""
+  returns its exit status.
+
+  ``compilation_cache``: keep compiled programs on disk for the next
+  command (:func:`common.use_compilation_cache`), as the ``uniroute``
+  program does; off by default, so that a Python session calling this
+  keeps its own JAX settings.
+  """
   common.interrupted[0] = False
   previous_hook = sys.unraisablehook
   sys.unraisablehook = common.quiet_when_interrupted
@@ -63,16 +69,16 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
       warnings.filterwarnings("always", module="uniroute_jax")
       warnings.showwarning = common.one_line_warning
-      return _main(argv)
+      return _main(argv, compilation_cache)
   finally:
     sys.unraisablehook = previous_hook
     if previous_handler is not None:
       signal.signal(signal.SIGINT, previous_handler)
 
 
-def _main(argv) -> int:
+def _main(argv, compilation_cache: bool) -> int:
   try:
-    code = _command(argv)
+    code = _command(argv, compilation_cache)
     common.stop_if_interrupted()
     return code
   except common.UsageError as err:
@@ -87,12 +93,16 @@ def _main(argv) -> int:
     return EXIT_INTERRUPTED
 
 
-def _command(argv) -> int:
+def _command(argv, compilation_cache: bool) -> int:
   parser, handlers = _build_parser()
   args = parser.parse_args(argv)
   if args.command is None:
     parser.print_help()
     return common.EXIT_USAGE
+  if compilation_cache:
+    # After parsing (--help imports no JAX) and inside the Ctrl-C handling:
+    # turning the cache on imports JAX.
+    common.use_compilation_cache()
   return handlers[args.command](args)
 
 
@@ -104,12 +114,10 @@ def run() -> None:
   exec() can leave the interpreter's teardown to crash or to re-raise
   SIGINT, which would turn the promised status 130 into 139 or -2.
 
-  Only the program keeps compiled programs on disk
-  (:func:`common.use_compilation_cache`): :func:`main` called from a
-  Python session leaves that session's JAX settings as they are.
+  The program keeps compiled programs on disk for the next command
+  (``main(compilation_cache=True)``).
   """
-  common.use_compilation_cache()
-  code = main()
+  code = main(compilation_cache=True)
   if code == EXIT_INTERRUPTED:
     sys.stdout.flush()
     sys.stderr.flush()
