@@ -404,8 +404,8 @@ class Router:
         A learned map's prompts count in their most probable cluster.
         Spreading the prompts did not reach random prompts' Area with fewer
         prompts on the shared data (``benchmarks/results/onboarding_curve*.md``:
-        a few prompts' worth at best, and worse with 10-25 prompts on
-        RouterBench and MMLU-Pro), so random is the default.
+        a few prompts' worth at best, and worse with 10 prompts on
+        RouterBench and 10-50 on MMLU-Pro), so random is the default.
     """
     rep = self._representatives
     if rep is None:
