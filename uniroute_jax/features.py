@@ -189,15 +189,9 @@ def _inputs(membership, loss, mask, w, num_clusters, dtype, where):
   loss = loss.astype(dtype)
   mask = jnp.ones(loss.shape, bool) if mask is None else mask.astype(bool)
   w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
-  if membership.ndim == 1:
-    checks.require(jnp.all((membership >= 0) & (membership < num_clusters)),
-                   f"{where}: membership must hold cluster indices in "
-                   f"[0, {num_clusters})")
-    phi = jax.nn.one_hot(membership, num_clusters, dtype=dtype)
-  else:
-    phi = membership.astype(dtype)
-    checks.require(jnp.all(phi >= 0), f"{where}: membership must be "
-                   "non-negative")
+  checks.require_membership(membership, num_clusters, where)
+  phi = (jax.nn.one_hot(membership, num_clusters, dtype=dtype)
+         if membership.ndim == 1 else membership.astype(dtype))
   checks.require(jnp.all(jnp.where(mask, (loss >= 0) & (loss <= 1), True)),
                  f"{where}: loss must lie in [0, 1] where labelled")
   checks.require(jnp.all(w >= 0), f"{where}: weights must be non-negative")

@@ -535,9 +535,7 @@ def _impurity_bound(membership, eta, pool_mask, w, *, num_clusters, dtype):
   eta = eta.astype(dtype)
   w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
   pool = checks.availability(pool_mask, m)
-  checks.require(jnp.all((membership >= 0) & (membership < num_clusters)),
-                 f"impurity_bound: membership must hold cluster indices in "
-                 f"[0, {num_clusters})")
+  checks.require_membership(membership, num_clusters, "impurity_bound")
   checks.require(jnp.all((eta >= 0) & (eta <= 1)),
                  "impurity_bound: error_probability must lie in [0, 1]")
   checks.require(jnp.all(w >= 0), "impurity_bound: weights must be "

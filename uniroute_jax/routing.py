@@ -103,8 +103,6 @@ def _check_lambdas(lambdas):
                             shape_doc="(a scalar or [L])")
 
 
-
-
 def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
   """argmin_m predicted_loss[i, m] + lambda * cost[(i,) m] over available LLMs.
 
@@ -222,8 +220,6 @@ def predicted_loss(membership, psi) -> Array:
                             dtype=checks.membership_dtype(membership, psi))
 
 
-
-
 def _gamma(membership, psi):
   """Phi^T Psi: hard indices outside [0, k) give NaN rows, soft memberships
   a matmul at full precision."""
@@ -237,7 +233,6 @@ def _gamma(membership, psi):
 def _known_cluster(membership, k: int):
   """[n] bool: the hard cluster index lies in [0, k)."""
   return (membership >= 0) & (membership < k)
-
 
 
 @checks.kernel(static_argnames=("dtype",))
