@@ -130,7 +130,9 @@ def _batch(arrays, splits: Split, keys, clusters, sizes, prior_strength, *,
     best = jnp.argmax(jnp.where(jnp.isnan(val_area), -jnp.inf, val_area))
     return test_area[best], test_area, clusters[best]
 
-  return jax.lax.map(one, (splits, keys), batch_size=batch)
+  # batch_size=1 would vmap over an axis of one (see running.run_batch).
+  return jax.lax.map(one, (splits, keys), batch_size=None if batch == 1
+                     else batch)
 
 
 def onboarding_curve(key, data: RoutingData, *, sizes: Sequence[int | None] =

@@ -176,9 +176,12 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...],
   # Each method is mapped on its own: one may fill the device best with
   # trials vmapped, another visiting them in turn.
   for method, batch in zip(methods, vectorize):
+    # batch_size=1 would still vmap each trial (over an axis of one): a
+    # batched switch runs every branch and a batched while loop selects
+    # between its states on every step.
     out[method.name] = jax.lax.map(metrics_of(method),
                                    (splits, keys, shared),
-                                   batch_size=batch)
+                                   batch_size=None if batch == 1 else batch)
   return out
 
 
