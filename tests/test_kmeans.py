@@ -354,14 +354,17 @@ def test_padded_fits_vmap_over_the_number_of_clusters():
 
 
 @pytest.mark.parametrize("impl", ["_nearest_block", "_nearest_tile"])
-def test_both_assignment_kernels_match_brute_force(dtype, impl):
-  """The CPU kernel runs on this machine; the generic one serves GPU and TPU.
-  An inactive slot (+inf penalty) is never the nearest."""
+@pytest.mark.parametrize("k", [13, 40])
+def test_both_assignment_kernels_match_brute_force(dtype, impl, k):
+  """The CPU kernel runs on this machine; the generic one serves GPU and TPU
+  (compare-and-select up to 32 centroids, argmin above). An inactive slot
+  (+inf penalty) is never the nearest; ties go to the lower index."""
   rng = np.random.default_rng(6)
   x = rng.normal(size=(301, 9)).astype(dtype)
-  c = rng.normal(size=(13, 9)).astype(dtype)
+  c = rng.normal(size=(k, 9)).astype(dtype)
+  c[7] = c[2]   # an exact tie: the lower index wins
   x_sq = (x * x).sum(1)
-  active = np.arange(13) != 4
+  active = np.arange(k) != 4
   penalty = np.where(active, 0.0, np.inf).astype(dtype)
   cluster, sq = getattr(km, impl)(jnp.asarray(x), jnp.asarray(x_sq),
                                   jnp.asarray(c), jnp.asarray(penalty))
@@ -370,6 +373,30 @@ def test_both_assignment_kernels_match_brute_force(dtype, impl):
   np.testing.assert_array_equal(np.asarray(cluster), d2.argmin(1))
   np.testing.assert_allclose(np.asarray(sq), d2.min(1), rtol=RTOL[dtype] * 10,
                              atol=RTOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("impl", ["_cluster_sums_one_hot",
+                                  "_cluster_sums_scatter"])
+def test_both_centroid_sum_kernels_match_a_numpy_loop(dtype, impl):
+  """The one-hot matmul serves few clusters (and accelerators), the
+  scatter-add more of them on a CPU: both give each cluster's weighted sum
+  and mass, an empty cluster zeros."""
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(203, 5)).astype(dtype)
+  w = rng.uniform(size=203).astype(dtype)
+  cluster = rng.integers(0, 6, size=203).astype(np.int32)
+  cluster[cluster == 3] = 0
+  sums, mass = getattr(km, impl)(jnp.asarray(x * w[:, None]), jnp.asarray(w),
+                                 jnp.asarray(cluster), 7)
+  want_sums = np.zeros((7, 5))
+  want_mass = np.zeros(7)
+  for row, j in enumerate(cluster):
+    want_sums[j] += x[row].astype(np.float64) * w[row]
+    want_mass[j] += w[row]
+  np.testing.assert_allclose(np.asarray(sums), want_sums, rtol=RTOL[dtype] * 10,
+                             atol=RTOL[dtype] * 10)
+  np.testing.assert_allclose(np.asarray(mass), want_mass, rtol=RTOL[dtype] * 10)
+  assert np.all(np.asarray(sums)[[3, 6]] == 0) and np.all(np.asarray(mass)[[3, 6]] == 0)
 
 
 def test_layout_blocks_are_whole_tiles():

@@ -26,6 +26,7 @@ point, and leave every active cluster exactly as an unpadded fit would
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -76,8 +77,15 @@ class Assignment(NamedTuple):
 
 
 # Up to this many clusters the centroid update is a one-hot matmul, above it
-# a scatter-add (the matmul's cost grows with k, the scatter's does not).
+# a scatter-add (the matmul's cost grows with k, the scatter's does not). On
+# a CPU the scatter-add over a plain array already wins above 8 clusters
+# (at 7219 x 384: 0.45 ms against 1.1 ms for the matmul at k = 24).
 _MATMUL_UPDATE_MAX_K = 32
+_CPU_MATMUL_UPDATE_MAX_K = 8
+
+# Up to this many centroids the nearest one is found by compare-and-select
+# over the score columns: XLA:CPU runs an argmin reduction as scalar code.
+_UNROLLED_ARGMIN_MAX_K = 32
 
 # The CPU tile kernel pays off above this many centroids (measured on
 # n = 7k and 100k rows of 384 dims).
@@ -107,11 +115,20 @@ def _inactive_penalty(active, dtype):
 
 def _nearest_block(x, x_sq, centroids, penalty):
   """Nearest centroid for a block of (centred) rows: ([b] int32, [b])."""
+  k = centroids.shape[0]
   c_sq = jnp.sum(centroids * centroids, axis=1) + penalty
   cross = jnp.matmul(x, centroids.T, precision=PRECISION)
   partial = c_sq[None, :] - 2.0 * cross
-  cluster = jnp.argmin(partial, axis=1).astype(jnp.int32)
-  best = jnp.take_along_axis(partial, cluster[:, None], axis=1)[:, 0]
+  if k <= _UNROLLED_ARGMIN_MAX_K:
+    # Strictly smaller only: ties keep the lower index, as argmin does.
+    best, cluster = partial[:, 0], jnp.zeros(x.shape[0], jnp.int32)
+    for j in range(1, k):
+      closer = partial[:, j] < best
+      best = jnp.where(closer, partial[:, j], best)
+      cluster = jnp.where(closer, j, cluster)
+  else:
+    cluster = jnp.argmin(partial, axis=1).astype(jnp.int32)
+    best = jnp.take_along_axis(partial, cluster[:, None], axis=1)[:, 0]
   return cluster, jnp.maximum(x_sq + best, 0.0)
 
 
@@ -238,6 +255,21 @@ def _random_rows(key, x, w, active):
   return jnp.where(active[:, None], x[rows], 0.0)
 
 
+def _cluster_sums_one_hot(weighted_x, w, cluster, k: int):
+  """([k, d], [k]) weighted row sums and masses of the clusters as one-hot
+  matmuls: the rows are read once, at matmul speed."""
+  one_hot = jax.nn.one_hot(cluster, k, dtype=weighted_x.dtype)
+  return (jnp.matmul(one_hot.T, weighted_x, precision=PRECISION),
+          jnp.matmul(one_hot.T, w, precision=PRECISION))
+
+
+def _cluster_sums_scatter(weighted_x, w, cluster, k: int):
+  """:func:`_cluster_sums_one_hot` as scatter-adds: their cost does not
+  grow with k."""
+  return (jax.ops.segment_sum(weighted_x, cluster, num_segments=k),
+          jax.ops.segment_sum(w, cluster, num_segments=k))
+
+
 def _update_centroids(x, w, cluster, sq_distance, centroids, active,
                       weighted_x=None):
   """Weighted means of the clusters; empty active clusters take the farthest
@@ -250,15 +282,15 @@ def _update_centroids(x, w, cluster, sq_distance, centroids, active,
   k = centroids.shape[0]
   if weighted_x is None:
     weighted_x = x * w[:, None]
-  if k <= _MATMUL_UPDATE_MAX_K:
-    # Few clusters: a one-hot matmul reads the rows once at matmul speed,
-    # where a scatter-add is bound by its per-row bookkeeping.
-    one_hot = jax.nn.one_hot(cluster, k, dtype=x.dtype)
-    sums = jnp.matmul(one_hot.T, weighted_x, precision=PRECISION)
-    mass = jnp.matmul(one_hot.T, w, precision=PRECISION)
+  if k <= _CPU_MATMUL_UPDATE_MAX_K:
+    sums, mass = _cluster_sums_one_hot(weighted_x, w, cluster, k)
+  elif k <= _MATMUL_UPDATE_MAX_K:
+    sums, mass = jax.lax.platform_dependent(
+        weighted_x, w, cluster,
+        cpu=functools.partial(_cluster_sums_scatter, k=k),
+        default=functools.partial(_cluster_sums_one_hot, k=k))
   else:
-    sums = jax.ops.segment_sum(weighted_x, cluster, num_segments=k)
-    mass = jax.ops.segment_sum(w, cluster, num_segments=k)
+    sums, mass = _cluster_sums_scatter(weighted_x, w, cluster, k)
   empty = (mass <= 0) & active
 
   def relocate(state):
