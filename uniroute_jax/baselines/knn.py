@@ -192,16 +192,25 @@ def _knn(query, reference, loss, mask, ks, *, static_ks, k_max, metric, block,
                "knn_predicted_loss_grid")
   checks.require(jnp.all((ks >= 1) & (ks <= k_max)),
                  f"knn: num_neighbors must lie in [1, {k_max}]")
-  positions = jnp.clip(ks.astype(jnp.int32), 1, k_max) - 1
+  ks = jnp.clip(ks.astype(jnp.int32), 1, k_max)
+  m = p.observed.shape[1]
+  # [k_max, len(ks)] 1 where a neighbour's rank is below k: the prefix sums
+  # at the ks as one matmul (a cumulative sum over every rank costs 2.5x).
+  prefix = (jnp.arange(k_max)[:, None] < ks[None, :]).astype(p.observed.dtype)
+  # [2m, v]: gathering columns of the transposed table leaves the ranks
+  # last, where the matmul contracts them without a transpose.
+  table = jnp.concatenate([p.observed, p.labelled], axis=1).T
 
   def block_fn(q):
     # top_k lists neighbours nearest first, so the k nearest are a prefix.
     _, neighbours = jax.lax.top_k(_scores(p, q), k_max)
-    sums = jnp.cumsum(p.observed[neighbours], axis=1)[:, positions]
-    counts = jnp.cumsum(p.labelled[neighbours], axis=1)[:, positions]
+    b = neighbours.shape[0]
+    both = jnp.matmul(table[:, neighbours].reshape(2 * m * b, k_max), prefix,
+                      precision=PRECISION).reshape(2 * m, b, -1)
+    sums, counts = both[:m], both[m:]
     # [b, len(ks), m]
-    return jnp.where(counts > 0, sums / jnp.maximum(counts, 1),
-                     p.overall[:, None])
+    return jnp.transpose(jnp.where(counts > 0, sums / jnp.maximum(counts, 1),
+                                   p.overall.T[:, :, None]), (1, 2, 0))
 
   return jnp.moveaxis(blocks.map_rows(block_fn, (p.query,), block), 1, 0)
 
