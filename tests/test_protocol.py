@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -94,6 +95,33 @@ def test_batched_trials_equal_one_at_a_time(small):
         gap = np.abs(np.asarray(a, np.float64) - other)
         bound = np.broadcast_to(risk_scale, gap.shape) + 1e-6 * np.abs(other)
         assert np.all(gap[both] <= bound[both]), (field, float(gap[both].max()))
+
+
+def test_batches_from_two_threads_equal_one_thread(small):
+  """Batches run from two host threads give the very numbers of one thread,
+  and progress is still reported in order."""
+  splits = protocol.make_trials(jax.random.key(1), 3, small.num_prompts,
+                                small.num_models)
+  kw = dict(methods=routers(clusters=(3, 5), neighbors=(5, 9)),
+            curve_points=101, batch_size=1)
+  seen = []
+  two, pool_two = protocol.run_trials(
+      jax.random.key(2), small, splits, workers=2,
+      on_progress=lambda done, total: seen.append((done, total)), **kw)
+  one, pool_one = protocol.run_trials(jax.random.key(2), small, splits,
+                                      workers=1, **kw)
+  assert seen == [(1, 3), (2, 3), (3, 3)]
+  chex.assert_trees_all_equal(two, one)
+  chex.assert_trees_all_equal(pool_two, pool_one)
+
+
+def test_threads_are_not_used_inside_a_thread_local_jax_option():
+  """JAX's option contexts are thread-local: inside one, a worker thread
+  would trace another program, so run_trials stays on its own thread."""
+  from uniroute_jax.protocol import running
+  assert running._threads_see_this_configuration()
+  with jax.enable_x64(not jax.config.jax_enable_x64):
+    assert not running._threads_see_this_configuration()
 
 
 @pytest.mark.slow
