@@ -275,6 +275,7 @@ def main(argv=None) -> int:
       f"fits started from the same centroids, the per-trial areas of the "
       f"three routers agree to {worst:.1e} over {args.check_trials} trials.",
       ""]
+  lines += breakdown(data, splits, grid_k, grid_nn)
   if args.all_methods:
     trials = min(args.all_methods, args.trials)
     rows = []
@@ -292,6 +293,57 @@ def main(argv=None) -> int:
                               "s / trial", f"{args.trials} trials"], rows), ""]
   _machine.finish("benchmarks/protocol.py", argv, lines, args.out)
   return 0 if ok else 1
+
+
+def _median_ms(fn, *args, repeats: int = 3) -> float:
+  """Median wall time of a jitted ``fn`` after one warm-up call."""
+  fn = jax.jit(fn)
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def breakdown(data, splits, grid_k, grid_nn) -> list[str]:
+  """Where one trial's time goes: the parts of K-NN and of the K-means
+  search, each timed alone on trial 0."""
+  from uniroute_jax.baselines import knn
+  arrays = protocol.dataset_arrays(data)
+  trial = jax.jit(protocol.gather_trial)(
+      arrays, protocol.Split(*(jnp.asarray(p[0]) for p in splits)))
+  ks = jnp.asarray(grid_nn, jnp.int32)
+  k_max = int(max(grid_nn))
+  rows = []
+  scores = jnp.matmul(trial.val_emb, trial.train_emb.T)
+  rows.append(["K-NN: validation x training similarities",
+               f"{_median_ms(lambda q, r: q @ r.T, trial.val_emb, trial.train_emb):.0f}"])
+  rows.append([f"K-NN: top_k({k_max}) of them",
+               f"{_median_ms(lambda s: jax.lax.top_k(s, k_max), scores):.0f}"])
+  grid = lambda t: knn.knn_predicted_loss_grid(
+      t.val_emb, t.train_emb, t.train_loss, mask=t.train_mask,
+      num_neighbors=ks, max_neighbors=k_max)
+  rows.append([f"K-NN: the whole grid search ({len(grid_nn)} k)",
+               f"{_median_ms(grid, trial):.0f}"])
+  gammas = jax.jit(grid)(trial)
+  rows.append([f"{len(grid_nn)} validation areas (one per candidate)",
+               f"{_median_ms(lambda g, t: jax.vmap(lambda x: protocol.validation_area(x, t))(g), gammas, trial):.0f}"])
+  rows.append(["K-NN: test prompts, chosen k",
+               f"{_median_ms(lambda t, k: knn.knn_predicted_loss(t.test_emb, t.val_emb, t.val_test_loss, mask=t.val_test_mask, num_neighbors=k), trial, jnp.int32(grid_nn[len(grid_nn) // 2])):.0f}"])
+  total_fit, total_iter = 0.0, 0
+  for i, k in enumerate(grid_k):
+    key = jax.random.fold_in(jax.random.key(0), i)
+    fit = lambda x, key, k=k: clustering.kmeans(key, x, num_clusters=k, max_iter=100)
+    ms = _median_ms(fit, trial.train_emb, key)
+    iters = int(jax.jit(fit)(trial.train_emb, key).num_iterations)
+    total_fit, total_iter = total_fit + ms, total_iter + iters
+    rows.append([f"k-means K = {k} ({iters} Lloyd iterations)", f"{ms:.0f}"])
+  rows.append([f"k-means, all {len(grid_k)} K ({total_iter} iterations)",
+               f"{total_fit:.0f}"])
+  return ["## Where one trial's time goes (trial 0, each part alone)", "",
+          _machine.table(["part", "ms"], rows), ""]
 
 
 def _plusplus_start(key, trial, k):
