@@ -115,15 +115,6 @@ def test_batches_from_two_threads_equal_one_thread(small):
   chex.assert_trees_all_equal(pool_two, pool_one)
 
 
-def test_threads_are_not_used_inside_a_thread_local_jax_option():
-  """JAX's option contexts are thread-local: inside one, a worker thread
-  would trace another program, so run_trials stays on its own thread."""
-  from uniroute_jax.protocol import running
-  assert running._threads_see_this_configuration()
-  with jax.enable_x64(not jax.config.jax_enable_x64):
-    assert not running._threads_see_this_configuration()
-
-
 @pytest.mark.slow
 def test_grid_search_equals_a_loop_over_unpadded_candidates(small):
   """The traced search over K (candidates padded to their size class, one

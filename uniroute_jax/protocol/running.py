@@ -12,25 +12,21 @@ number of small steps (the clairvoyant MLP) gain from vmapped trials even
 there, so each method is mapped with its own batch
 (``Method.vectorize_on_cpu``).
 
-On a CPU one batch still leaves a core idle through its sorts, top-k and
-loop control, so :func:`run_trials` runs two batches at once from two host
-threads (MMLU-Pro, ZeroRouter + K-NN + K-means: 1.45x); results do not
-depend on it.
+On a CPU :func:`run_trials` runs two batches at once from two host threads
+(:mod:`uniroute_jax.threads`); the results do not depend on it.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextvars
 import itertools
 import zlib
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniroute_jax import checks, metrics, risk
+from uniroute_jax import checks, metrics, risk, threads
 from uniroute_jax.protocol.methods import (DEFAULT_METHODS, Method, as_methods)
 from uniroute_jax.protocol.splits import Split
 from uniroute_jax.protocol.trials import TrialData, gather_trial, test_curve
@@ -231,54 +227,6 @@ def trial_mesh(mesh):
   return mesh, _replicated(mesh), _by_trial(mesh)
 
 
-def _configuration() -> dict:
-  """Every JAX option as this thread sees it."""
-  seen = {}
-  for name in jax.config.values:
-    try:
-      seen[name] = getattr(jax.config, name)
-    except AttributeError:
-      pass
-  return seen
-
-
-def _threads_see_this_configuration() -> bool:
-  """True when a new thread sees the JAX options this one does. JAX's
-  option contexts (``jax.enable_x64``, ``jax.default_device``, ...) are
-  thread-local: a worker outside them would trace another program."""
-  here, there = _configuration(), {}
-  probe = concurrent.futures.ThreadPoolExecutor(1)
-  try:
-    there = probe.submit(_configuration).result()
-  finally:
-    probe.shutdown()
-  return here == there
-
-
-def _in_order(fn: Callable, items: Sequence, workers: int) -> Iterator:
-  """``fn`` over ``items`` from up to ``workers`` threads, yielded in order.
-
-  Each call runs in a copy of the caller's context variables (e.g. the
-  checking state of :func:`uniroute_jax.checks.checked`).
-  """
-  if workers == 1 or len(items) < 2:
-    yield from map(fn, items)
-    return
-  pool = concurrent.futures.ThreadPoolExecutor(workers)
-  try:
-    futures = [pool.submit(contextvars.copy_context().run, fn, item)
-               for item in items]
-    for future in futures:
-      yield future.result()
-  finally:
-    # On an error or an interrupt, batches not started are dropped.
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _default_workers() -> int:
-  return 2 if jax.default_backend() == "cpu" else 1
-
-
 def _default_vectorize(method: Method, batch_size: int) -> int:
   if jax.default_backend() != "cpu" or method.vectorize_on_cpu:
     return batch_size
@@ -347,10 +295,7 @@ def run_trials(key, data: RoutingData, splits: Split, *,
     vectorize = (checks.positive_int("vectorize", vectorize),) * len(methods)
   vectorize = tuple(min(v, batch_size) for v in vectorize)
   starts = list(range(0, num_trials, batch_size))
-  workers = (_default_workers() if workers is None
-             else checks.positive_int("workers", workers))
-  if workers > 1 and not _threads_see_this_configuration():
-    workers = 1
+  workers = threads.workers(workers)
 
   def batch(start):
     index = np.minimum(np.arange(start, start + batch_size), num_trials - 1)
@@ -367,7 +312,7 @@ def run_trials(key, data: RoutingData, splits: Split, *,
   pieces = []
   # The first batch alone: it compiles the program the others reuse.
   for start, piece in zip(starts, itertools.chain(
-      [batch(starts[0])], _in_order(batch, starts[1:], workers))):
+      [batch(starts[0])], threads.in_order(batch, starts[1:], workers))):
     pieces.append(piece)
     if on_progress is not None:
       on_progress(min(start + batch_size, num_trials), num_trials)
