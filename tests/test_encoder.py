@@ -119,6 +119,20 @@ def test_batching_and_order_do_not_change_an_embedding(encoder):
   assert seen[-1] == (4, 4) and len(seen) >= 2
 
 
+def test_batches_from_two_threads_equal_one_thread():
+  """Device calls from two host threads give the same embeddings, and
+  progress still counts up in order."""
+  texts = [f"prompt number {i} " + "word " * (7 * i % 50) for i in range(9)]
+  one = MiniLM(batch_size=2, workers=1)
+  two = MiniLM(batch_size=2, workers=2)
+  seen = []
+  got = two(texts, on_progress=lambda done, total: seen.append(done))
+  np.testing.assert_array_equal(got, one(texts))
+  assert seen == sorted(seen) and seen[-1] == 9 and len(seen) >= 5
+  with pytest.raises(ValueError, match="workers"):
+    MiniLM(workers=0)
+
+
 def test_forward_pass_jit_eager_and_float64(encoder):
   """The pure forward pass: eager equals jitted, and float64 weights agree
   with float32 to float32 precision; an all-padding row is zero, not NaN."""
