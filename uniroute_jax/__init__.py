@@ -10,7 +10,8 @@ object of a map and a pool (saved by ``io``), ``protocol`` runs the
 paper's evaluation, and ``fitting`` fits a router to a pool one has, its
 map and K chosen on held-out prompts. ``risk`` measures a router's excess
 risk over the per-prompt oracle and splits it into estimation and
-approximation. ``checks`` says how arguments are checked.
+approximation. ``checks`` says how arguments are checked; ``threads`` runs
+compiled calls from several host threads.
 """
 
 import importlib
@@ -23,7 +24,7 @@ _SUBMODULES = ("baselines", "blocks", "checks", "cli", "cluster_map",
                "clustering", "data", "encoder", "features", "fitting", "io", "learn",
                "maps",
                "metrics", "protocol", "report", "risk", "router", "routing",
-               "types")
+               "threads", "types")
 _NAMES = {
     "uniroute_jax.baselines": (
         "LossPredictor", "ParetoHull", "fit_matrix_factorization", "fit_mlp",
