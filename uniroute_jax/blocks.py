@@ -1,4 +1,5 @@
-"""Row blocking, so that [n, k] intermediates stay within a memory budget."""
+"""Row blocking, so that [n, k] intermediates stay within a memory budget,
+and mapping over items in vmapped batches."""
 
 from __future__ import annotations
 
@@ -40,3 +41,15 @@ def map_rows(fn, arrays, block: int):
           (n + pad) // block, block, *a.shape[1:]) for a in arrays)
   out = jax.lax.map(lambda blk: fn(*blk), padded)
   return jax.tree.map(lambda o: o.reshape(n + pad, *o.shape[2:])[:n], out)
+
+
+def map_batched(fn, xs, batch: int):
+  """``lax.map`` of ``fn`` over the leading axis of ``xs``, ``batch`` items
+  vmapped at a time.
+
+  A batch of 1 visits the items in turn without ``vmap``:
+  ``lax.map(batch_size=1)`` would still vmap each item over an axis of one,
+  and under ``vmap`` a switch runs every branch and a while loop selects
+  between its states on every step.
+  """
+  return jax.lax.map(fn, xs, batch_size=None if batch == 1 else batch)

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from uniroute_jax import checks, clustering, features, metrics, routing
+from uniroute_jax import blocks, checks, clustering, features, metrics, routing
 from uniroute_jax.types import PRECISION, Array
 
 
@@ -628,5 +628,5 @@ def _impurity_bounds(key, x, loss, clusters, mask, w, *, max_clusters,
   index = jnp.arange(clusters.shape[0])
   # checkify cannot check k-means' while loop under vmap: visit the
   # candidates in turn when checking (or when asked to).
-  batch = None if together == 1 or checks.checking() else together
-  return jax.lax.map(one, (clusters, index), batch_size=batch)
+  batch = 1 if checks.checking() else together
+  return blocks.map_batched(one, (clusters, index), batch)

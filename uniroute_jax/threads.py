@@ -45,13 +45,13 @@ def threads_see_this_configuration() -> bool:
   return here == there
 
 
-def workers(requested: int | None, name: str = "workers") -> int:
+def workers(requested: int | None) -> int:
   """How many threads to run calls from: ``requested`` (a positive int),
   or by default 2 on a CPU and 1 on accelerators (which run one program
   at a time); 1 whenever new threads would not see this thread's JAX
   options."""
   count = (2 if jax.default_backend() == "cpu" else 1) if requested is None \
-      else checks.positive_int(name, requested)
+      else checks.positive_int("workers", requested)
   if count > 1 and not threads_see_this_configuration():
     return 1
   return count

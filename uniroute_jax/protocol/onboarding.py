@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniroute_jax import checks, clustering, features, metrics, routing
+from uniroute_jax import blocks, checks, clustering, features, metrics, routing
 from uniroute_jax.protocol.methods import default_cluster_grid, candidate_array
 from uniroute_jax.protocol.running import dataset_arrays
 from uniroute_jax.protocol.splits import Split, make_trials
@@ -130,9 +130,7 @@ def _batch(arrays, splits: Split, keys, clusters, sizes, prior_strength, *,
     best = jnp.argmax(jnp.where(jnp.isnan(val_area), -jnp.inf, val_area))
     return test_area[best], test_area, clusters[best]
 
-  # batch_size=1 would vmap over an axis of one (see running.run_batch).
-  return jax.lax.map(one, (splits, keys), batch_size=None if batch == 1
-                     else batch)
+  return blocks.map_batched(one, (splits, keys), batch)
 
 
 def onboarding_curve(key, data: RoutingData, *, sizes: Sequence[int | None] =

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniroute_jax import checks, metrics, risk, threads
+from uniroute_jax import blocks, checks, metrics, risk, threads
 from uniroute_jax.protocol.methods import (DEFAULT_METHODS, Method, as_methods)
 from uniroute_jax.protocol.splits import Split
 from uniroute_jax.protocol.trials import TrialData, gather_trial, test_curve
@@ -180,12 +180,8 @@ def run_batch(arrays, splits: Split, keys, methods: tuple[Method, ...],
   # Each method is mapped on its own: one may fill the device best with
   # trials vmapped, another visiting them in turn.
   for method, batch in zip(methods, vectorize):
-    # batch_size=1 would still vmap each trial (over an axis of one): a
-    # batched switch runs every branch and a batched while loop selects
-    # between its states on every step.
-    out[method.name] = jax.lax.map(metrics_of(method),
-                                   (splits, keys, shared),
-                                   batch_size=None if batch == 1 else batch)
+    out[method.name] = blocks.map_batched(metrics_of(method),
+                                          (splits, keys, shared), batch)
   return out
 
 
