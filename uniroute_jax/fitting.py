@@ -20,7 +20,7 @@ prompts and to onboard new LLMs:
 The candidate maps are UniRoute (K-means), hard nearest-centroid clusters,
 and the single softmax-dense learned map with soft Psi (section 5.2), which
 the project's measurements found the better of the two on MMLU-Pro and
-RouterBench (``benchmarks/results/paper_table_mmlu_pro_400_trials.md``).
+RouterBench (``benchmarks/results/paper_table.md``).
 """
 
 from __future__ import annotations
