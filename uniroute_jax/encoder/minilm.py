@@ -139,23 +139,26 @@ def _layer(x, bias, p, config: BertConfig):
   batch, length, hidden = x.shape
   heads, width = config.heads, hidden // config.heads
 
-  def split(y):
-    return y.reshape(batch, length, heads, width)
+  # Heads ahead of tokens: the score products become one matmul batched over
+  # (prompt, head) with contiguous [t, width] operands, twice as fast on a
+  # CPU at 256 tokens as attending one prompt at a time with heads inside.
+  def heads_first(y):                  # [b, t, hidden] -> [b, heads, t, width]
+    return y.reshape(batch, length, heads, width).transpose(0, 2, 1, 3)
 
-  q, k, v = (split(_dense(x, p[name])) for name in ("query", "key", "value"))
+  # The 1/sqrt(width) scale folded into the queries: a [t, width] product
+  # rather than one over the [t, t] scores.
+  q = heads_first(_dense(x, p["query"]) * width ** -0.5)
+  k, v = (heads_first(_dense(x, p[name])) for name in ("key", "value"))
 
-  def attend(row):
-    q, k, v, key_bias = row          # [t, heads, width] each, [t]
-    scores = jnp.einsum("qhd,khd->hqk", q, k, precision=PRECISION)
-    weights = jax.nn.softmax(scores * width ** -0.5 + key_bias[None, None, :],
-                             axis=-1)
-    return jnp.einsum("hqk,khd->qhd", weights, v, precision=PRECISION)
-
-  # One prompt at a time: its [heads, t, t] scores stay in cache, where the
-  # whole batch's would not (4x faster on a CPU at 256 tokens).
-  context = jax.lax.map(attend, (q, k, v, bias))
-  x = _layer_norm(x + _dense(context.reshape(batch, length, hidden),
-                             p["attention_out"]),
+  scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=PRECISION)
+  scores = scores + bias[:, None, None, :]
+  # Softmax with its normalisation after the product with the values:
+  # one division per [t, width] output instead of per [t, t] score.
+  e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+  context = jnp.einsum("bhqk,bhkd->bhqd", e, v, precision=PRECISION)
+  context = context / jnp.sum(e, axis=-1, keepdims=True)
+  context = context.transpose(0, 2, 1, 3).reshape(batch, length, hidden)
+  x = _layer_norm(x + _dense(context, p["attention_out"]),
                   p["attention_norm"], config.layer_norm_eps)
   inner = jax.nn.gelu(_dense(x, p["intermediate"]), approximate=False)
   return _layer_norm(x + _dense(inner, p["output"]), p["output_norm"],
