@@ -72,6 +72,29 @@ def test_soft_one_hot_equals_hard():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_membership_matrix_against_a_loop(dtype):
+  from uniroute_jax import routing
+  with jax.enable_x64(dtype == "float64"):
+    ids = np.array([0, 2, -1, 3, 1, 7])
+    expected = np.zeros((6, 4))
+    for i, c in enumerate(ids):
+      if 0 <= c < 4:
+        expected[i, c] = 1.0
+    for fn in (features.membership_matrix, jax.jit(
+        features.membership_matrix, static_argnums=(1, 2))):
+      hard = fn(jax.numpy.asarray(ids), 4, dtype)
+      assert hard.dtype == dtype
+      np.testing.assert_array_equal(np.asarray(hard), expected)
+    np.testing.assert_array_equal(
+        np.asarray(routing.known_cluster(jax.numpy.asarray(ids), 4)),
+        expected.sum(axis=1) == 1)
+    soft = np.random.default_rng(0).dirichlet(np.ones(4), size=5)
+    out = features.membership_matrix(jax.numpy.asarray(soft), 4, dtype)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(np.asarray(out), soft.astype(dtype))
+
+
 def test_soft_membership_is_a_weighted_mean():
   rng = np.random.default_rng(3)
   phi = rng.dirichlet(np.ones(3), size=40)

@@ -182,6 +182,14 @@ def cluster_sums(phi, loss, mask, w):
   return counts, sums, mean_loss(loss, mask, w)
 
 
+def membership_matrix(membership, num_clusters: int, dtype) -> Array:
+  """Memberships as an [n, k] matrix in ``dtype``: hard cluster ids [n] one
+  hot (an id outside [0, k) gives a zero row), soft memberships as given."""
+  if membership.ndim == 1:
+    return jax.nn.one_hot(membership, num_clusters, dtype=dtype)
+  return membership.astype(dtype)
+
+
 def _inputs(membership, loss, mask, w, num_clusters, dtype, where):
   """Memberships [n, k] and the arrays in ``dtype``, with the value checks
   every estimate of Psi shares."""
@@ -190,8 +198,7 @@ def _inputs(membership, loss, mask, w, num_clusters, dtype, where):
   mask = jnp.ones(loss.shape, bool) if mask is None else mask.astype(bool)
   w = jnp.ones((n,), dtype) if w is None else w.astype(dtype)
   checks.require_membership(membership, num_clusters, where)
-  phi = (jax.nn.one_hot(membership, num_clusters, dtype=dtype)
-         if membership.ndim == 1 else membership.astype(dtype))
+  phi = membership_matrix(membership, num_clusters, dtype)
   checks.require(jnp.all(jnp.where(mask, (loss >= 0) & (loss <= 1), True)),
                  f"{where}: loss must lie in [0, 1] where labelled")
   checks.require(jnp.all(w >= 0), f"{where}: weights must be non-negative")

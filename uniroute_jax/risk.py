@@ -472,8 +472,7 @@ def _excess_risk(gamma, loss, cost, lambdas, mask, pool_mask, w, routing_cost,
 
 def _psi_star(membership, loss, mask, w, num_clusters, dtype):
   """Psi-star: the clusters' errors on the prompts that count."""
-  phi = (jax.nn.one_hot(membership, num_clusters, dtype=dtype)
-         if membership.ndim == 1 else membership.astype(dtype))
+  phi = features.membership_matrix(membership, num_clusters, dtype)
   counts, sums, overall = features.cluster_sums(phi, loss, mask, w)
   return jnp.where(counts > 0, sums / jnp.where(counts > 0, counts, 1.0),
                    overall[None, :])
@@ -546,7 +545,7 @@ def _impurity_bound(membership, eta, pool_mask, w, *, num_clusters, dtype):
 def _bound_of(membership, eta, pool, w, num_clusters, dtype):
   everywhere = jnp.ones(eta.shape, bool)
   psi_star = _psi_star(membership, eta, everywhere, w, num_clusters, dtype)
-  known = (membership >= 0) & (membership < num_clusters)
+  known = routing.known_cluster(membership, num_clusters)
   centre = psi_star[jnp.where(known, membership, 0)]
   delta = jnp.where(pool[None, :], jnp.abs(eta - centre), 0.0)
   worst = jnp.where((w > 0) & known, jnp.max(delta, axis=1), 0.0)

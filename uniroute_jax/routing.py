@@ -224,14 +224,16 @@ def _gamma(membership, psi):
   """Phi^T Psi: hard indices outside [0, k) give NaN rows, soft memberships
   a matmul at full precision."""
   if membership.ndim == 1:
-    known = _known_cluster(membership, psi.shape[0])
+    known = known_cluster(membership, psi.shape[0])
     rows = psi[jnp.where(known, membership, 0)]
     return jnp.where(known[:, None], rows, jnp.nan)
   return jnp.matmul(membership, psi, precision=PRECISION)
 
 
-def _known_cluster(membership, k: int):
-  """[n] bool: the hard cluster index lies in [0, k)."""
+def known_cluster(membership, k: int):
+  """[n] bool: the hard cluster id lies in [0, k). Under jit an id outside
+  it is not an error: such a prompt is routed to -1 with NaN predicted
+  losses, and the risk estimates leave it out."""
   return (membership >= 0) & (membership < k)
 
 
@@ -298,7 +300,7 @@ def _route(membership, psi, cost, lambdas, pool_mask, *, dtype):
     # Hard clusters and one cost per LLM: every prompt of a cluster gets the
     # same choice, so decide once per cluster and gather.
     per_cluster = _choose(psi, cost, lambdas, pool)
-    known = _known_cluster(membership, k)
+    known = known_cluster(membership, k)
     choice = jnp.where(known, per_cluster[..., jnp.where(known, membership, 0)],
                        -1)
     return RoutingResult(choice, membership, psi)
