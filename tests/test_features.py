@@ -6,7 +6,7 @@ import pytest
 
 from conftest import RTOL, no_retrace
 from uniroute_jax import checked, cluster_errors
-from uniroute_jax import features
+from uniroute_jax import features, routing
 
 
 def numpy_psi(cluster, loss, mask, weights, k, prior):
@@ -74,7 +74,6 @@ def test_soft_one_hot_equals_hard():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_membership_matrix_against_a_loop(dtype):
-  from uniroute_jax import routing
   with jax.enable_x64(dtype == "float64"):
     ids = np.array([0, 2, -1, 3, 1, 7])
     expected = np.zeros((6, 4))

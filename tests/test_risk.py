@@ -345,6 +345,26 @@ def test_impurity_bound_matches_a_numpy_loop(dtype, mode):
                              rtol=RTOL[dtype], atol=RTOL[dtype])
 
 
+def test_impurity_bound_leaves_out_an_unknown_cluster_id_under_jit():
+  # Inside jit an id outside [0, k) is not an error: that prompt adds no
+  # impurity (its Delta is 0) and no mass to any cluster's Psi-star.
+  rng = np.random.default_rng(12)
+  n, m, k = 30, 4, 3
+  eta = rng.random((n, m))
+  membership = rng.integers(0, k, n)
+  membership[[4, 17]] = [k, -1]
+  known = (membership >= 0) & (membership < k)
+  out = jax.jit(lambda c, e: risk.impurity_bound(c, e, num_clusters=k))(
+      membership, eta)
+  _, worst = np_bound(membership[known], eta[known], np.ones(m, bool),
+                      np.ones(known.sum()), k)
+  expected = np.zeros(n)
+  expected[known] = worst
+  np.testing.assert_allclose(out.delta, expected, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(out.bound, 2.0 * expected.mean(), rtol=1e-6)
+  assert np.all(np.isfinite(np.asarray(out.psi_star)))
+
+
 def test_impurity_bounds_are_checked_under_checkify():
   x = np.random.default_rng(0).normal(size=(12, 2))
   loss = np.random.default_rng(1).random((12, 2))

@@ -545,9 +545,10 @@ def _impurity_bound(membership, eta, pool_mask, w, *, num_clusters, dtype):
 def _bound_of(membership, eta, pool, w, num_clusters, dtype):
   everywhere = jnp.ones(eta.shape, bool)
   psi_star = _psi_star(membership, eta, everywhere, w, num_clusters, dtype)
-  known = routing.known_cluster(membership, num_clusters)
-  centre = psi_star[jnp.where(known, membership, 0)]
+  # NaN rows where a cluster id is unknown; such prompts count as 0 below.
+  centre = routing.predicted_loss(membership, psi_star)
   delta = jnp.where(pool[None, :], jnp.abs(eta - centre), 0.0)
+  known = routing.known_cluster(membership, num_clusters)
   worst = jnp.where((w > 0) & known, jnp.max(delta, axis=1), 0.0)
   bound = jnp.where(jnp.any(pool), 2.0 * _mean(worst, w), jnp.nan)
   return ImpurityBound(bound, worst, psi_star)
