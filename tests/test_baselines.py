@@ -211,12 +211,23 @@ def test_nearest_mask_is_the_top_k_with_ties_to_the_lower_index(dtype):
   score = rng.integers(-3, 4, size=(40, 17)).astype(dtype) / 2   # many ties
   score[0] = -0.0
   score[1] = np.linspace(-1e30, 1e30, 17)
-  for k in (1, 2, 7, 16, 17):
-    got = np.asarray(jax.jit(_nearest_mask)(score, k))
+  distinct = rng.permutation(40 * 17).reshape(40, 17).astype(dtype) - 300
+
+  def top_k_lower_index_first(score, k):
     order = np.lexsort((np.arange(17)[None].repeat(40, 0), -score), axis=1)
-    want = np.zeros_like(got)
+    want = np.zeros_like(score)
     np.put_along_axis(want, order[:, :k], 1.0, axis=1)
-    np.testing.assert_array_equal(got, want)
+    return want
+
+  # Tied and tie-free blocks take different paths; under vmap both run.
+  batched = jax.jit(jax.vmap(_nearest_mask, in_axes=(0, None)))
+  for k in (1, 2, 7, 16, 17):
+    for s in (score, distinct):
+      np.testing.assert_array_equal(np.asarray(jax.jit(_nearest_mask)(s, k)),
+                                    top_k_lower_index_first(s, k))
+    both = np.asarray(batched(np.stack([score, distinct]), k))
+    np.testing.assert_array_equal(both[0], top_k_lower_index_first(score, k))
+    np.testing.assert_array_equal(both[1], top_k_lower_index_first(distinct, k))
 
 
 def test_knn_one_k_traced_equals_the_grid_and_numpy(dtype):
