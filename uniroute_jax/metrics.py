@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from uniroute_jax import checks, routing
+from uniroute_jax import checks, ordering, routing
 from uniroute_jax.types import Array
 
 
@@ -44,8 +44,9 @@ class DeferralCurve(NamedTuple):
     lambdas: [p] the lambda from which each point's routing holds.
     cost: [p] mean cost per prompt (in the cost's own unit).
     quality: [p] mean quality, 1 - mean loss.
-    valid: [p] bool; False marks padding (and transient states between
-      prompts that switch at the same lambda).
+    valid: [p] bool; False marks padding and the transient states between
+      prompts that switch at the same lambda (such a point holds no state
+      the router reaches; its cost and quality are those before the group).
     max_cost: [] mean cost per prompt of the dearest LLM in the pool.
     best_quality: [] quality of the most accurate single LLM in the pool.
   """
@@ -198,14 +199,12 @@ def _deferral_curve(gamma, truth, cost, pool_mask, w, routing_cost, *, dtype):
   moved = jnp.isfinite(path.lambdas)
   d_cost = jnp.where(moved, w[None, :] * (take(cost, path.choice) - take(cost, previous)), 0.0)
   d_loss = jnp.where(moved, w[None, :] * (take(truth, path.choice) - take(truth, previous)), 0.0)
-  lambdas = path.lambdas.reshape(-1)
-  order = jnp.argsort(lambdas)
-  lambdas = lambdas[order]
-  cost_curve = start_cost + jnp.cumsum(d_cost.reshape(-1)[order]) / total
-  loss_curve = start_loss + jnp.cumsum(d_loss.reshape(-1)[order]) / total
-  # Prompts that switch at the same lambda switch together: keep only the
-  # state after the last of them.
-  last_of_group = jnp.append(lambdas[1:] != lambdas[:-1], True)
+  steps = jnp.stack([d_cost.reshape(-1), d_loss.reshape(-1)], axis=1)
+  lambdas, running, last_of_group = jax.lax.platform_dependent(
+      path.lambdas.reshape(-1), steps, cpu=_switches_booked_at_group_ends,
+      default=_switches_in_sorted_order)
+  running = running / total
+  cost_curve, loss_curve = start_cost + running[:, 0], start_loss + running[:, 1]
   valid = jnp.isfinite(lambdas) & last_of_group
   max_cost, best_quality = single_llm_points(truth, cost, w).extremes(pool)
   zero = jnp.zeros((1,), gamma.dtype)
@@ -215,6 +214,35 @@ def _deferral_curve(gamma, truth, cost, pool_mask, w, routing_cost, *, dtype):
       quality=1.0 - jnp.concatenate([start_loss[None], loss_curve]),
       valid=jnp.concatenate([jnp.ones((1,), bool), valid]) & jnp.any(pool),
       max_cost=max_cost, best_quality=best_quality)
+
+
+# Prompts that switch at the same lambda switch together, so a curve point
+# is valid only at the last switch of its lambda; the sums there are the
+# same whichever way the switches are ordered. Both functions below return
+# (the lambdas ascending [E], running sums of ``steps`` [E, 2] in that
+# order, [E] bool: last of its lambda).
+
+
+def _switches_in_sorted_order(lambdas, steps):
+  order = jnp.argsort(lambdas)
+  lambdas = lambdas[order]
+  return (lambdas, jnp.cumsum(steps[order], axis=0),
+          jnp.append(lambdas[1:] != lambdas[:-1], True))
+
+
+def _switches_booked_at_group_ends(lambdas, steps):
+  # On a CPU a float argsort is several times slower than sorting integer
+  # keys (see ``ordering``). Each switch is booked at the last position of
+  # its lambda among the sorted ones; the positions before it in its group
+  # then hold the state before the group. A scatter-add is deterministic
+  # on a CPU only, hence this is the CPU's way.
+  keys = ordering.order_keys(lambdas)
+  ascending = jnp.sort(keys)
+  _, last = ordering.group_bounds(keys, ascending)
+  booked = jnp.zeros(steps.shape, steps.dtype).at[last].add(steps)
+  return (ordering.from_order_keys(ascending, lambdas.dtype),
+          jnp.cumsum(booked, axis=0),
+          jnp.append(ascending[1:] != ascending[:-1], True))
 
 
 def labelled_area(predicted_loss, loss, mask, cost) -> Array:
@@ -300,8 +328,13 @@ def upper_envelope(curve: DeferralCurve) -> Envelope:
 def _upper_envelope(curve):
   rel = jnp.where(curve.valid, _relative(curve.cost, curve.max_cost), jnp.inf)
   quality = jnp.where(curve.valid, curve.quality, -jnp.inf)
-  order = jnp.lexsort((-quality, rel))
-  rel, quality = rel[order], quality[order]
+  keys = ordering.order_keys(rel)
+  ascending = jnp.sort(keys)
+  first, _ = ordering.group_bounds(keys, ascending)
+  # Points sorted by cost; of points of equal cost only the best can be on
+  # the envelope: it stands at the first position of their group.
+  quality = jnp.full(quality.shape, -jnp.inf, quality.dtype).at[first].max(quality)
+  rel = ordering.from_order_keys(ascending, rel.dtype)
   best_before = jnp.concatenate(
       [jnp.full((1,), -jnp.inf, quality.dtype),
        jax.lax.cummax(quality)[:-1]])
