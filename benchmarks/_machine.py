@@ -65,10 +65,29 @@ def _threadpools() -> list[str]:
   return lines or ["no BLAS / OpenMP pools found"]
 
 
+def _code_version() -> str:
+  """The library's git commit, marked when the work tree differs from it,
+  so that a result names the code that produced it."""
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                            capture_output=True, text=True, timeout=10)
+    changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                             cwd=root, capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return "unknown (no git)"
+  if commit.returncode != 0:
+    return "unknown (not a git checkout)"
+  dirty = " plus uncommitted changes" if changes.stdout.strip() else ""
+  return f"commit {commit.stdout.strip()}{dirty}"
+
+
 def info() -> list[tuple[str, str]]:
   """(field, value) pairs describing this machine and software."""
   import jax
   rows = [
+      ("code", _code_version()),
       ("cpu", _cpu_model()),
       ("os.cpu_count()", str(os.cpu_count())),
   ]
