@@ -114,3 +114,40 @@ def test_vectorised_ranks_equal_ranks_in_turn(small):
       curve_points=51)[0]["matfac"] for t in (1, None))
   np.testing.assert_array_equal(in_turn.chosen, together.chosen)
   np.testing.assert_allclose(in_turn.area, together.area, rtol=1e-9)
+
+
+def test_every_rank_is_fitted_from_the_trial_key(small):
+  """The rank search fits every candidate from the method's one key (one
+  initialisation with its first d units active, one mini-batch order), as a
+  grid search with a fixed seed does: it equals a loop of separate
+  ``fit_matrix_factorization`` calls with that key, the rank kept being the
+  one with the largest clairvoyant validation area."""
+  from uniroute_jax import metrics
+  from uniroute_jax.baselines import clairvoyant
+  from uniroute_jax.learn import CheckpointSelection
+  from uniroute_jax.protocol.running import method_key
+  splits = protocol.make_trials(jax.random.key(6), 2, small.num_prompts,
+                                small.num_models)
+  ranks = (2, 3, 5)
+  method = protocol.MatrixFactorizationRouter(ranks=ranks, epochs=2)
+  searched = protocol.run_trials(jax.random.key(7), small, splits,
+                                 methods=(method,), curve_points=51)[0]["matfac"]
+  arrays = protocol.dataset_arrays(small)
+  for t in range(2):
+    trial = protocol.gather_trial(arrays, protocol.Split(*(p[t] for p in splits)))
+    key = method_key(jax.random.fold_in(jax.random.key(7), t), method)
+    select = CheckpointSelection(trial.val_emb, trial.val_test_loss,
+                                 trial.val_test_cost, trial.test_models,
+                                 trial.val_test_mask)
+    areas, tests = [], []
+    for d in ranks:
+      fit = clairvoyant.fit_matrix_factorization(
+          key, trial.train_emb, trial.train_all_loss, rank=max(ranks),
+          active_rank=d, mask=trial.train_all_mask, epochs=2, select=select)
+      areas.append(float(fit.validation_area[fit.best_epoch]))
+      gamma = clairvoyant.predict_loss(fit, trial.test_emb)[:, trial.test_models]
+      tests.append(float(metrics.deferral_metrics(
+          protocol.test_curve(gamma, trial)).area))
+    best = oracle_best(areas)
+    assert searched.chosen[t] == ranks[best]
+    np.testing.assert_allclose(searched.area[t], tests[best], rtol=1e-5)
