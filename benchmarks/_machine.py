@@ -73,7 +73,9 @@ def _code_version() -> str:
   try:
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                             capture_output=True, text=True, timeout=10)
-    changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+    # Results being rewritten are not code.
+    changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no",
+                              "--", ".", ":!benchmarks/results"],
                              cwd=root, capture_output=True, text=True, timeout=10)
   except (OSError, subprocess.SubprocessError):
     return "unknown (no git)"
