@@ -453,7 +453,8 @@ def test_learned_map_options_are_the_documented_fit(small):
   tr, val, test = split.train, split.val, split.test
   # Each candidate's k-means has a key of its own; the maps share one.
   kmeans_key, map_key = jax.random.split(key)
-  centroids = clustering.kmeans(jax.random.fold_in(kmeans_key, 0), e[tr], num_clusters=4, max_iter=20).centroids
+  centroids = clustering.kmeans(jax.random.fold_in(kmeans_key, 0), e[tr],
+                                num_clusters=4, max_iter=20).centroids
   val_clusters = clustering.assign_clusters(e[val], centroids).cluster
   train_psi = features.cluster_errors(val_clusters, loss[val][:, seen],
                                       mask=mask[val][:, seen], num_clusters=4).psi

@@ -48,11 +48,6 @@ def from_order_keys(keys, dtype) -> Array:
   return jax.lax.bitcast_convert_type(raw, dtype)
 
 
-def sorted_keys(x) -> Array:
-  """[n] the :func:`order_keys` of the 1-D ``x``, ascending."""
-  return jnp.sort(order_keys(x))
-
-
 def group_bounds(keys, ascending) -> tuple[Array, Array]:
   """Where each of ``keys`` sits among ``ascending`` (its sorted copy).
 
