@@ -287,3 +287,27 @@ def test_single_llm_points_relative_cost_hand_computed():
   np.testing.assert_allclose(points.quality, [0.5, 0.0])
   free = metrics.single_llm_points(loss, np.zeros(2), weights)
   np.testing.assert_array_equal(free.relative_cost, [0.0, 0.0])
+
+
+def test_gradients_through_the_routing_rule_are_those_of_the_fixed_choices():
+  """Routing is piecewise constant in cost and gamma, so a curve's mean cost
+  is linear in the costs between switch points: its gradient is how often
+  each LLM is chosen (a finite difference checks it), and nothing fails on
+  the index reductions inside."""
+  rng = np.random.default_rng(0)
+  gamma = jnp.asarray(rng.random((20, 3)))
+  loss = jnp.asarray((rng.random((20, 3)) < 0.5).astype(np.float64))
+  cost = jnp.array([1.0, 0.5, 0.2])
+
+  def total_cost(c):
+    return jnp.sum(deferral_curve(gamma, loss, c).cost)
+
+  grad = np.asarray(jax.jit(jax.grad(total_cost))(cost))
+  step = 1e-6
+  for j in range(3):
+    e = np.zeros(3)
+    e[j] = step
+    fd = (float(total_cost(cost + e)) - float(total_cost(cost - e))) / (2 * step)
+    assert grad[j] == pytest.approx(fd, rel=1e-6, abs=1e-9)
+  assert np.isfinite(np.asarray(jax.grad(
+      lambda g: jnp.sum(deferral_curve(g, loss, cost).quality))(gamma))).all()

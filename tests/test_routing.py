@@ -22,7 +22,10 @@ def brute_choice(gamma, cost, lam, pool):
     for j in range(m):
       if not pool[j]:
         continue
-      key = (gamma[i, j] + lam * cost[i, j], cost[i, j], j)
+      # lambda = inf: the limit of the rule, the cheapest LLM, then the
+      # most accurate of those.
+      key = ((cost[i, j], gamma[i, j], j) if np.isinf(lam) else
+             (gamma[i, j] + lam * cost[i, j], cost[i, j], j))
       if best is None or key < best:
         best = key
     out[i] = best[2]
@@ -287,7 +290,9 @@ def test_both_selection_kernels_agree_with_brute_force(per_prompt_cost):
   cost = rng.integers(1, 4, size=(n, m) if per_prompt_cost else m) / 2.0
   pool = rng.random(m) < 0.8
   pool[0] = True
-  lambdas = np.array([0.0, 0.25, 0.5, 1.0, 3.0])
+  # Free LLMs too, and lambda = inf (where inf * 0 must not make them NaN).
+  cost[..., 1:3] = 0.0
+  lambdas = np.array([0.0, 0.25, 0.5, 1.0, 3.0, np.inf])
   args = [jnp.asarray(a) for a in (gamma, cost, lambdas, pool)]
   for kernel in (routing._choose_by_columns, routing._choose_by_reduction):
     choice = np.asarray(jax.jit(kernel)(*args))
@@ -301,6 +306,23 @@ def test_both_selection_kernels_agree_with_brute_force(per_prompt_cost):
     assert (choice[:, :5] == -1).all() and (choice[:, 5:10] != 0).all()
     choice = np.asarray(jax.jit(kernel)(*args[:3], jnp.zeros(m, bool)))
     assert (choice == -1).all()
+
+
+def test_an_infinite_lambda_ends_where_the_switch_path_ends(dtype):
+  rng = np.random.default_rng(4)
+  gamma = rng.integers(0, 4, (50, 5)).astype(dtype) / 4
+  cost = np.array([3.0, 0.0, 1.0, 0.0, 2.0], dtype)
+  path = switch_path(gamma, cost)
+  # Where each prompt's path ends: its last step, or its start.
+  steps = np.isfinite(np.asarray(path.lambdas)).sum(axis=0)
+  end = np.where(steps > 0, np.asarray(path.choice)[np.maximum(steps - 1, 0),
+                                                    np.arange(50)],
+                 np.asarray(path.start))
+  for fn in (choose_models, jax.jit(choose_models)):
+    np.testing.assert_array_equal(np.asarray(fn(gamma, cost, np.inf)), end)
+  cluster = np.arange(50)
+  np.testing.assert_array_equal(
+      np.asarray(jax.jit(route)(cluster, gamma, cost, jnp.inf).choice), end)
 
 
 def test_an_empty_lambda_grid_routes_nothing():
@@ -381,6 +403,44 @@ def test_operating_point_matches_a_brute_force_lambda_sweep(seed, dtype):
     choice = brute_choice(gamma, cost, float(point.lam), pool)
     assert 1 - gamma[np.arange(n), choice].mean() == pytest.approx(
         float(point.quality), abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_operating_point_meets_a_budget_met_exactly(seed, dtype):
+  """A budget equal to a reachable level (a float sum of the choices) is met,
+  although the cumulative sums that find it round differently."""
+  rng = np.random.default_rng(seed)
+  n, m = 40, 4
+  gamma = rng.random((n, m)).astype(dtype)
+  cost = np.array([3.0, 0.0, 1.3, 0.7], dtype)
+  pool = np.ones(m, bool)
+  rows = np.arange(n)
+  for lam, _, _ in brute_operating_points(gamma, cost, pool)[::5]:
+    choice = brute_choice(gamma, cost, lam, pool)
+    level_cost = np.mean(cost[choice], dtype=dtype)
+    level_quality = 1 - np.mean(gamma[rows, choice], dtype=dtype)
+    by_cost = routing.operating_point(gamma, cost, max_cost=level_cost)
+    assert bool(by_cost.feasible)
+    assert float(by_cost.quality) >= level_quality - 1e-5
+    by_quality = routing.operating_point(gamma, cost, min_quality=level_quality)
+    assert bool(by_quality.feasible)
+    assert float(by_quality.mean_cost) <= level_cost + 1e-5
+  # The review's case: routing every prompt to the free LLM reaches 0.55.
+  point = routing.operating_point(np.array([[.1, .3], [.2, .6]], dtype),
+                                  np.array([1.0, 0.0], dtype), min_quality=0.55)
+  assert bool(point.feasible) and float(point.mean_cost) == 0.0
+
+
+def test_operating_point_with_no_llm_available_is_infeasible_and_nan():
+  gamma, cost = jnp.array([[0.2, 0.5]]), jnp.array([1.0, 1.0])
+  none = jnp.array([False, False])
+  for kw in (dict(max_cost=1.0), dict(min_quality=0.0)):
+    for point in (routing.operating_point(gamma, cost, pool_mask=none, **kw),
+                  jax.jit(lambda p, kw=kw: routing.operating_point(
+                      gamma, cost, pool_mask=p, **kw))(none)):
+      assert not bool(point.feasible)
+      assert np.isnan([float(point.lam), float(point.mean_cost),
+                       float(point.quality)]).all()
 
 
 def test_operating_point_budgets_are_traced_and_vmap():

@@ -72,6 +72,9 @@ def lexicographic_argmin(primary, secondary):
   Entries whose primary is +inf are never preferred to finite ones; when a
   whole row is +inf the result is the last index.
   """
+  # An index has no derivative; without this, differentiating a caller
+  # would ask for the variadic reduction's JVP, which JAX does not define.
+  primary, secondary = jax.lax.stop_gradient((primary, secondary))
   axis = primary.ndim - 1
   size = primary.shape[axis]
   index = jax.lax.broadcasted_iota(jnp.int32, primary.shape, axis)
@@ -109,7 +112,8 @@ def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
   Args:
     predicted_loss: [n, m] gamma.
     cost: [m] or [n, m] non-negative costs.
-    lambdas: a scalar or [L] non-negative trade-offs (traced).
+    lambdas: a scalar or [L] non-negative trade-offs (traced); +inf picks
+      the cheapest LLM (the most accurate of the cheapest).
     pool_mask: optional [m] bool, False for LLMs that are not available.
 
   Returns:
@@ -127,16 +131,28 @@ def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
                      dtype=checks.compute_dtype(gamma, cost))
 
 
+def _score_and_tie(gamma, cost, lam):
+  """The rule's score gamma + lam * cost and its tie-break (the cost).
+
+  At lam = +inf the rule's limit is the cheapest LLM, the most accurate of
+  those when several cost the least: the score is then the cost and the
+  tie-break gamma (``inf * 0`` would otherwise make free LLMs NaN).
+  """
+  at_limit = jnp.isinf(lam)
+  return (jnp.where(at_limit, cost, gamma + lam * cost),
+          jnp.where(at_limit, gamma, cost))
+
+
 def _choose_by_reduction(gamma, cost, lambdas, pool):
   """Choices [L, n] as one lexicographic reduction per lambda."""
   cost = jnp.broadcast_to(cost, gamma.shape)
   available = pool[None, :]
 
   def one(lam):
-    score = gamma + lam * cost
-    eligible = available & ~jnp.isnan(score)
+    score, tie = _score_and_tie(gamma, cost, lam)
+    eligible = available & ~jnp.isnan(gamma)
     best = lexicographic_argmin(jnp.where(eligible, score, jnp.inf),
-                                jnp.where(eligible, cost, jnp.inf))
+                                jnp.where(eligible, tie, jnp.inf))
     return jnp.where(jnp.any(eligible, axis=1), best, -1)
 
   return jax.vmap(one)(lambdas)
@@ -166,13 +182,13 @@ def _choose_by_columns(gamma, cost, lambdas, pool):
     rows = g.shape[1]
 
     def visit(j, state):
-      best, best_cost, choice = state
-      cj = c[j][None, :]
-      score = g[j][None, :] + lam * cj
-      better = pool[j] & ~jnp.isnan(score) & (
-          (score < best) | ((score == best) & (cj < best_cost)))
+      best, best_tie, choice = state
+      gj = g[j][None, :]
+      score, tie = _score_and_tie(gj, c[j][None, :], lam)
+      better = pool[j] & ~jnp.isnan(gj) & (
+          (score < best) | ((score == best) & (tie < best_tie)))
       return (jnp.where(better, score, best),
-              jnp.where(better, cj, best_cost),
+              jnp.where(better, tie, best_tie),
               jnp.where(better, j, choice))
 
     start = (jnp.full((num_lambdas, rows), jnp.inf, g.dtype),
@@ -256,7 +272,8 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
     psi: [k, m] per-cluster loss of each LLM in the pool.
     cost: [m] cost of each LLM, or [n, m] per-prompt costs.
     lambdas: a scalar or [L] grid of non-negative trade-offs (traced: new
-      values do not retrace).
+      values do not retrace); +inf picks the cheapest LLM (the most
+      accurate of the cheapest).
     pool_mask: optional [m] bool; an LLM whose entry is False is never chosen.
 
   Returns:
@@ -384,7 +401,9 @@ class OperatingPoint(NamedTuple):
     quality: [] predicted mean quality, 1 - mean gamma of the choices.
     feasible: [] bool, False when no lambda meets the budget; the point is
       then the one closest to it (the cheapest routing for a cost budget,
-      the most accurate for a quality target).
+      the most accurate for a quality target). A budget met to within 64
+      float epsilons (relative) counts as met. With no LLM available,
+      ``feasible`` is False and the other fields are NaN.
   """
 
   lam: Array
@@ -443,6 +462,11 @@ def operating_point(predicted_loss, cost, *, max_cost=None, min_quality=None,
                               dtype=checks.compute_dtype(gamma_, cost))
 
 
+# Relative slack, in units of the dtype's epsilon, when testing a budget
+# (as ``deferral_metrics`` tests the best quality).
+_BUDGET_RTOL = 64
+
+
 @checks.kernel(static_argnames=("by_cost", "dtype"))
 def _operating_point_jit(gamma_, cost, pool_mask, budget, *, by_cost, dtype):
   gamma_, cost = gamma_.astype(dtype), cost.astype(dtype)
@@ -472,14 +496,17 @@ def _operating_point_jit(gamma_, cost, pool_mask, budget, *, by_cost, dtype):
   end = jnp.concatenate([lam, jnp.full((1,), jnp.inf, dtype)])
   valid = (begin < end) & jnp.isfinite(begin)
   mean_cost, quality = total_cost / n, 1.0 - total_loss / n
+  # A budget met exactly (e.g. the quality of routing every prompt to one
+  # LLM) must count as met although the cumulative sums round.
+  slack = _BUDGET_RTOL * jnp.finfo(dtype).eps * jnp.abs(budget)
   if by_cost:
-    meets = valid & (mean_cost <= budget)
+    meets = valid & (mean_cost <= budget + slack)
     # Cost falls with the state: the first state that meets the budget is
     # the most accurate; failing that, the cheapest (the last valid one).
     fallback = jnp.argmax(jnp.where(valid, jnp.arange(begin.size), -1))
     state = jnp.where(jnp.any(meets), jnp.argmax(meets), fallback)
   else:
-    meets = valid & (quality >= budget)
+    meets = valid & (quality >= budget - slack)
     last = jnp.argmax(jnp.where(meets, jnp.arange(begin.size), -1))
     state = jnp.where(jnp.any(meets), last, 0)
   lo, hi = begin[state], end[state]
@@ -488,5 +515,10 @@ def _operating_point_jit(gamma_, cost, pool_mask, budget, *, by_cost, dtype):
   inside = jnp.where(state == 0, 0.0,
                      jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi),
                                2.0 * lo + 1.0))
-  return OperatingPoint(inside, mean_cost[state], quality[state],
-                        jnp.any(meets))
+  # No LLM available: nothing meets any budget, and no routing has a cost.
+  none = ~jnp.any(checks.availability(pool_mask, m))
+  nan = jnp.array(jnp.nan, dtype)
+  return OperatingPoint(jnp.where(none, nan, inside),
+                        jnp.where(none, nan, mean_cost[state]),
+                        jnp.where(none, nan, quality[state]),
+                        jnp.any(meets) & ~none)
