@@ -201,6 +201,30 @@ def test_fit_learns_two_blobs(hidden, batch_norm):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("low", [jnp.bfloat16, jnp.float16])
+def test_low_precision_weights_train_like_float32(low):
+  """bfloat16 / float16 weights train from float32 copies: finite even for
+  an LLM that is always wrong (gamma near 1, where 1 - eps rounds to 1 in
+  16 bits) and with weights Adam never moves (0 / 0 in float16)."""
+  x, errors, psi, label = blobs(jax.random.key(0), n=192, d=6, m=4)
+  x, errors, psi = (a.astype(jnp.float32) for a in (x, errors, psi))
+  errors = errors.at[:, 0].set(1.0)
+  psi = psi.at[:, 0].set(1.0)
+  kw = dict(hidden=(16,), batch_size=32, epochs=8, momentum=0.9)
+  wide = fit_cluster_map(jax.random.key(1), x, errors, psi, **kw)
+  fit = fit_cluster_map(jax.random.key(1), x, errors, psi, dtype=low, **kw)
+  leaves = jax.tree.leaves(fit.params)
+  assert {leaf.dtype for leaf in leaves} == {jnp.dtype(low)}
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
+  history = np.asarray(fit.loss_history, np.float64)
+  # (Not monotone near the minimum: 16-bit forward passes round.)
+  assert np.isfinite(history).all() and history[-1] < 0.8 * history[0]
+  # Its own initial draws (made in 16 bits), but the minimum float32 finds.
+  assert history[-1] == pytest.approx(float(wide.loss_history[-1]), rel=0.05)
+  phi = apply_cluster_map(fit, x.astype(low))
+  assert float(jnp.mean(jnp.argmax(phi, axis=1) == label)) >= 0.95
+
+
 def small_problem(seed, dtype=np.float64, n=40):
   x, errors, psi, _ = blobs(jax.random.key(seed), n=n, d=4, m=3)
   mask = jax.random.uniform(jax.random.key(seed + 100), errors.shape) < 0.8

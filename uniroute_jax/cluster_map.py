@@ -191,10 +191,14 @@ def _loss_kernel(phi, psi, errors, mask, eps, *, dtype):
 
 def _loss(phi, psi, errors, mask, eps):
   gamma = jnp.matmul(phi, jax.lax.stop_gradient(psi), precision=PRECISION)
-  gamma = jnp.clip(gamma, eps, 1 - eps)
+  # The logarithms in float32 at least: in bfloat16 or float16, 1 - eps
+  # rounds to 1 and log1p(-gamma) to -inf for an LLM that is always wrong.
+  wide = jnp.promote_types(gamma.dtype, jnp.float32)
+  eps = jnp.asarray(eps).astype(wide)
+  gamma = jnp.clip(gamma.astype(wide), eps, 1 - eps)
   # Missing labels may be NaN; zero them before they meet a log, or their
   # NaN would leak into the gradient through 0 * NaN.
-  e = jnp.where(mask, errors, 0)
+  e = jnp.where(mask, errors.astype(wide), 0)
   log_lik = e * jnp.log(gamma) + (1 - e) * jnp.log1p(-gamma)
   observed = jnp.sum(mask, dtype=gamma.dtype)
   return -jnp.sum(jnp.where(mask, log_lik, 0)) / jnp.maximum(observed, 1)

@@ -114,6 +114,18 @@ def fit_model(key, model: nnx.Module, *, batch_loss: Callable,
     A :class:`FittedModel` holding the kept epoch's variables.
   """
   graph, params, state = nnx.split(model, nnx.Param, ...)
+  # Weights of fewer than 32 bits (bfloat16, float16) train from float32
+  # copies and are rounded for each step's forward pass: in float16 Adam's
+  # epsilon (1e-8) is 0 and a never-updated weight gets 0 / 0, and in
+  # either small updates would vanish in the rounding.
+  stored = jax.tree.map(lambda p: p.dtype, params)
+  params = jax.tree.map(lambda p: p.astype(jnp.promote_types(p.dtype,
+                                                             jnp.float32)),
+                        params)
+
+  def as_stored(params):
+    return jax.tree.map(lambda p, d: p.astype(d), params, stored)
+
   optimizer = optax.adam(learning_rate)
 
   def step(carry, rows):
@@ -122,7 +134,7 @@ def fit_model(key, model: nnx.Module, *, batch_loss: Callable,
     def loss_fn(params):
       # Fresh Variables at this trace level: a training-mode call writes the
       # running averages into them, which the carried ones do not allow.
-      module = nnx.merge(graph, params, state, copy=True)
+      module = nnx.merge(graph, as_stored(params), state, copy=True)
       value = batch_loss(module, rows)
       return value, nnx.state(module, nnx.Not(nnx.Param))
 
@@ -131,13 +143,15 @@ def fit_model(key, model: nnx.Module, *, batch_loss: Callable,
     return ((optax.apply_updates(params, updates), new_state), opt_state), value
 
   def predict_kept(kept, embeddings):
-    return predict(nnx.merge(graph, *kept), embeddings)
+    params, state = kept
+    return predict(nnx.merge(graph, as_stored(params), state), embeddings)
 
   (params, state), history, areas, best_epoch = training.train(
       key, (params, state), optimizer.init(params), step, num_rows=num_rows,
       batch_size=batch_size, epochs=epochs, dtype=dtype, select=select,
       predict=predict_kept)
-  return FittedModel(graph, params, state, history, areas, best_epoch)
+  return FittedModel(graph, as_stored(params), state, history, areas,
+                     best_epoch)
 
 
 def from_module(module: nnx.Module) -> FittedModel:
