@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import RTOL
+from conftest import RTOL, no_retrace
 from uniroute_jax import LearnedMap, checked, clustering
 from uniroute_jax.cluster_map import (
     apply_cluster_map, fit_cluster_map, learned_map_predicted_loss)
@@ -162,6 +162,31 @@ def test_weights_and_prior_strength_match_numpy():
   np.testing.assert_allclose(
       np.asarray(router.psi),
       numpy_psi(hard, p["loss"], p["mask"], weights=w, prior=2.5), rtol=1e-10)
+
+
+def test_prior_strength_is_traced_with_host_labels():
+  """jit and vmap over the strength while the labels are NumPy and the thin
+  cells warning is on (it must not ask a tracer whether it is 0); 2 and 2.0
+  are one trace."""
+  p = problem(seed=1)
+  router = Router(centroids=p["centroids"])
+
+  def psi(a):
+    return router.add_models(p["names"], p["x_val"], p["loss"], p["cost"],
+                             mask=p["mask"], prior_strength=a,
+                             warn_below=1).psi
+
+  hard = np.eye(4)[numpy_nearest(p["x_val"], p["centroids"])]
+  strengths = np.array([0.0, 2.5])
+  for batched in (jax.vmap(psi)(jnp.asarray(strengths)),
+                  [jax.jit(psi)(a) for a in strengths]):
+    for a, got in zip(strengths, batched):
+      np.testing.assert_allclose(
+          np.asarray(got), numpy_psi(hard, p["loss"], p["mask"], prior=a),
+          rtol=1e-10)
+  psi(2.0)
+  with no_retrace():
+    psi(2)
 
 
 def test_from_kmeans_uses_kmeans_centroids():

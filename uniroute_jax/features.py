@@ -58,7 +58,10 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
   otherwise reports an error of exactly 0, 0.5 or 1. The estimate is the
   posterior mean of a Beta prior of mean ``overall_j`` and strength ``a``
   (:func:`cluster_posterior`); ``prior_strength="empirical_bayes"`` chooses
-  each LLM's ``a`` from its own clusters' counts.
+  each LLM's ``a`` from its own clusters' counts. With ``weights``, n_cj
+  and ``a`` are in the weights' units, so scaling every weight by c acts as
+  ``a / c``; :func:`cluster_posterior` instead counts effective prompts,
+  which scaling leaves alone, so the two agree for unit weights only.
 
   Args:
     membership: [n] int cluster index of each prompt (hard assignment), or
@@ -88,6 +91,9 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
                              mask=mask, weights=weights).errors
   membership, loss, mask, weights, k, dtype = _check_errors_args(
       membership, loss, num_clusters, mask, weights, prior_strength)
+  if isinstance(prior_strength, (int, np.integer)):
+    # 2 and 2.0 are one value: one trace.
+    prior_strength = float(prior_strength)
   return _cluster_errors(membership, loss, mask, weights, prior_strength,
                          num_clusters=k, dtype=dtype)
 

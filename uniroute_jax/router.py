@@ -457,8 +457,13 @@ class Router:
         groups, loss, num_clusters=self.num_clusters, mask=mask,
         weights=weights, prior_strength=prior_strength)
     if warn_below is not None and host_mask is not None and checks.is_host(loss):
+      # A traced strength is not known to be 0: the warning then assumes
+      # shrinkage, as it does for the empirical-Bayes rule.
+      shrunk = prior_strength is not None and (
+          isinstance(prior_strength, str) or not checks.is_host(prior_strength)
+          or float(prior_strength) > 0)
       _warn_thin(names, groups, host_mask, warn_below, self.num_clusters,
-                 shrunk=bool(prior_strength))
+                 shrunk=shrunk)
     return self._extended(names, errors.psi, cost, errors.counts)
 
   # ---------------------------------------------------------------- routing
