@@ -14,7 +14,7 @@ from uniroute_jax import LearnedMap, checked, clustering
 from uniroute_jax.cluster_map import (
     apply_cluster_map, fit_cluster_map, learned_map_predicted_loss)
 from uniroute_jax.io import FORMAT_VERSION
-from uniroute_jax.router import Router
+from uniroute_jax.router import Representatives, Router
 
 LAMBDAS = np.array([0.0, 0.013, 0.07, 0.21, 0.9, 40.0])
 
@@ -316,6 +316,17 @@ def saved_kinds(fitted, tmp_path):
           p["x_val"], ids=[f"q{i}" for i in range(60)]), p),
       "learned_representatives": (learned_router(fitted, p32)
                                   .with_representatives(p32["x_val"]), p32),
+      # int64 memberships (x64 is on here) are kept as int32, as saved.
+      "kmeans_int64_memberships": (Router(
+          centroids=p["centroids"], representatives=Representatives(
+              tuple(f"q{i}" for i in range(60)), p["x_val"],
+              numpy_nearest(p["x_val"], p["centroids"]).astype(np.int64))),
+                                   p),
+      # A bfloat16 training record, which npy stores as void bytes.
+      "learned_bfloat16_record": (learned_router(fitted._replace(
+          loss_history=fitted.loss_history.astype(jnp.bfloat16),
+          validation_area=fitted.validation_area.astype(jnp.bfloat16)), p32),
+                                  p32),
   }
 
 
@@ -676,6 +687,27 @@ def test_onboarding_refuses_what_does_not_fit():
   with pytest.raises(ValueError, match="counts must be non-negative"):
     router.add_psi(["new"], np.full((4, 1), 0.5), [1.0],
                    counts=np.full((4, 1), -1.0))
+
+
+def test_representatives_are_checked_at_construction():
+  p = problem(seed=14)
+  ids = tuple(f"q{i}" for i in range(60))
+  base = dict(centroids=p["centroids"])
+  clusters = numpy_nearest(p["x_val"], p["centroids"])
+  with pytest.raises(ValueError, match=r"representatives.membership must lie "
+                     r"in \[0, 3\]"):
+    Router(**base, representatives=Representatives(ids, p["x_val"],
+                                                   np.full(60, 4)))
+  with pytest.raises(ValueError, match="must hold integer clusters"):
+    Router(**base, representatives=Representatives(
+        ids, p["x_val"], clusters.astype(np.float64)))
+  with pytest.raises(ValueError, match=r"representatives.membership must lie "
+                     r"in \[0.0, 1.0\]"):
+    Router(**base, representatives=Representatives(
+        ids, p["x_val"], np.full((60, 4), -0.5)))
+  kept = Router(**base, representatives=Representatives(ids, p["x_val"],
+                                                        clusters))
+  assert kept.representatives.membership.dtype == jnp.int32
 
 
 def test_saved_representatives_are_checked(tmp_path):

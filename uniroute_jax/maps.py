@@ -224,8 +224,8 @@ class LearnedMap(ClusterMapping):
 
     params = jax.tree_util.tree_map_with_path(restore("params"), params)
     state = jax.tree_util.tree_map_with_path(restore("state"), state)
-    history = take(arrays, "loss_history")
-    areas = take(arrays, "validation_area", history.shape)
+    history = _float_record(take(arrays, "loss_history"))
+    areas = _float_record(take(arrays, "validation_area", history.shape))
     best_epoch = take(arrays, "best_epoch", ())
     if history.ndim != 1 or not np.issubdtype(best_epoch.dtype, np.integer):
       raise ValueError("saved map needs a 1-d 'loss_history' and an integer "
@@ -288,6 +288,17 @@ def array_key(prefix: str, keypath) -> str:
     else:
       parts.append(str(entry))
   return "/".join(parts)
+
+
+def _float_record(value: np.ndarray) -> np.ndarray:
+  """A saved training record read back: npy stores bfloat16, the one
+  2-byte float it lacks, as void bytes of that size."""
+  if value.dtype.kind == "V" and value.dtype.itemsize == 2:
+    return value.view(jnp.bfloat16)
+  if value.dtype.kind != "f":
+    raise ValueError(f"saved training record has dtype {value.dtype}, "
+                     "expected floats")
+  return value
 
 
 def take(arrays: dict, key: str, shape=None, dtype=None) -> np.ndarray:

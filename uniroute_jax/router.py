@@ -762,9 +762,20 @@ def _check_representatives(rep, cluster_map) -> Representatives:
   if membership.shape[0] != n or membership.shape[1:] not in ((), (k,)):
     raise ValueError(f"representatives.membership must be [{n}] or [{n}, {k}], "
                      f"got {membership.shape}")
+  if membership.ndim == 1:
+    if not jnp.issubdtype(membership.dtype, jnp.integer):
+      raise ValueError(f"representatives.membership must hold integer "
+                       f"clusters when 1-d, got dtype {membership.dtype}")
+    checks.host_in_range("representatives.membership", membership, 0, k - 1)
+    # int32 whatever the caller's (int64 under x64): what save and load keep.
+    membership = jnp.asarray(membership, jnp.int32)
+  else:
+    checks.float_array("representatives.membership", membership, ndim=2,
+                       shape_doc=f"[{n}, {k}]")
+    checks.host_in_range("representatives.membership", membership, 0.0, 1.0)
+    membership = jnp.asarray(membership, cluster_map.dtype)
   return Representatives(_prompt_ids(rep.ids, n),
-                         jnp.asarray(x, cluster_map.dtype),
-                         jnp.asarray(membership))
+                         jnp.asarray(x, cluster_map.dtype), membership)
 
 
 def _check_cost(cost, m: int, names_arg: str):
