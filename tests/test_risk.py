@@ -346,8 +346,9 @@ def test_impurity_bound_matches_a_numpy_loop(dtype, mode):
 
 
 def test_impurity_bound_leaves_out_an_unknown_cluster_id_under_jit():
-  # Inside jit an id outside [0, k) is not an error: that prompt adds no
-  # impurity (its Delta is 0) and no mass to any cluster's Psi-star.
+  # Inside jit an id outside [0, k) is not an error: that prompt is left
+  # out (its Delta is 0, it adds no mass to any cluster's Psi-star, and the
+  # mean runs over the other prompts).
   rng = np.random.default_rng(12)
   n, m, k = 30, 4, 3
   eta = rng.random((n, m))
@@ -361,8 +362,30 @@ def test_impurity_bound_leaves_out_an_unknown_cluster_id_under_jit():
   expected = np.zeros(n)
   expected[known] = worst
   np.testing.assert_allclose(out.delta, expected, rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(out.bound, 2.0 * expected.mean(), rtol=1e-6)
+  np.testing.assert_allclose(out.bound, 2.0 * expected[known].mean(), rtol=1e-6)
   assert np.all(np.isfinite(np.asarray(out.psi_star)))
+
+
+def test_decompositions_leave_out_an_unknown_cluster_id_under_jit():
+  """As routing leaves such a prompt unrouted, the risk and Area
+  decompositions leave it out: they equal those of the other prompts."""
+  rng = np.random.default_rng(13)
+  n, m, k = 40, 4, 3
+  loss = (rng.random((n, m)) < 0.5).astype(float)
+  psi, cost = rng.random((k, m)), np.array([2.0, 1.0, 0.5, 0.1])
+  membership = rng.integers(0, k, n)
+  membership[[3, 11, 30]] = [k, -1, k + 7]
+  known = (membership >= 0) & (membership < k)
+  lambdas = np.array([0.0, 0.3, 2.0])
+  excess = jax.jit(lambda c: risk.excess_decomposition(c, psi, loss, cost,
+                                                       lambdas))(membership)
+  area = jax.jit(lambda c: risk.area_decomposition(c, psi, loss, cost))(
+      membership)
+  kept = (membership[known], psi, loss[known], cost)
+  chex.assert_trees_all_close(excess, risk.excess_decomposition(*kept, lambdas),
+                              rtol=1e-12)
+  chex.assert_trees_all_close(area, risk.area_decomposition(*kept), rtol=1e-12)
+  assert np.isfinite(np.asarray(area.area))
 
 
 def test_impurity_bounds_are_checked_under_checkify():

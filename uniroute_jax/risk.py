@@ -484,12 +484,24 @@ def _decomposition_inputs(membership, psi, loss, cost, mask, pool_mask, w,
   checks.require_membership(membership, psi.shape[0], "excess decomposition")
   loss, cost, route_cost, pool, w = _prepare(loss, cost, mask, pool_mask, w,
                                              routing_cost, dtype)
-  membership = membership if membership.ndim == 1 else membership.astype(dtype)
+  if membership.ndim == 1:
+    # A prompt of an unknown cluster (an id outside [0, k) under jit) is
+    # left out of every estimate, as routing leaves it unrouted.
+    known = routing.known_cluster(membership, psi.shape[0])
+    w = jnp.where(known, w, 0.0)
+  else:
+    known = jnp.ones(membership.shape[:1], bool)
+    membership = membership.astype(dtype)
   labelled = jnp.broadcast_to(w[:, None] > 0, loss.shape)
   psi_star = _psi_star(membership, loss, labelled, w, psi.shape[0], dtype)
-  return (routing.predicted_loss(membership, psi),
-          routing.predicted_loss(membership, psi_star),
-          psi_star, loss, cost, route_cost, pool, w)
+
+  def gamma_of(table):
+    # Rows left out hold 0, not NaN: curves take finite inputs only.
+    return jnp.where(known[:, None], routing.predicted_loss(membership, table),
+                     0.0)
+
+  return (gamma_of(psi), gamma_of(psi_star), psi_star, loss, cost, route_cost,
+          pool, w)
 
 
 @checks.kernel(static_argnames=("dtype",))
@@ -544,12 +556,13 @@ def _impurity_bound(membership, eta, pool_mask, w, *, num_clusters, dtype):
 
 def _bound_of(membership, eta, pool, w, num_clusters, dtype):
   everywhere = jnp.ones(eta.shape, bool)
+  if membership.ndim == 1:
+    # Prompts of an unknown cluster are left out (their centre is NaN).
+    w = jnp.where(routing.known_cluster(membership, num_clusters), w, 0.0)
   psi_star = _psi_star(membership, eta, everywhere, w, num_clusters, dtype)
-  # NaN rows where a cluster id is unknown; such prompts count as 0 below.
   centre = routing.predicted_loss(membership, psi_star)
   delta = jnp.where(pool[None, :], jnp.abs(eta - centre), 0.0)
-  known = routing.known_cluster(membership, num_clusters)
-  worst = jnp.where((w > 0) & known, jnp.max(delta, axis=1), 0.0)
+  worst = jnp.where(w > 0, jnp.max(delta, axis=1), 0.0)
   bound = jnp.where(jnp.any(pool), 2.0 * _mean(worst, w), jnp.nan)
   return ImpurityBound(bound, worst, psi_star)
 
