@@ -204,6 +204,27 @@ def test_assign_clusters_matches_brute_force(dtype, mode):
   assert out.cluster.dtype == jnp.int32
 
 
+def test_a_row_that_is_not_finite_is_assigned_no_cluster():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(20, 3))
+  c = rng.normal(size=(4, 3))
+  x[3, 1], x[7, 0], x[8] = np.nan, np.inf, -np.inf
+  for fn in (assign_clusters, jax.jit(assign_clusters)):
+    out = fn(jnp.asarray(x), jnp.asarray(c))
+    bad = np.zeros(20, bool)
+    bad[[3, 7, 8]] = True
+    cluster = np.asarray(out.cluster)
+    assert (cluster[bad] == -1).all() and np.isnan(out.sq_distance[bad]).all()
+    d2 = ((x[~bad, None] - c[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(cluster[~bad], d2.argmin(1))
+  # So a k-means router leaves such a prompt unrouted, as a learned map does.
+  from uniroute_jax.router import Router
+  router = Router(centroids=c, models=("a", "b"), psi=rng.random((4, 2)),
+                  cost=np.array([1.0, 0.5]))
+  choice = np.asarray(router.route(jnp.asarray(x), 0.1).choice)
+  assert (choice[[3, 7, 8]] == -1).all() and (choice[~bad] >= 0).all()
+
+
 def test_assignment_invariant_to_translation_and_permutation():
   x = blobs(n=200)
   c = x[:4]

@@ -561,7 +561,8 @@ def assign_clusters(x, centroids, *, cluster_mask=None,
     chunk_size: rows per block (static); see :func:`kmeans`.
 
   Returns:
-    An :class:`Assignment` with ``cluster`` [n] and ``sq_distance`` [n].
+    An :class:`Assignment` with ``cluster`` [n] and ``sq_distance`` [n];
+    a row holding NaN or an infinity gets cluster -1 and distance NaN.
   """
   x = checks.float_array("x", x, ndim=2, shape_doc="[n, d]")
   centroids = checks.float_array("centroids", centroids, ndim=2,
@@ -592,4 +593,8 @@ def _assign_jit(x, centroids, cluster_mask, *, block, tile, dtype):
   xc = jnp.pad(x - shift, ((0, (-n) % block), (0, 0)))
   x_sq = jnp.sum(xc * xc, axis=1)
   cluster, sq = _nearest(xc, x_sq, centroids - shift, active, block, tile)
-  return Assignment(cluster[:n], sq[:n])
+  # A row with a NaN or an infinity is near no centroid: routing then leaves
+  # its prompt unrouted (-1), as it does for a learned map's NaN row.
+  finite = jnp.all(jnp.isfinite(x), axis=1)
+  return Assignment(jnp.where(finite, cluster[:n], -1),
+                    jnp.where(finite, sq[:n], jnp.nan))
