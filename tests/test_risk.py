@@ -481,6 +481,22 @@ def test_neighborhood_error_matches_a_numpy_loop(dtype, grouped):
   np.testing.assert_allclose(out.counts, counts, rtol=RTOL[dtype])
 
 
+def test_neighborhood_error_is_translation_invariant_in_float32():
+  """Far from the origin, float32 distances expanded as squares lose their
+  digits unless the data are centred first."""
+  rng = np.random.default_rng(14)
+  x = rng.normal(size=(200, 8))
+  loss = (rng.random((200, 2)) < 0.5).astype(np.float32)
+  for offset in (0.0, 100.0, 1000.0):
+    shifted = (x + offset).astype(np.float32)
+    # The oracle on the very float32 inputs, in float64.
+    error, _ = np_neighborhood(shifted.astype(np.float64), None, loss,
+                               np.ones(loss.shape, bool), np.ones(200), 10)
+    out = risk.neighborhood_error(shifted, loss, num_neighbors=10)
+    np.testing.assert_allclose(out.error, error, rtol=1e-6, atol=1e-6,
+                               err_msg=f"offset {offset}")
+
+
 def test_equal_embeddings_get_equal_estimates_in_any_row_order():
   x = np.zeros((8, 2))
   loss = (np.arange(8) % 2).astype(float)[:, None]

@@ -582,6 +582,9 @@ def _neighborhood_error(x, membership, loss, mask, w, *, num_neighbors, dtype):
 
 def _smooth(x, membership, loss, mask, w, num_neighbors):
   n, m = loss.shape
+  # Centred, as k-means centres: ||a||^2 + ||b||^2 - 2 a.b loses the
+  # distances' digits to rounding when the data sit far from the origin.
+  x = x - jnp.mean(x, axis=0, keepdims=True)
   squared = jnp.sum(x * x, axis=1)
   diagonal = jnp.eye(n, dtype=bool)
   # Rounding may leave a duplicate's distance a hair from 0 (either way);
