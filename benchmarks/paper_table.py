@@ -35,7 +35,7 @@ except ImportError:  # run as a script: benchmarks/ itself is on sys.path
 from uniroute_jax import protocol
 from uniroute_jax.data import load_embedllm, load_routerbench, make_synthetic
 
-# METHOD.md, "Paper's headline numbers": Area(50%), Area, QNC of the mean
+# The paper's headline numbers: Area(50%), Area, QNC of the mean
 # curve over 400 trials (Gecko embeddings; EmbedLLM has 112 LLMs there).
 PAPER = {
     "embedllm": {"zero": (.285, .607, .875), "knn": (.298, .636, .461),

@@ -259,7 +259,7 @@ def impurity_bound(membership, error_probability, *, num_clusters: int,
 
   With Psi*_k(h) the mean of ``error_probability`` over cluster k,
   Delta(x, h) = |P(h wrong | x) - Psi*_k(x)(h)| and the bound is
-  2 E_x[max_h Delta(x, h)] (METHOD.md: the proof gives the constant 2). It
+  2 E_x[max_h Delta(x, h)] (the paper's proof gives the constant 2). It
   holds for every lambda at once: the rule with Psi-star misjudges no LLM's
   expected loss by more than max_h Delta(x, h) on any prompt.
 
