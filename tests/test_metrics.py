@@ -237,6 +237,18 @@ def test_bad_values_are_caught_under_checkify(bad, match):
                             args.pop("cost"), **args)
 
 
+def test_checked_wraps_a_transformed_function_not_one_inside_it():
+  loss, cost = jnp.array([[0.0, 2.0]]), jnp.array([1.0, 2.0])
+  with pytest.raises(ValueError, match=r"checked\(deferral_curve\) raises on "
+                     r"the host.*checked\(jax.jit\(f\)\)"):
+    jax.jit(lambda l: checked(deferral_curve)(l, l, cost))(loss)
+  for transformed in (jax.jit(lambda l: deferral_curve(l, l, cost)),
+                      lambda l: jax.vmap(lambda r: deferral_curve(
+                          r, r, cost))(l[None])):
+    with pytest.raises(ValueError, match="true_loss must lie in"):
+      checked(transformed)(loss)
+
+
 def test_a_free_pool_has_relative_cost_zero():
   """Every LLM free: relative cost 0 everywhere, Area = peak quality, QNC 0
   when the best single LLM is reached; a free LLM beside paid ones is a

@@ -173,6 +173,12 @@ def checked(fn: Callable) -> Callable:
   @functools.wraps(fn)
   def call(*args, **kwargs):
     arrays, rebuild = _split_static(args, kwargs)
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+      name = getattr(fn, "__name__", "fn")
+      raise ValueError(
+          f"checked({name}) raises on the host, so it cannot run inside "
+          f"jax.jit, vmap or grad: check the transformed function instead, "
+          f"e.g. checked(jax.jit(f)) or checked(jax.vmap(f))")
     token = _CHECKING.set(True)
     try:
       err, out = _checkified(fn, rebuild)(*arrays)
