@@ -861,3 +861,16 @@ def test_the_routers_psi_prior_is_used_for_llms_added_later_and_saved(tmp_path):
     tampered = rewrite(path, tmp_path / "bad.npz", psi_prior=bad)
     with pytest.raises(ValueError, match="metadata 'psi_prior' must be"):
       Router.load(tampered)
+
+
+def test_copies_are_the_router_itself_and_pickle_is_refused(fitted):
+  import copy
+  import pickle
+  p = problem(seed=3)
+  for router in (kmeans_router(p), learned_router(fitted, problem(
+      seed=3, dtype=np.float32))):
+    for value in (router, router.cluster_map):
+      assert copy.copy(value) is value and copy.deepcopy(value) is value
+      with pytest.raises(TypeError, match="Router.save"):
+        pickle.dumps(value)
+    assert copy.deepcopy({"r": router})["r"] is router

@@ -39,6 +39,17 @@ class ClusterMapping(abc.ABC):
   Subclasses are immutable pytrees whose leaves are their arrays.
   """
 
+  # Immutable values with immutable leaves: a copy is the value itself.
+  def __copy__(self):
+    return self
+
+  def __deepcopy__(self, memo):
+    return self
+
+  def __reduce__(self):
+    raise TypeError(f"{type(self).__name__} is not pickled: save its router "
+                    "with Router.save and read it with Router.load")
+
   kind: ClassVar[str]
   """The name a router file records for this map type."""
 

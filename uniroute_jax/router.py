@@ -203,6 +203,17 @@ class Router:
     raise AttributeError(
         "Router is immutable: add_models and remove_models return a new one")
 
+  # Immutable, with immutable leaves: a copy is the router itself.
+  def __copy__(self):
+    return self
+
+  def __deepcopy__(self, memo):
+    return self
+
+  def __reduce__(self):
+    raise TypeError("Router is not pickled: save it with Router.save and read "
+                    "it with Router.load (a file that runs no code)")
+
   def __delattr__(self, name):
     raise AttributeError("Router is immutable")
 
