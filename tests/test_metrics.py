@@ -265,6 +265,18 @@ def test_a_free_pool_has_relative_cost_zero():
   assert np.all(np.isfinite(np.asarray(one_free.relative_cost)))
 
 
+def test_a_curve_of_no_prompt_or_no_point_has_nan_metrics_qnc_included():
+  cost = jnp.array([1.0, 2.0])
+  curves = [deferral_curve(jnp.zeros((0, 2)), jnp.zeros((0, 2)), cost),
+            deferral_curve(jnp.zeros((3, 2)), jnp.zeros((3, 2)), cost,
+                           weights=jnp.zeros(3)),
+            curve_from_points(np.zeros(0), np.zeros(0), max_cost=1.0,
+                              best_quality=0.5)]
+  for curve in curves:
+    for fn in (deferral_metrics, jax.jit(deferral_metrics)):
+      assert np.isnan(np.asarray(jax.tree.leaves(fn(curve)))).all()
+
+
 def test_an_empty_pool_has_no_valid_point_and_nan_metrics():
   loss, cost = two_llm_problem()
   curve = deferral_curve(loss, loss, cost, pool_mask=np.zeros(2, bool))

@@ -414,6 +414,10 @@ def deferral_metrics(curve: DeferralCurve, *, rtol=None) -> DeferralMetrics:
 
 @checks.kernel
 def _deferral_metrics(curve, rtol):
+  if curve.cost.shape[-1] == 0:
+    # No point at all (a static shape): nothing is defined.
+    nan = jnp.full(curve.cost.shape[:-1], jnp.nan, curve.quality.dtype)
+    return DeferralMetrics(nan, nan, nan, nan)
   env = _upper_envelope(curve)
   dtype = env.quality.dtype
   if rtol is None:
@@ -424,5 +428,7 @@ def _deferral_metrics(curve, rtol):
       area50=_area(env, jnp.asarray(0.5, dtype)),
       qnc=_reach(env, curve.best_quality, slack),
       peak_quality=jnp.max(env.quality))
-  defined = jnp.any(curve.valid)
+  # A point of no prompt (n = 0, or every weight 0) has a NaN quality: the
+  # curve then has no point, and QNC is as undefined as the Area.
+  defined = jnp.any(curve.valid & jnp.isfinite(curve.quality))
   return DeferralMetrics(*(jnp.where(defined, v, jnp.nan) for v in metrics))
