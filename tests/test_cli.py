@@ -597,11 +597,22 @@ def test_hostile_pool_edits_and_budgets(tmp_path, capsys):
         "--cost 1e-60 does not fit the router's float32")
   fails([*add, "--name", "z", "-o", out("n.csv")], "--out must end in .npz")
   fails([*add, "--name", "nobody", "-o", out("n.npz")],
-        "has a model column but no row for --name 'nobody'")
+        "has no row whose column 'model' is --name 'nobody'")
+  # The same log with its LLM column named otherwise: never pooled.
+  renamed = tmp_path / "renamed.csv"
+  renamed.write_text(log.read_text().replace("prompt_id,model,", "prompt_id,llm,",
+                                             1))
+  fails([*add[:-1], renamed, "--name", "new-llm", "-o", out("n.npz")],
+        "its column 'llm' holds 2 names: if it is the LLM of each row, say so "
+        "with --model-column llm")
+  assert cli.main([*map(str, add[:-1]), str(renamed), "--model-column", "llm",
+                   "--name", "new-llm", "-o", out("renamed.npz")]) == 0
   assert cli.main([*map(str, add), "--name", "new-llm", "-o", out("n.npz")]) == 0
   capsys.readouterr()
   added = Router.load(out("n.npz"))
   np.testing.assert_array_equal(np.asarray(added.psi)[:, -1], 0.0)  # its rows only
+  np.testing.assert_array_equal(np.asarray(Router.load(out("renamed.npz")).psi),
+                                np.asarray(added.psi))
   fails(["remove-model", path, "--name", "llm-00,llm-00", "-o", out("m.npz")],
         "--name names 'llm-00' twice")
   # --replace refuses a read-only router and writes through a link.

@@ -4,6 +4,7 @@ original is replaced only when asked (--replace)."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import os
@@ -92,6 +93,10 @@ def add_parsers(commands) -> None:
                         "score, correct, label)")
   add.add_argument("--prompt-column", metavar="NAME", default="prompt_id",
                    help="the labels' prompt id column (default prompt_id)")
+  add.add_argument("--model-column", metavar="NAME", default=None,
+                   help="a traffic log's LLM column: only the rows of --name "
+                        "are its labels (default: model, when the file has "
+                        "it)")
   _add_output_arguments(add)
 
   remove = commands.add_parser(
@@ -277,6 +282,33 @@ def run_representatives(args) -> int:
   return 0
 
 
+def _refuse_unnamed_model_column(header, rows, prompt_at, score_column, path):
+  """A log of several LLMs whose LLM column is not called model would pool
+  every LLM's rows into the new one's labels: refused when every prompt
+  repeats and a text column names a few values, as LLMs would be named."""
+  per_prompt = collections.Counter(r[prompt_at].strip() for r in rows)
+  if not per_prompt or min(per_prompt.values()) < 2:
+    return
+  for at, name in enumerate(header):
+    if at == prompt_at or name == score_column:
+      continue
+    values = {r[at].strip() for r in rows}
+    if 2 <= len(values) <= max(per_prompt.values()) and not all(
+        _is_number(v) for v in values):
+      raise ValueError(
+          f"--labels {path} labels every prompt more than once and its "
+          f"column {name!r} holds {len(values)} names: if it is the LLM of "
+          f"each row, say so with --model-column {name}")
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
 def _read_labels(args, ids):
   """(loss [n_rep, 1], mask [n_rep, 1], labels of other prompts) from the
   labels CSV; repeated prompts are averaged."""
@@ -293,13 +325,16 @@ def _read_labels(args, ids):
                      f"{list(long.SCORE_COLUMNS)} (or --score-column), found "
                      f"{header}")
   prompt_at = long.column_index(header, args.prompt_column, path)
-  if "model" in header:
+  model_column = args.model_column or ("model" if "model" in header else None)
+  if model_column is not None:
     # A traffic log: only the new LLM's rows are its labels.
-    model_at = long.column_index(header, "model", path)
+    model_at = long.column_index(header, model_column, path)
     rows = [r for r in rows if r[model_at].strip() == args.name]
     if not rows:
-      raise ValueError(f"--labels {path} has a model column but no row for "
-                       f"--name {args.name!r}")
+      raise ValueError(f"--labels {path} has no row whose column "
+                       f"{model_column!r} is --name {args.name!r}")
+  else:
+    _refuse_unnamed_model_column(header, rows, prompt_at, score_column, path)
   score = long.parse_floats(
       [r[long.column_index(header, score_column, path)] for r in rows], path,
       score_column)
