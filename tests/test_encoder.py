@@ -276,6 +276,17 @@ def test_cache_embeds_each_new_text_once_and_keys_by_settings(tmp_path):
   (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
   with pytest.raises(ValueError, match="junk.sqlite cannot be used.*choose another cache file"):
     EmbeddingCache(tmp_path / "junk.sqlite")
+  # Another SQLite database of the user's is refused and left as it was.
+  from uniroute_jax.encoder.cache import is_cache_file
+  other = tmp_path / "people.sqlite"
+  with sqlite3.connect(other) as db:
+    db.execute("CREATE TABLE people (name TEXT)")
+  db.close()
+  before = other.read_bytes()
+  assert is_cache_file(path) and not is_cache_file(other)
+  with pytest.raises(ValueError, match="another SQLite database .*people"):
+    EmbeddingCache(other)
+  assert other.read_bytes() == before
 
 
 def test_embed_command_uses_the_cache(tmp_path, capsys, encoder):
@@ -301,6 +312,11 @@ def test_embed_command_uses_the_cache(tmp_path, capsys, encoder):
   assert "0 from the cache" in capsys.readouterr().out
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       "a.npz", "b.npz", "c.npy", "cache.sqlite", "d.npy", "other.sqlite", "p.txt"]
+  # A cache in a folder that does not exist is refused, not created.
+  assert cli.main(["embed", str(tmp_path / "p.txt"), "-o", str(tmp_path / "e.npy"),
+                   "--cache", str(tmp_path / "nodir" / "c.sqlite")]) == 2
+  assert "--cache: the folder" in capsys.readouterr().err
+  assert not (tmp_path / "nodir").exists()
 
 
 def test_a_literal_pad_token_is_attended_like_any_word(encoder):

@@ -64,10 +64,14 @@ def check_encoder_arguments(args, *, others: dict[str, str]) -> None:
       raise ValueError(f"--cache and {flag} name the same file {args.cache}")
   if os.path.isdir(args.cache):
     raise ValueError(f"--cache: {args.cache} is a folder; name a file")
+  folder = os.path.dirname(cache)
+  if not os.path.isdir(folder):
+    raise ValueError(f"--cache: the folder {os.path.dirname(args.cache)} does "
+                     "not exist")
   from uniroute_jax.encoder.cache import is_cache_file
   if os.path.isfile(args.cache) and not is_cache_file(args.cache):
-    raise ValueError(f"--cache: {args.cache} is not an embedding cache "
-                     "(an SQLite file); name another file")
+    raise ValueError(f"--cache: {args.cache} is not an embedding cache (an "
+                     "SQLite file of its own); name another file")
 
 
 class TextEmbedder:

@@ -34,11 +34,28 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def is_cache_file(path) -> bool:
-  """Whether an existing ``path`` is an SQLite file (the cache's format);
-  the command line never takes over any other file of the user's, an empty
-  one included."""
+  """Whether an existing ``path`` is an embedding cache: an SQLite file
+  holding no table but the cache's. The command line never takes over any
+  other file of the user's, an empty one or another SQLite database
+  included."""
   with open(path, "rb") as f:
-    return f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    if f.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+      return False
+  try:
+    db = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+    try:
+      return not _foreign_tables(db)
+    finally:
+      db.close()
+  except sqlite3.Error:
+    return False
+
+
+def _foreign_tables(db) -> list[str]:
+  """Tables of ``db`` that are not the cache's (SQLite's own excluded)."""
+  names = [row[0] for row in db.execute(
+      "SELECT name FROM sqlite_master WHERE type = 'table'")]
+  return [n for n in names if n != _TABLE and not n.startswith("sqlite_")]
 
 
 def _keys(identity: dict, texts: Sequence[str]) -> list[bytes]:
@@ -52,7 +69,8 @@ class EmbeddingCache:
 
   Args:
     path: the cache file; default :func:`default_cache_path`. Its folder is
-      created when missing.
+      created when missing. An SQLite database holding other tables is
+      refused, never written.
   """
 
   def __init__(self, path=None):
@@ -61,6 +79,12 @@ class EmbeddingCache:
     try:
       os.makedirs(folder, exist_ok=True)
       self._db = sqlite3.connect(self.path, timeout=60)
+      foreign = _foreign_tables(self._db)
+      if foreign:
+        self._db.close()
+        raise ValueError(f"embedding cache {self.path} is another SQLite "
+                         f"database (it holds {', '.join(foreign)}), left "
+                         "as it is; choose another cache file")
       self._db.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} "
                        "(key BLOB PRIMARY KEY, dim INTEGER, vector BLOB)")
       self._db.commit()
