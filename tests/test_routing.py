@@ -425,7 +425,13 @@ def test_operating_point_meets_a_budget_met_exactly(seed, dtype):
     by_quality = routing.operating_point(gamma, cost, min_quality=level_quality)
     assert bool(by_quality.feasible)
     assert float(by_quality.mean_cost) <= level_cost + 1e-5
-  # The review's case: routing every prompt to the free LLM reaches 0.55.
+  # A budget of 0 with a free LLM: every prompt to it (the cumulative sums
+  # leave a residue of rounding, not of cost).
+  free = routing.operating_point(gamma, cost, max_cost=0.0)
+  assert bool(free.feasible)
+  choice = brute_choice(gamma, cost, float(free.lam), pool)
+  assert (choice == 1).all()
+  # Routing every prompt to the free LLM reaches 0.55 exactly.
   point = routing.operating_point(np.array([[.1, .3], [.2, .6]], dtype),
                                   np.array([1.0, 0.0], dtype), min_quality=0.55)
   assert bool(point.feasible) and float(point.mean_cost) == 0.0

@@ -402,7 +402,8 @@ class OperatingPoint(NamedTuple):
     feasible: [] bool, False when no lambda meets the budget; the point is
       then the one closest to it (the cheapest routing for a cost budget,
       the most accurate for a quality target). A budget met to within 64
-      float epsilons (relative) counts as met. With no LLM available,
+      float epsilons (relative to the larger of the budget and the dearest
+      cost, or 1 for quality) counts as met. With no LLM available,
       ``feasible`` is False and the other fields are NaN.
   """
 
@@ -497,8 +498,13 @@ def _operating_point_jit(gamma_, cost, pool_mask, budget, *, by_cost, dtype):
   valid = (begin < end) & jnp.isfinite(begin)
   mean_cost, quality = total_cost / n, 1.0 - total_loss / n
   # A budget met exactly (e.g. the quality of routing every prompt to one
-  # LLM) must count as met although the cumulative sums round.
-  slack = _BUDGET_RTOL * jnp.finfo(dtype).eps * jnp.abs(budget)
+  # LLM, or a cost of 0 with a free LLM) must count as met although the
+  # cumulative sums round, relative to the size of what they add up.
+  pool = checks.availability(pool_mask, m)
+  scale = (jnp.max(jnp.where(pool[None, :], cost, 0.0)) if by_cost
+           else jnp.ones((), dtype))
+  slack = _BUDGET_RTOL * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(budget),
+                                                            scale)
   if by_cost:
     meets = valid & (mean_cost <= budget + slack)
     # Cost falls with the state: the first state that meets the budget is
@@ -516,7 +522,7 @@ def _operating_point_jit(gamma_, cost, pool_mask, budget, *, by_cost, dtype):
                      jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi),
                                2.0 * lo + 1.0))
   # No LLM available: nothing meets any budget, and no routing has a cost.
-  none = ~jnp.any(checks.availability(pool_mask, m))
+  none = ~jnp.any(pool)
   nan = jnp.array(jnp.nan, dtype)
   return OperatingPoint(jnp.where(none, nan, inside),
                         jnp.where(none, nan, mean_cost[state]),

@@ -216,6 +216,12 @@ def _budget_lambda(args, router, x):
            else ask + miss + 1e-6)
   if by_cost:
     cheapest = cost[available].min()
+    if budget >= cheapest:
+      raise ValueError(
+          f"--max-cost-per-prompt {budget:.10g} is within the routers' "
+          f"{np.dtype(router.dtype).name} rounding of the cheapest routing of "
+          f"these prompts ({cheapest:.10g} per prompt): give a little more, "
+          f"e.g. {cheapest * (1 + 1e-5):.10g}")
     raise ValueError(
         f"--max-cost-per-prompt {budget:.10g} is below the cheapest routing of "
         f"these prompts ({cheapest:.10g} per prompt, every prompt to the "
