@@ -196,6 +196,22 @@ def test_an_llm_without_any_label_is_an_error(tmp_path, capsys):
   assert not (tmp_path / "r.npz").exists()
 
 
+def test_an_llm_name_the_commands_could_not_address_is_refused(tmp_path,
+                                                               capsys):
+  data, embeddings, costs = write_traffic(tmp_path)
+  with open(data) as f:
+    text = f.read().replace("big-llm", '"big,llm"')
+  with open(data, "w") as f:
+    f.write(text)
+  with open(costs, "w") as f:
+    f.write("model_name,cost\n" + "".join(f"{m},1\n" for m in (
+        "tiny-llm", "mid-llm", "coder-llm", '"big,llm"')))
+  fails(["fit", "--out", tmp_path / "r.npz", "--format", "long", "--data",
+         data, "--embeddings", embeddings, "--costs", costs], capsys,
+        "its LLM 'big,llm' could not be named to route --models")
+  assert not (tmp_path / "r.npz").exists()
+
+
 def test_more_clusters_than_distinct_prompts_warns_in_one_line(tmp_path, capsys):
   data, _, costs = write_traffic(tmp_path, prompts=6)
   embeddings = tmp_path / "same.npy"

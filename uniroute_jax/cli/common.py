@@ -278,3 +278,16 @@ def quiet_when_interrupted(unraisable) -> None:
   remembered by the handler); anything else is reported as usual."""
   if not issubclass(unraisable.exc_type, KeyboardInterrupt):
     sys.__unraisablehook__(unraisable)
+
+
+def llm_name_problem(text: str) -> str | None:
+  """What keeps ``text`` from being an LLM name the commands can address
+  (no surrounding spaces, no comma: commas separate --models and --name
+  lists, no control character), or None."""
+  if not text.strip():
+    return "expected an LLM name, got an empty one"
+  if text != text.strip() or "," in text or any(
+      not ch.isprintable() for ch in text):
+    return (f"expected an LLM name without surrounding spaces, commas or "
+            f"control characters, got {text!r}")
+  return None

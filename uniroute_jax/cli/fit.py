@@ -96,6 +96,12 @@ def run(args) -> int:
   if data.num_models < 2:
     raise ValueError(f"--data holds {data.num_models} LLM; a router needs at "
                      "least 2 to route between")
+  for name in data.model_names:
+    problem = common.llm_name_problem(name)
+    if problem:
+      raise ValueError(f"--data {args.data}: its LLM {name!r} could not be "
+                       f"named to route --models, remove-model or add-model "
+                       f"({problem}); rename it in the data")
   n_train, n_rep, n_hold = _split_sizes(data.num_prompts, args)
   if args.clusters and max(args.clusters) > n_train:
     raise ValueError(f"--clusters must be at most the {n_train} training "

@@ -156,16 +156,10 @@ def _read_only(path) -> bool:
 
 
 def _llm_name(text: str) -> str:
-  """A name the other commands can address: no surrounding spaces, no comma
-  (they separate --models and --name lists), no line break."""
   import argparse
-  if not text.strip():
-    raise argparse.ArgumentTypeError("expected an LLM name, got an empty one")
-  if text != text.strip() or "," in text or any(
-      not ch.isprintable() for ch in text):
-    raise argparse.ArgumentTypeError(
-        f"expected an LLM name without surrounding spaces, commas or control "
-        f"characters, got {text!r}")
+  problem = common.llm_name_problem(text)
+  if problem:
+    raise argparse.ArgumentTypeError(problem)
   return text
 
 

@@ -218,7 +218,7 @@ def _budget_lambda(args, router, x):
     cheapest = cost[available].min()
     if budget >= cheapest:
       raise ValueError(
-          f"--max-cost-per-prompt {budget:.10g} is within the routers' "
+          f"--max-cost-per-prompt {budget:.10g} is within the router's "
           f"{np.dtype(router.dtype).name} rounding of the cheapest routing of "
           f"these prompts ({cheapest:.10g} per prompt): give a little more, "
           f"e.g. {cheapest * (1 + 1e-5):.10g}")
