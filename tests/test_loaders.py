@@ -485,6 +485,15 @@ def test_long_averages_repeated_rows_into_a_score_and_its_count(tmp_path):
     (LONG_ROWS, {"cost_column": "usd", "model_column": "llm"}, "no column 'llm'"),
     ([("q1", "m1", "1.5", "1")], {"cost_column": "usd"}, r"must lie in \[0, 1\]"),
     ([("q1", "", "1", "1")], {"cost_column": "usd"}, "'model' is empty in data row 0"),
+    # Costs kept in float32 must not become infinity or 0 there.
+    ([("q1", "m1", "1", "1"), ("q2", "m1", "1", "1e39")], {"cost_column": "usd"},
+     r"'usd' holds 1e\+39 in data row 1, outside the float32"),
+    ([("q1", "m1", "1", "1e-46")], {"cost_column": "usd"},
+     r"'usd' holds 1e-46 in data row 0, outside the float32"),
+    ([("q1", "m1", "1", "1")], {"costs": {"m1": 1e-50}},
+     r"cost of model 'm1' is 1e-50, outside the float32"),
+    ([("q1", "m1", "1", "1")], {"costs": {"m1": 1e39}},
+     r"cost of model 'm1' is 1e\+39, outside the float32"),
 ])
 def test_long_errors(tmp_path, rows, kwargs, message):
   path, emb = write_long(tmp_path, rows)

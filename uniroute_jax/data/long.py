@@ -160,6 +160,19 @@ def _embedded(embed, texts) -> np.ndarray:
   return matrix
 
 
+_F32 = np.finfo(np.float32)
+
+
+def _lost_in_float32(values: np.ndarray) -> np.ndarray:
+  """Where a non-negative float64 would become infinity or 0 in float32,
+  the dtype costs are kept in."""
+  return (values > _F32.max) | ((values > 0) & (values < _F32.smallest_subnormal))
+
+
+def _float32_range() -> str:
+  return f"from {_F32.smallest_subnormal:.1g} to {_F32.max:.1g}"
+
+
 def _per_prompt_costs(row_cost, observed, cell, n, model_names, path, column
                       ) -> np.ndarray:
   unpriced = observed & np.isnan(row_cost)
@@ -169,6 +182,14 @@ def _per_prompt_costs(row_cost, observed, cell, n, model_names, path, column
         f"{path!r} column {column!r} is empty in data row {row}, which has a "
         "label; every labelled row needs a cost")
   check_nonnegative(row_cost, path, column)
+  lost = _lost_in_float32(np.nan_to_num(row_cost))
+  if np.any(lost):
+    row = int(np.nonzero(lost)[0][0])
+    raise ValueError(
+        f"{path!r} column {column!r} holds {float(row_cost[row])!r} in data "
+        f"row {row}, outside the float32 costs are kept in "
+        f"({_float32_range()}); "
+        "give the costs in another unit")
   m = len(model_names)
   priced = ~np.isnan(row_cost)
   rows = np.bincount(cell[priced], minlength=n * m).reshape(n, m)
@@ -437,6 +458,11 @@ def model_costs(costs, model_names, *, preferred=()) -> np.ndarray:
       raise ValueError(
           f"{source} cost of model {name!r} must be finite and non-negative, "
           f"got {value!r}")
+    if _lost_in_float32(np.asarray(value)):
+      raise ValueError(
+          f"{source} cost of model {name!r} is {value!r}, outside the float32 "
+          f"costs are kept in ({_float32_range()}); give the costs in "
+          "another unit")
     out.append(value)
   return np.asarray(out, np.float32)
 
