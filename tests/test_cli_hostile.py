@@ -531,3 +531,35 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_command(
   assert err.strip().splitlines()[-1] == "uniroute: interrupted; no partial file is left"
   assert "Traceback" not in err and "Exception ignored" not in err
   assert not out.exists()
+
+
+def test_small_cli_edges(tmp_path, capsys, saved_router, monkeypatch):
+  """A folder given as a router, empty list items, references alone with
+  --plot-excess, .ndjson prompts, INPUT named as given, and a reader that
+  stops reading (`| head`)."""
+  fails(["models", tmp_path], capsys, "is a folder, not a router file")
+  out = tmp_path / "d.jsonl"
+  fails(["route", saved_router, tmp_path / "p.npy", "--lambda", "1,,2",
+         "-o", out], capsys, "expected comma-separated non-negative numbers")
+  fails(["remove-model", saved_router, "--name", "a,,b", "-o",
+         tmp_path / "r.npz"], capsys, "expected comma-separated names")
+  fails(["evaluate", "--format", "synthetic", "--methods", "oracle",
+         "--plot-excess", tmp_path / "p.png"], capsys,
+        "names no router but references")
+  fails(["route", saved_router, saved_router, "-o", out], capsys,
+        "expected a single [n, d] array")
+  (tmp_path / "p.ndjson").write_text('{"prompt": "a"}\n')
+  code, _, err = run(["route", saved_router, tmp_path / "p.ndjson", "-o", out],
+                     capsys)
+  assert "INPUT must end in" not in " ".join(err)
+
+  class ClosedPipe:
+    def write(self, text):
+      raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+      pass
+
+  monkeypatch.setattr("sys.stdout", ClosedPipe())
+  assert cli.main(["models", str(saved_router)]) == 0
+  assert capsys.readouterr().err == ""

@@ -168,6 +168,9 @@ def load_router(path, *, map_types: Sequence[type[maps.ClusterMapping]] =
       metadata, an object array, missing or malformed arrays), or was
       written in an unknown format version.
   """
+  if os.path.isdir(path):
+    raise ValueError(f"{path} is a folder, not a router file (a .npz saved "
+                     "by Router.save or uniroute fit)")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"router file not found: {path}")
   arrays = read_npz(path, what="a saved Router")

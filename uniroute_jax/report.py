@@ -170,9 +170,16 @@ def format_excess(evaluation: protocol.Evaluation) -> str:
            "router removes), mean over trials:"]
   for s in rows:
     gap = s.area_estimation + s.area_approximation
-    lines.append(f"  {s.title:<{width}}  {gap:.3f} = {s.area_estimation:.3f} "
-                 f"+ {s.area_approximation:.3f}")
+    lines.append(f"  {s.title:<{width}}  {_fixed(gap)} = "
+                 f"{_fixed(s.area_estimation)} + {_fixed(s.area_approximation)}")
   return "\n".join(lines)
+
+
+def _fixed(value: float, digits: int = 3) -> str:
+  """``value`` to ``digits`` decimals, never "-0.000" for a rounding
+  residue below zero."""
+  text = f"{value:.{digits}f}"
+  return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def _size_label(size: int, curve) -> str:
@@ -347,7 +354,8 @@ def plot_excess(evaluation: protocol.Evaluation, path: str | None = None, *,
   ax.set_ylabel("risk over the per-prompt oracle")
   trials = evaluation.splits.train.shape[0]
   ax.set_title(title or f"Mean excess risk over {trials} trial(s)")
-  ax.legend(loc="upper right", fontsize="x-small")
+  if ax.get_legend_handles_labels()[0]:   # references alone draw no line
+    ax.legend(loc="upper right", fontsize="x-small")
   ax.grid(alpha=0.3)
   return _finish(fig, plt, path)
 

@@ -84,6 +84,14 @@ def _main(argv, compilation_cache: bool) -> int:
   except common.UsageError as err:
     print(str(err), file=sys.stderr)
     return common.EXIT_USAGE
+  except BrokenPipeError:
+    # The reader (e.g. `| head`) stopped reading: not an error of the input.
+    # Further writes to the closed pipe are sent nowhere.
+    try:
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+      pass   # a stdout without a descriptor (e.g. captured): nothing to flush
+    return 0
   except (ValueError, OSError, ImportError) as err:
     print(f"uniroute: error: {common.error_text(err)}", file=sys.stderr)
     return common.EXIT_USAGE

@@ -98,7 +98,8 @@ def nonnegative_float(text: str) -> float:
 
 def lambda_list(text: str) -> tuple[float, ...]:
   try:
-    values = tuple(float(v) for v in text.split(",") if v.strip())
+    # An empty item ("1,,2", "1,") is an error, not a lambda left out.
+    values = tuple(float(v) for v in text.split(","))
   except ValueError:
     values = ()
   if not values or not all(v >= 0 and v < float("inf") for v in values):
@@ -108,8 +109,8 @@ def lambda_list(text: str) -> tuple[float, ...]:
 
 
 def name_list(text: str) -> tuple[str, ...]:
-  names = tuple(n.strip() for n in text.split(",") if n.strip())
-  if not names:
+  names = tuple(n.strip() for n in text.split(","))
+  if not names or not all(names):
     raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
   return names
 

@@ -393,6 +393,11 @@ def _methods(args):
       raise ValueError(
           f"{flag} applies to the routers {','.join(takers)}, none of which "
           f"is in --methods {','.join(args.methods)}")
+  if getattr(args, "plot_excess", None) is not None and all(
+      m.reference for m in chosen):
+    raise ValueError(f"--plot-excess draws the routers' excess over the "
+                     f"oracle, and --methods {','.join(args.methods)} names "
+                     "no router but references")
   methods = []
   for method in chosen:
     changes = {}

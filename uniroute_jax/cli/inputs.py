@@ -184,4 +184,5 @@ def read_embedded_prompts(path: str):
   import numpy as np
   from uniroute_jax.data import read_embeddings
   ids, matrix = read_embeddings(path)
-  return (np.arange(matrix.shape[0]) if ids is None else ids), matrix
+  # Row numbers as text, as a text file's prompts are numbered.
+  return (np.arange(matrix.shape[0]).astype(str) if ids is None else ids), matrix

@@ -12,7 +12,7 @@ import warnings
 from uniroute_jax.cli import common, encoding, inputs
 
 EMBEDDING_SUFFIXES = (".npy", ".npz")
-TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
+TEXT_SUFFIXES = (".txt", ".jsonl", ".ndjson", ".csv")
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 
@@ -139,9 +139,10 @@ def _text_embedder(args, router, path):
   return embedder
 
 
-def _check_recorded_embedder(path: str, router) -> None:
+def _check_recorded_embedder(path: str, router, source: str) -> None:
   """An embeddings file from another encoder is refused; one that records
-  none is said in one line."""
+  none is said in one line. ``source`` names the file as the user gave it
+  (INPUT or --embeddings)."""
   from uniroute_jax.data import embedder_of
   if router.embedder is None:
     return
@@ -149,20 +150,22 @@ def _check_recorded_embedder(path: str, router) -> None:
   if identity is None:
     known = router.embedder
     warnings.warn(
-        f"--embeddings {path} does not record its encoder, so it "
+        f"{source} {path} does not record its encoder, so it "
         f"cannot be checked against the router's ({known.get('name')}, "
         f"{known.get('truncation')} truncation at {known.get('max_length')} "
         "tokens); embed prompts with uniroute embed to have it checked")
     return
-  router.check_embedder(identity, what=f"--embeddings {path}")
+  router.check_embedder(identity, what=f"{source} {path}")
 
 
 def _prompts(args, router, path: str, text: bool):
   """(ids, [n, d] embeddings) of the prompts to route."""
   import numpy as np
   if not text:
-    _check_recorded_embedder(path, router)
+    source = "INPUT" if args.input is not None else "--embeddings"
+    # Read first: a file that is not embeddings is one error, no warning.
     ids, x = inputs.read_embedded_prompts(path)
+    _check_recorded_embedder(path, router, source)
   else:
     from uniroute_jax.data import read_prompts
     ids, texts = read_prompts(path, column=args.column, id_column=args.id_column)

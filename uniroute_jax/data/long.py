@@ -306,14 +306,28 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
         raise ValueError(f"CSV file {path!r} is empty (no header row)") from None
       except csv.Error as err:
         raise ValueError(f"CSV file {path!r} could not be parsed: {err}") from None
+      if len(header) == 1:
+        for sign, name in ((";", "semicolons"), ("\t", "tabs")):
+          if sign in header[0]:
+            raise ValueError(
+                f"CSV file {path!r} separates its header by {name}; the "
+                "file must be comma-separated")
+      rows = []
+      # A quote left open runs on over later lines: the record it opened,
+      # not the line where parsing gave up, is the one to look at.
+      start = reader.line_num + 1
       try:
-        rows = [r for r in reader if r]
+        for row in reader:
+          if row:
+            rows.append(row)
+          start = reader.line_num + 1
       except csv.Error as err:
         why = ("a quoted field is never closed" if "end of data" in str(err)
                else str(err))
         raise ValueError(
-            f"CSV file {path!r} could not be parsed near line "
-            f"{reader.line_num}: {why}") from None
+            f"CSV file {path!r} could not be parsed in the record that starts "
+            f"on line {start} ({why}; look for a stray or unclosed quote "
+            "there)") from None
   except UnicodeError as err:
     raise undecodable("CSV file", path, encoding, err) from None
   width = len(header)

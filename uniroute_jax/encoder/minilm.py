@@ -55,7 +55,11 @@ def load_weights(path, config: BertConfig) -> dict:
   """The weights of ``model.safetensors`` as a pytree of float32 arrays,
   dense kernels transposed to [in, out], the layers' stacked along a
   leading axis of size ``num_layers``."""
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  try:
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ImportError("the built-in encoder needs tokenizers and safetensors: "
+                      "pip install 'uniroute_jax[text]'") from None
   if not os.path.isfile(path):
     raise FileNotFoundError(f"model weights not found: {path}")
   try:

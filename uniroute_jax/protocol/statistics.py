@@ -118,7 +118,9 @@ def summarise(results: dict[str, TrialMetrics], methods: Sequence[Method], *,
     summaries[name] = MethodSummary(
         name=name, title=method.title, method=method, area=mean,
         area50=float(np.mean(r.area50)), qnc=float(mean_metrics.qnc),
-        peak_quality=float(np.max(quality)), area_ci=(mean - half, mean + half),
+        peak_quality=float(np.max(quality)),
+        # An Area lies in [0, 1], and so does any interval of its mean.
+        area_ci=(max(mean - half, 0.0), min(mean + half, 1.0)),
         relative_cost=grid, quality=quality, trials=r, versus_best=test,
         significantly_worse=bool(test is not None and test.p_value < alpha
                                  and test.wins < test.losses),
