@@ -508,6 +508,34 @@ def test_pool_commands_onboard_list_and_retire(tmp_path, capsys):
   assert Router.load(new).models == router.models[1:]
 
 
+def test_add_model_and_models_report_one_error_under_shrinkage(tmp_path,
+                                                               capsys):
+  """With a shrinking Psi rule the labels' mean and the error routing uses
+  differ: add-model reports both, and the second is what models lists."""
+  import csv
+  import re
+
+  import numpy as np
+  from uniroute_jax import Router
+  path = _fitted(tmp_path, capsys, "--psi-prior-strength", "20")
+  ids = Router.load(path).representatives.ids
+  rng = np.random.default_rng(1)
+  with (tmp_path / "labels.csv").open("w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["prompt_id", "correct"])
+    writer.writerows([i, int(rng.random() < 0.3)] for i in ids)
+  new = tmp_path / "r2.npz"
+  assert cli.main(["add-model", str(path), "--name", "new-llm", "--cost", "0.5",
+                   "--labels", str(tmp_path / "labels.csv"), "-o", str(new)]) == 0
+  out = capsys.readouterr().out
+  raw, routed = re.search(r"error (\S+) on .*, (\S+) as routed", out).groups()
+  assert raw != routed
+  assert cli.main(["models", str(new)]) == 0
+  line = next(l for l in capsys.readouterr().out.splitlines()
+              if l.startswith("new-llm "))
+  assert line.split()[2] == routed
+
+
 def test_routers_without_representatives_and_route_flag_misuse(tmp_path, capsys):
   import numpy as np
   from uniroute_jax import Router

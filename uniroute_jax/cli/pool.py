@@ -42,8 +42,9 @@ def add_parsers(commands) -> None:
 
   models = commands.add_parser(
       "models", help="the LLMs of a saved router, with their errors",
-      description=("A table of the router's LLMs: cost, overall error on the "
-                   "representative prompts, how many clusters their labels "
+      description=("A table of the router's LLMs: cost, error on the "
+                   "representative prompts (the per-cluster errors routing "
+                   "uses, after shrinkage), how many clusters their labels "
                    "cover and how many labelled prompts stand behind them."))
   models.add_argument("router", metavar="ROUTER")
 
@@ -163,6 +164,12 @@ def _llm_name(text: str) -> str:
   return text
 
 
+def _routed_error(psi, counts) -> float:
+  """An LLM's per-cluster errors (as routing uses them) averaged over its
+  labelled representative prompts: what ``uniroute models`` lists."""
+  return float((psi * counts).sum() / counts.sum())
+
+
 def run_models(args) -> int:
   import numpy as np
   router = _load(args.router)
@@ -176,7 +183,7 @@ def run_models(args) -> int:
   rows = []
   for j, name in enumerate(router.models):
     if known[j] and counts[:, j].sum() > 0:
-      overall = float((psi[:, j] * counts[:, j]).sum() / counts[:, j].sum())
+      overall = _routed_error(psi[:, j], counts[:, j])
       covered = f"{int(np.sum(counts[:, j] > 0))}/{router.num_clusters}"
       labelled = f"{counts[:, j].sum():.0f}"
       thin = f"{int(np.sum(counts[:, j] < THIN_CELL))}"
@@ -196,9 +203,10 @@ def run_models(args) -> int:
   print(line(header))
   for r in rows:
     print(line(r))
-  print(f"error: mean per-cluster error over the labelled representative "
-        f"prompts; clusters: those with a labelled prompt; thin: clusters "
-        f"with fewer than {THIN_CELL} labelled prompts")
+  print(f"error: the per-cluster errors routing uses (shrunk as the rule "
+        f"below says), averaged over the labelled representative prompts; "
+        f"clusters: those with a labelled prompt; thin: clusters with fewer "
+        f"than {THIN_CELL} labelled prompts")
   prior = router.psi_prior
   rule = ("each cluster's mean shrunk towards the LLM's overall error by "
           "empirical Bayes" if prior == common.EMPIRICAL_BAYES else
@@ -376,9 +384,13 @@ def run_add_model(args) -> int:
                   f"rest on fewer than {THIN_CELL} labelled prompts; label "
                   "more representative prompts for a firmer estimate")
   written = _save(args, new)
+  raw = f"{float(loss[mask].mean()):.4f}"
+  routed = f"{_routed_error(np.asarray(new.psi)[:, -1], counts):.4f}"
   print(f"Wrote {written}: added {args.name!r} (cost {args.cost:g}, error "
-        f"{float(loss[mask].mean()):.4f} on {int(mask.sum())} of "
-        f"{len(rep.ids)} representative prompts); {new.num_models} LLMs")
+        f"{raw} on {int(mask.sum())} of {len(rep.ids)} representative prompts"
+        + ("" if routed == raw else
+           f", {routed} as routed after the router's shrinkage")
+        + f"); {new.num_models} LLMs")
   if others:
     print(f"({others} label(s) of prompts that are not representatives were "
           "not used)")
