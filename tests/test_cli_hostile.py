@@ -563,3 +563,12 @@ def test_small_cli_edges(tmp_path, capsys, saved_router, monkeypatch):
   monkeypatch.setattr("sys.stdout", ClosedPipe())
   assert cli.main(["models", str(saved_router)]) == 0
   assert capsys.readouterr().err == ""
+
+
+def test_an_undefined_result_from_sparse_labels_names_the_llm(tmp_path, capsys):
+  data, embeddings, costs = write_traffic(
+      tmp_path, drop=lambda i, m: m == "coder-llm" and i >= 1)
+  fails(["evaluate", "--format", "long", "--data", data, "--embeddings",
+         embeddings, "--costs", costs, "--methods", "knn", "--trials", "6"],
+        capsys, "LLM 'coder-llm' is labelled on only 1 of 120 prompts, and a "
+                "trial scores its LLMs on the prompts labelled for all of them")

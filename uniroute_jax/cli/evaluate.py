@@ -263,7 +263,10 @@ def _run(args, source: str) -> int:
   print(f"[{steps}/{steps}] done in {elapsed:.1f}s", file=sys.stderr,
         flush=True)
 
-  table = report.format_table(evaluation)   # refuses undefined results
+  try:
+    table = report.format_table(evaluation)   # refuses undefined results
+  except ValueError as err:
+    raise ValueError(f"{err}{_sparsest_llm(data)}") from None
   print(f"{source}: {data.num_prompts} prompts x {data.num_models} LLMs; "
         f"{args.trials} trial(s), seed {args.seed}")
   inputs.print_missing(missing)
@@ -369,6 +372,21 @@ _METHOD_FLAGS = (("--clusters", "clusters", ("clusters", "ranks"), True),
                  ("--neighbors", "neighbors", ("neighbors",), True),
                  ("--psi-prior-strength", "psi_prior_strength",
                   ("prior_strength",), False))
+
+
+def _sparsest_llm(data) -> str:
+  """Why a result can be undefined, when labels are sparse: a trial scores
+  a set of LLMs on the prompts labelled for all of them, and an LLM
+  labelled on few prompts can leave it none."""
+  import numpy as np
+  labelled = np.asarray(data.mask, bool).sum(axis=0)
+  j = int(np.argmin(labelled))
+  if labelled[j] >= 0.5 * data.num_prompts:
+    return ""
+  return (f"; LLM {data.model_names[j]!r} is labelled on only {labelled[j]} "
+          f"of {data.num_prompts} prompts, and a trial scores its LLMs on "
+          "the prompts labelled for all of them: label it on more prompts or "
+          "leave it out of the data")
 
 
 def _methods(args):
