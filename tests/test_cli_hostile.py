@@ -572,3 +572,15 @@ def test_an_undefined_result_from_sparse_labels_names_the_llm(tmp_path, capsys):
          embeddings, "--costs", costs, "--methods", "knn", "--trials", "6"],
         capsys, "LLM 'coder-llm' is labelled on only 1 of 120 prompts, and a "
                 "trial scores its LLMs on the prompts labelled for all of them")
+
+
+def test_one_k_is_bounded_by_the_prompts_the_map_is_fitted_on(tmp_path, capsys):
+  """With one K and one map nothing is chosen on selection trials: K may
+  exceed a trial's training prompts, up to every non-representative one."""
+  base = ["fit", "--format", "synthetic", "--prompts", "300", "--llms", "4",
+          "--map", "kmeans"]
+  code, out, _ = run([*base, "--clusters", "200", "--out", tmp_path / "a.npz"],
+                     capsys)
+  assert code == 0 and "K = 200, fitted on 240 prompts" in out
+  fails([*base, "--clusters", "241", "--out", tmp_path / "b.npz"], capsys,
+        "--clusters must be at most the 240 prompts the map is fitted on")

@@ -162,10 +162,18 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
   grid = clusters
   if grid is None:
     grid = default_cluster_grid(n_train, n_rep)
+  try:
+    one_candidate = np.size(grid) == 1
+  except (TypeError, ValueError):
+    one_candidate = False      # candidate_array below says what is wrong
+  if len(maps) > 1 or not one_candidate:
+    # Chosen on selection trials, whose maps see their training prompts.
+    limit, where = n_train, f"the {n_train} training prompts of a trial"
+  else:
+    # Fitted once, on every prompt but the representatives.
+    limit, where = n - n_rep, f"the {n - n_rep} prompts the map is fitted on"
   grid = tuple(int(k) for k in
-               protocol.methods.candidate_array("clusters", grid, n_train,
-                                                f"the {n_train} training "
-                                                "prompts of a trial"))
+               protocol.methods.candidate_array("clusters", grid, limit, where))
   scores = {}
   if len(maps) > 1 or len(grid) > 1:
     evaluation = protocol.evaluate(

@@ -103,9 +103,13 @@ def run(args) -> int:
                        f"named to route --models, remove-model or add-model "
                        f"({problem}); rename it in the data")
   n_train, n_rep, n_hold = _split_sizes(data.num_prompts, args)
-  if args.clusters and max(args.clusters) > n_train:
+  if searching and args.clusters and max(args.clusters) > n_train:
     raise ValueError(f"--clusters must be at most the {n_train} training "
                      f"prompts of a selection trial, got {max(args.clusters)}")
+  if not searching and args.clusters[0] > data.num_prompts - n_rep:
+    raise ValueError(f"--clusters must be at most the "
+                     f"{data.num_prompts - n_rep} prompts the map is fitted "
+                     f"on, got {args.clusters[0]}")
   what = (f"choosing {' or '.join(maps)} and K on {args.trials} trial(s) of "
           f"{n_train}/{n_rep}/{n_hold} train/representative/held-out prompts"
           if searching else f"fitting {maps[0]} with K = {args.clusters[0]}")
@@ -179,7 +183,9 @@ def lambda_scale(router) -> str:
   switches = switches[np.isfinite(switches) & (switches > 0)]
   if not switches.size:
     return ("--lambda does not change any choice on the representative "
-            "prompts (one LLM is both the most accurate and the cheapest)")
+            "prompts: on each, the LLM chosen at lambda 0 is also the "
+            "cheapest worth choosing (e.g. every cost is equal, or the most "
+            "accurate LLM is the cheapest)")
   low, high = np.quantile(switches, [0.1, 0.9])
   return (f"--lambda (loss per unit of cost) changes choices between about "
           f"{low:.3g} and {high:.3g} on the representative prompts; or set "
