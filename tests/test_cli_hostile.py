@@ -584,3 +584,13 @@ def test_one_k_is_bounded_by_the_prompts_the_map_is_fitted_on(tmp_path, capsys):
   assert code == 0 and "K = 200, fitted on 240 prompts" in out
   fails([*base, "--clusters", "241", "--out", tmp_path / "b.npz"], capsys,
         "--clusters must be at most the 240 prompts the map is fitted on")
+
+
+def test_prompts_labelled_by_no_llm_are_named_in_a_warning(tmp_path, capsys):
+  data, embeddings, costs = write_traffic(tmp_path, nan_label=lambda i, m: i < 30)
+  code, _, err = run(["fit", "--out", tmp_path / "r.npz", "--format", "long",
+                      "--data", data, "--embeddings", embeddings, "--costs",
+                      costs, "--map", "kmeans", "--clusters", "4"], capsys)
+  assert code == 0
+  assert any("30 of 120 prompts have no label from any LLM" in line
+             for line in err), err

@@ -139,6 +139,7 @@ def _recorded_embedder(path) -> dict | None:
 def labels(args, data) -> dict[str, int]:
   """The missing labels of each LLM that has some; an LLM without any label
   is an error (nothing could represent it)."""
+  import numpy as np
   from uniroute_jax.data import missing_labels
   missing = missing_labels(data)
   unlabelled = [name for name, count in missing.items()
@@ -150,6 +151,13 @@ def labels(args, data) -> dict[str, int]:
         + (f" (nor have {len(unlabelled) - 1} other LLM(s))"
            if len(unlabelled) > 1 else "")
         + "; label some of its prompts or remove it")
+  nobody = int(np.sum(~np.asarray(data.mask, bool).any(axis=1)))
+  if nobody and args.format != "synthetic":   # the user's own data only
+    warnings.warn(
+        f"{nobody} of {data.num_prompts} prompts have no label from any LLM: "
+        "they shape the clusters but measure no LLM, also where they land "
+        "among the representative or held-out prompts; leave them out of "
+        "the data unless that is meant")
   return {name: count for name, count in missing.items() if count}
 
 
