@@ -253,3 +253,13 @@ def test_knn_one_k_traced_equals_the_grid_and_numpy(dtype):
   with pytest.raises(ValueError, match=r"num_neighbors must lie in \[1, 30\]"):
     checked(knn_predicted_loss)(query, reference, loss,
                                 num_neighbors=jax.numpy.asarray(31))
+
+
+def test_a_hull_of_no_available_llm_has_no_vertex():
+  hull = jax.jit(lambda p: zero_router_hull(np.array([0.2, 0.5, 0.1]),
+                                            np.array([1.0, 2.0, 3.0]),
+                                            pool_mask=p))(np.zeros(3, bool))
+  assert int(hull.size) == 0
+  np.testing.assert_array_equal(np.asarray(hull.models), -1)
+  assert np.isnan(np.asarray(hull.cost)).all()
+  assert np.isnan(np.asarray(hull.loss)).all()

@@ -23,7 +23,8 @@ class ParetoHull(NamedTuple):
 
   Attributes:
     models: [m] int32 vertex LLMs from cheapest to dearest; entries past
-      ``size`` repeat the dearest vertex.
+      ``size`` repeat the dearest vertex (-1, with NaN cost and loss, when
+      no LLM is available).
     cost: [m] their costs.
     loss: [m] their mean losses.
     size: [] int32 number of vertices.
@@ -44,7 +45,8 @@ def zero_router_hull(mean_loss, cost, *, pool_mask=None) -> ParetoHull:
   Args:
     mean_loss: [m] each LLM's mean loss (on the validation prompts).
     cost: [m] each LLM's non-negative cost.
-    pool_mask: optional [m] bool; with no LLM available ``size`` is 0.
+    pool_mask: optional [m] bool; with no LLM available ``size`` is 0,
+      every vertex -1 and its cost and loss NaN.
   """
   mean_loss = checks.float_array("mean_loss", mean_loss, ndim=1, shape_doc="[m]")
   m = mean_loss.shape[0]
@@ -67,7 +69,13 @@ def _hull(mean_loss, cost, pool_mask, *, dtype):
   index = jnp.arange(steps.shape[0])
   models = steps[jnp.clip(size - 1 - index, 0, None)]
   models = jnp.where(index < size, models, steps[0]).astype(jnp.int32)
-  return ParetoHull(models, cost[models], mean_loss[models], size)
+  # No LLM available: no vertex, so every slot is -1 with NaN cost and loss
+  # (an index of -1 would otherwise read the last LLM's).
+  none = size == 0
+  vertex = jnp.maximum(models, 0)
+  return ParetoHull(jnp.where(none, -1, models),
+                    jnp.where(none, jnp.nan, cost[vertex]),
+                    jnp.where(none, jnp.nan, mean_loss[vertex]), size)
 
 
 def _check_hull(hull) -> ParetoHull:
