@@ -62,7 +62,10 @@ def knn_predicted_loss(query, reference, reference_loss, *, num_neighbors,
     mask: optional [v, m] bool, False where a reference label is missing;
       the mean runs over the neighbours that are labelled for that LLM.
     metric: "cosine" (similarity of the normalised embeddings) or
-      "euclidean" (static). Ties go to the lower reference index.
+      "euclidean" (static). Ties go to the lower reference index: ties of
+      the scores as computed (for "euclidean", 2 q.r - ||r||^2 after
+      centring, as scikit-learn's brute force expands them), so references
+      equidistant in exact arithmetic can be split by rounding.
     chunk_size: query rows per block (static); default keeps the [n, v]
       similarity matrix under 2**24 entries.
 
