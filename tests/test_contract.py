@@ -103,6 +103,10 @@ CASES = [
     Case("kmeans_padded", lambda key, x, active: ur.kmeans(
         _key(key), x, num_clusters=K + 2, active_clusters=active, max_iter=20),
          lambda: (KEY, X, np.int32(2)), {2: lambda a: np.int32(3)}),
+    # From given centroids, without a key (none is needed, none is moved).
+    Case("kmeans_from_centroids", lambda x, c: ur.kmeans(None, x, init=c,
+                                                         max_iter=20),
+         lambda: (X, CENTROIDS), {0: lambda x: x * 2, 1: lambda c: c[::-1].copy()}),
     Case("kmeans_plusplus", lambda key, x: ur.kmeans_plusplus(
         _key(key), x, num_clusters=K), lambda: (KEY, X),
          {0: lambda k: jax.random.key_data(jax.random.key(7))}),

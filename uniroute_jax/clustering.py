@@ -361,6 +361,10 @@ def _active_mask(active_clusters, num_clusters: int):
 def _kmeans(key, x, w, init_centroids, tol, active_clusters, *,
             num_clusters: int, init: str, n_init: int, max_iter: int,
             block: int, tile: int, num_trials: int | None, dtype):
+  if key is None:
+    # Unused (init holds the centroids, nothing is drawn); made here, inside
+    # the program, so that the call moves nothing from the host.
+    key = jax.random.key(0)
   x = x.astype(dtype)
   n = x.shape[0]
   checks.require(jnp.all(jnp.isfinite(x)), "kmeans: x must be finite")
@@ -488,9 +492,8 @@ def kmeans(key, x, *, num_clusters: int | None = None, active_clusters=None,
           f"num_clusters={num_clusters} but init has {init_centroids.shape[0]} rows")
     if n_init != 1:
       raise ValueError("n_init must be 1 when init is an array of centroids")
-    if key is None:
-      key = jax.random.key(0)   # unused: nothing is drawn
-    checks.prng_key("key", key)
+    if key is not None:
+      checks.prng_key("key", key)
     init = "array"
   if num_clusters is None:
     raise ValueError("num_clusters must be given unless init is an array")
