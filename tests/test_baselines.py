@@ -263,3 +263,10 @@ def test_a_hull_of_no_available_llm_has_no_vertex():
   np.testing.assert_array_equal(np.asarray(hull.models), -1)
   assert np.isnan(np.asarray(hull.cost)).all()
   assert np.isnan(np.asarray(hull.loss)).all()
+
+
+def test_a_batch_of_hulls_is_refused_with_the_way_to_map_it():
+  hulls = jax.vmap(lambda m: zero_router_hull(m, np.array([1.0, 2.0])))(
+      np.array([[0.2, 0.1], [0.3, 0.1]]))
+  with pytest.raises(ValueError, match=r"hull must be one hull .*jax.vmap"):
+    zero_router_route(jax.random.key(0), hulls, 0.5, num_prompts=4)

@@ -335,3 +335,17 @@ def test_gradients_through_the_routing_rule_are_those_of_the_fixed_choices():
     assert grad[j] == pytest.approx(fd, rel=1e-6, abs=1e-9)
   assert np.isfinite(np.asarray(jax.grad(
       lambda g: jnp.sum(deferral_curve(g, loss, cost).quality))(gamma))).all()
+
+
+def test_a_batch_of_curves_is_refused_with_the_way_to_map_it():
+  loss = jnp.asarray(np.random.default_rng(0).random((3, 10, 2)) < 0.5,
+                     jnp.float32)
+  cost = jnp.array([1.0, 2.0])
+  curves = jax.vmap(lambda l: deferral_curve(l, l, cost))(loss)
+  for fn in (deferral_metrics, upper_envelope):
+    with pytest.raises(ValueError, match=r"curve must be one curve .*jax.vmap"):
+      fn(curves)
+  areas = jax.vmap(deferral_metrics)(curves).area
+  for b in range(3):
+    assert float(areas[b]) == float(deferral_metrics(
+        deferral_curve(loss[b], loss[b], cost)).area)

@@ -310,6 +310,13 @@ def _check_curve(curve) -> DeferralCurve:
   if not isinstance(curve, DeferralCurve):
     raise ValueError(f"curve must be a DeferralCurve (from deferral_curve or "
                      f"curve_from_points), got {type(curve).__name__}")
+  if jnp.ndim(curve.cost) != 1 or jnp.shape(curve.quality) != jnp.shape(
+      curve.cost) or jnp.ndim(curve.max_cost) != 0:
+    raise ValueError(
+        f"curve must be one curve (cost and quality [p], max_cost a scalar), "
+        f"got cost {jnp.shape(curve.cost)} and max_cost "
+        f"{jnp.shape(curve.max_cost)}; for a batch of curves, jax.vmap the "
+        "call")
   return curve
 
 

@@ -82,6 +82,10 @@ def _check_hull(hull) -> ParetoHull:
   if not isinstance(hull, ParetoHull):
     raise ValueError(f"hull must be a ParetoHull from zero_router_hull, got "
                      f"{type(hull).__name__}")
+  if jnp.ndim(hull.models) != 1 or jnp.ndim(hull.size) != 0:
+    raise ValueError(f"hull must be one hull (models [m], size a scalar), got "
+                     f"models {jnp.shape(hull.models)}; for a batch of hulls, "
+                     "jax.vmap the call")
   return hull
 
 
