@@ -32,7 +32,7 @@ try:
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
   import _machine
 
-from uniroute_jax import protocol
+from uniroute_jax import protocol, report
 from uniroute_jax.data import load_embedllm, load_routerbench, make_synthetic
 
 # The paper's headline numbers: Area(50%), Area, QNC of the mean
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                   + (" *" if s.significantly_worse else ""))
       chosen = ""
       if method.hyperparameter:
-        chosen = f"{method.hyperparameter}={int(sorted(s.trials.chosen)[len(s.trials.chosen) // 2])}"
+        chosen = f"{method.hyperparameter}={report.median_choice(s.trials.chosen)}"
       row = [s.title, f"{s.area50:.3f}", f"{s.area:.3f}",
              f"[{s.area_ci[0]:.3f}, {s.area_ci[1]:.3f}]", _qnc(s.qnc), chosen,
              versus]

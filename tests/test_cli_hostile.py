@@ -594,3 +594,86 @@ def test_prompts_labelled_by_no_llm_are_named_in_a_warning(tmp_path, capsys):
   assert code == 0
   assert any("30 of 120 prompts have no label from any LLM" in line
              for line in err), err
+
+
+# ------------------------------------------- values the work cannot hold
+
+
+@pytest.mark.parametrize("command", ["evaluate", "fit"])
+def test_a_prior_strength_beyond_float32_is_refused(tmp_path, capsys, command):
+  """1e40 pseudo-prompts is infinite in float32: every shrunk cluster error
+  would be inf / inf, and the table showed a router above the oracle."""
+  data, embeddings, _ = write_traffic(tmp_path)
+  argv = [command, "--format", "long", "--data", data, "--embeddings",
+          embeddings, "--cost-column", "cost", "--psi-prior-strength", "1e40"]
+  if command == "fit":
+    argv += ["--out", tmp_path / "r.npz"]
+  fails(argv, capsys, "--psi-prior-strength 1e+40 does not fit the data's "
+                      "float32")
+  assert not (tmp_path / "r.npz").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["demo", "--prompts", "100000000000", "--trials", "1"],
+     "--prompts / --llms 100000000000 / 12: 100000000000 prompts x 12 LLMs "
+     "would need about"),
+    (["evaluate", "--format", "synthetic", "--trials", "100000000000"],
+     "--trials 100000000000: 100000000000 trials of 5000 prompts would need"),
+])
+def test_sizes_beyond_the_machine_are_refused_before_any_work(capsys, argv,
+                                                               match):
+  assert "more than half of this machine's" in fails(argv, capsys, match)
+
+
+def test_the_embedding_cache_may_not_be_an_output(tmp_path, capsys,
+                                                  monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  data, _, _ = write_traffic(tmp_path)
+  fails(["evaluate", "--format", "long", "--data", data, "--cost-column",
+         "cost", "--prompt-column", "prompt_id", "--cache", "same.json",
+         "--json", "same.json"], capsys,
+        "--cache and --json name the same file same.json")
+  assert not (tmp_path / "same.json").exists()
+
+
+def test_outputs_through_a_linked_folder_are_one_file(tmp_path, capsys):
+  (tmp_path / "d1").mkdir()
+  os.symlink(tmp_path / "d1", tmp_path / "d2")
+  fails(["evaluate", "--format", "synthetic", "--trials", "2", "--json",
+         tmp_path / "d1" / "x.json", "--plot", tmp_path / "d2" / "x.json"],
+        capsys, "name the same file")
+  assert not os.listdir(tmp_path / "d1")
+
+
+def test_a_folder_given_as_a_long_table_is_named(tmp_path, capsys):
+  _, embeddings, _ = write_traffic(tmp_path)
+  (tmp_path / "logs").mkdir()
+  fails(["evaluate", "--format", "long", "--data", tmp_path / "logs",
+         "--embeddings", embeddings, "--cost-column", "cost"], capsys,
+        "is a folder; a long-format table is one CSV or Parquet file")
+
+
+def test_fixed_pool_names_the_onboarding_flag_given(tmp_path, capsys):
+  fails(["evaluate", "--format", "synthetic", "--fixed-pool",
+         "--plot-onboarding", tmp_path / "o.png"], capsys,
+        "--plot-onboarding measures how unseen LLMs are onboarded")
+
+
+def test_sparse_labels_say_how_many_test_prompts_are_scored(tmp_path, capsys):
+  """A trial scores only the test prompts labelled for every test LLM;
+  with half the labels missing that is a few, and the command says so."""
+  data, embeddings, _ = write_traffic(
+      tmp_path, drop=lambda i, model: model != "tiny-llm" and (i * 7 + len(model)) % 2)
+  report = tmp_path / "r.json"
+  code, out, err = run(["evaluate", "--format", "long", "--data", data,
+                        "--embeddings", embeddings, "--cost-column", "cost",
+                        "--fixed-pool", "--trials", "2", "--methods", "zero",
+                        "--json", report], capsys)
+  assert code == 0, err
+  scored = json.loads(report.read_text())["split_sizes"]["scored_test_prompts"]
+  assert len(scored) == 2 and max(scored) < 36
+  low, high = min(scored), max(scored)
+  counts = str(low) if low == high else f"{low}-{high}"
+  assert f"Scored per trial: {counts} of the 36 test prompts" in out
+  assert any(line.startswith(f"uniroute: warning: a trial scores only {low} ")
+             for line in err), err

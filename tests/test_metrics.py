@@ -349,3 +349,25 @@ def test_a_batch_of_curves_is_refused_with_the_way_to_map_it():
   for b in range(3):
     assert float(areas[b]) == float(deferral_metrics(
         deferral_curve(loss[b], loss[b], cost)).area)
+
+
+def test_qualities_of_losses_summing_past_one_stay_in_the_unit_interval():
+  """Weighted means of losses of 1 round to 1 + 1e-7 in float32 (these
+  weights do): quality is then 0, not -1e-7, and the area exactly 0."""
+  r = np.random.default_rng(4)
+  n, m = 997, 5
+  gamma = r.random((n, m)).astype(np.float32)
+  truth = np.ones((n, m), np.float32)
+  cost = r.random(m).astype(np.float32)
+  w = r.random(n).astype(np.float32)
+  # The unclipped mean, summed as XLA sums it (NumPy's pairwise sum differs).
+  share = jnp.asarray(w) / jnp.sum(jnp.asarray(w))
+  assert np.any(np.asarray(1.0 - jnp.sum(share[:, None] * truth, axis=0)) < 0), (
+      "these inputs no longer round past 1")
+  for fn in (metrics.deferral_curve, jax.jit(metrics.deferral_curve)):
+    curve = fn(gamma, truth, cost, weights=w)
+    quality = np.asarray(curve.quality)
+    assert np.all((quality >= 0) & (quality <= 1))
+    assert np.all(np.asarray(curve.cost) >= 0)
+    assert float(curve.best_quality) == 0.0
+    assert float(metrics.deferral_metrics(curve).area) == 0.0

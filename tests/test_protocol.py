@@ -330,6 +330,42 @@ def test_sign_test_brute_force_enumeration():
   np.testing.assert_allclose(protocol.sign_test(a, 1 - a).p_value, extreme / 2 ** n)
 
 
+@pytest.mark.parametrize("wins, losses", [(1100, 0), (530, 570), (0, 2000),
+                                          (1000, 1000)])
+def test_sign_test_over_a_thousand_pairs_against_scipy(wins, losses):
+  """Above 1023 pairs 2.0 ** n overflows a float; the p-value stays exact."""
+  from scipy import stats
+  a = np.array([1.0] * wins + [0.0] * losses)
+  out = protocol.sign_test(a, 1 - a)
+  expected = stats.binomtest(min(wins, losses), wins + losses, 0.5).pvalue
+  np.testing.assert_allclose(out.p_value, expected, rtol=1e-9, atol=1e-300)
+
+
+def test_sign_test_counts_differences_within_the_tolerance_as_ties():
+  a = np.array([0.5, 0.5 + 1e-7, 0.5 - 1e-7, 0.6, 0.4])
+  b = np.full(5, 0.5)
+  exact = protocol.sign_test(a, b)
+  assert (exact.wins, exact.losses, exact.ties) == (2, 2, 1)
+  tolerant = protocol.sign_test(a, b, tie_tolerance=1e-6)
+  assert (tolerant.wins, tolerant.losses, tolerant.ties) == (1, 1, 3)
+  with pytest.raises(ValueError, match="tie_tolerance"):
+    protocol.sign_test(a, b, tie_tolerance=-1.0)
+
+
+def test_one_cluster_and_zero_router_tie_in_every_trial(small):
+  """K-means with K = 1 routes as ZeroRouter does (Prop. 9): their areas
+  may differ by rounding, which the sign test against the best counts as
+  ties, never as wins."""
+  ev = protocol.evaluate(jax.random.key(2), small, num_trials=6,
+                         methods=(protocol.ZeroRouter(),
+                                  protocol.KMeansRouter(clusters=(1,))))
+  zero, one = ev.methods["zero"].trials.area, ev.methods["kmeans"].trials.area
+  np.testing.assert_allclose(zero, one, atol=1e-6)
+  other = ev.methods["kmeans" if ev.best == "zero" else "zero"]
+  assert (other.versus_best.wins, other.versus_best.losses) == (0, 0)
+  assert other.versus_best.p_value == 1.0 and not other.significantly_worse
+
+
 def test_default_grids_follow_the_paper():
   assert protocol.default_cluster_grid(7219, 1203)[0] == 3
   assert protocol.default_cluster_grid(7219, 1203)[-1] == 1203 // 50
@@ -494,3 +530,30 @@ def test_fixed_pool_trials_route_among_every_llm():
   assert evaluation.pool.quality.shape == (2, 2)
   # The oracle picks, per test prompt, the best of both LLMs.
   assert evaluation.methods["oracle"].area >= evaluation.methods["zero"].area
+
+
+def test_scored_test_prompts_are_the_trials_nonzero_test_weights(small):
+  """Against the trial data the routers are scored with: the prompts of
+  weight 1 (every test LLM labelled)."""
+  splits = protocol.make_trials(jax.random.key(4), 3, small.num_prompts,
+                                small.num_models)
+  scored = protocol.scored_test_prompts(np.asarray(small.mask), splits)
+  arrays = protocol.dataset_arrays(small)
+  for t in range(3):
+    trial = protocol.gather_trial(arrays, protocol.Split(*(p[t] for p in splits)))
+    assert scored[t] == int(np.sum(np.asarray(trial.test_weights) > 0))
+  assert np.all(scored < splits.test.shape[1])   # some labels are missing
+
+
+def test_onboarding_intervals_stay_in_the_unit_interval():
+  area = np.array([[[0.0, 0.9]], [[0.25, 1.0]], [[0.0, 0.95]]])   # [T, O, S]
+  curve = protocol.OnboardingCurve(
+      sizes=np.array([10, 20]), selections=("random",), clusters=np.array([3]),
+      area=area, area_by_k=area[:, None], chosen=np.array([3, 3, 3]),
+      num_representatives=20)
+  low, high = curve.interval()
+  mean = area.mean(axis=0)
+  half = 1.96 * area.std(axis=0, ddof=1) / np.sqrt(3)
+  assert np.any(mean - half < 0) and np.any(mean + half > 1)
+  np.testing.assert_allclose(low, np.maximum(mean - half, 0.0))
+  np.testing.assert_allclose(high, np.minimum(mean + half, 1.0))

@@ -140,3 +140,19 @@ def test_bad_excess_lambdas_are_named(value, match):
   with pytest.raises(ValueError, match="excess_lambdas must be " + match):
     protocol.evaluate(jax.random.key(0), data, num_trials=1, methods=("zero",),
                       excess_lambdas=value)
+
+
+@pytest.mark.parametrize("chosen, expected", [
+    ([214, 401], 401),              # the mean, 307, is no candidate
+    ([10, 5], 10),
+    ([3, 7, 5], 5),
+    ([13, 13, 4, 24], 13),
+    ([6], 6),
+])
+def test_median_choice_is_a_value_some_trial_chose(chosen, expected):
+  got = report.median_choice(np.array(chosen, np.int32))
+  assert got == expected and got in chosen
+  # Against the definition: at least half the trials chose it or less, and
+  # at least half it or more.
+  c = np.array(chosen)
+  assert np.sum(c <= got) >= len(c) / 2 and np.sum(c >= got) >= len(c) / 2

@@ -121,7 +121,9 @@ def single_llm_points(true_loss, cost, weights) -> SingleLLMPoints:
   """
   share = weights[:, None] / jnp.sum(weights)
   per_model_cost = jnp.sum(share * jnp.broadcast_to(cost, true_loss.shape), axis=0)
-  per_model_quality = 1.0 - jnp.sum(share * true_loss, axis=0)
+  # A weighted mean of losses in [0, 1] lies in [0, 1]; rounding of the
+  # sums may not, and a quality of -1e-7 would print as -0.000.
+  per_model_quality = jnp.clip(1.0 - jnp.sum(share * true_loss, axis=0), 0.0, 1.0)
   return SingleLLMPoints(per_model_cost, per_model_quality)
 
 
@@ -210,8 +212,11 @@ def _deferral_curve(gamma, truth, cost, pool_mask, w, routing_cost, *, dtype):
   zero = jnp.zeros((1,), gamma.dtype)
   return DeferralCurve(
       lambdas=jnp.concatenate([zero, lambdas]),
-      cost=jnp.concatenate([start_cost[None], cost_curve]),
-      quality=1.0 - jnp.concatenate([start_loss[None], loss_curve]),
+      cost=jnp.maximum(jnp.concatenate([start_cost[None], cost_curve]), 0.0),
+      # Running sums of the switches' changes round: the true means lie in
+      # [0, 1] (see single_llm_points).
+      quality=jnp.clip(1.0 - jnp.concatenate([start_loss[None], loss_curve]),
+                       0.0, 1.0),
       valid=jnp.concatenate([jnp.ones((1,), bool), valid]) & jnp.any(pool),
       max_cost=max_cost, best_quality=best_quality)
 

@@ -71,6 +71,9 @@ def to_dict(evaluation: protocol.Evaluation, **extra: Any) -> dict[str, Any]:
           "train_prompts": int(evaluation.splits.train.shape[1]),
           "val_prompts": int(evaluation.splits.val.shape[1]),
           "test_prompts": int(evaluation.splits.test.shape[1]),
+          # Those labelled for every test LLM: what each trial scores.
+          "scored_test_prompts": [int(v) for v in
+                                  evaluation.scored_test_prompts],
           "train_llms": int(evaluation.splits.train_models.shape[1]),
           "test_llms": int(evaluation.splits.test_models.shape[1])},
       **extra,
@@ -135,7 +138,7 @@ def format_table(evaluation: protocol.Evaluation) -> str:
     qnc = "never" if math.isinf(s.qnc) else f"{100 * s.qnc:.1f}%"
     chosen = ""
     if method.hyperparameter:
-      chosen = f"{method.hyperparameter}={int(np.median(s.trials.chosen))}"
+      chosen = f"{method.hyperparameter}={median_choice(s.trials.chosen)}"
     if name == evaluation.best:
       versus = "best"
     elif s.versus_best is None:
@@ -150,6 +153,14 @@ def format_table(evaluation: protocol.Evaluation) -> str:
     lines.append(f"{s.title:<{width}} {s.area:7.3f} {ci:>15} {s.area50:10.3f} "
                  f"{qnc:>7} {s.peak_quality:6.3f} {chosen:>9}  {versus}")
   return "\n".join(lines)
+
+
+def median_choice(chosen) -> int:
+  """The median of the trials' chosen hyper-parameters, taken among them
+  (the upper one of an even count), so that it is a value some trial
+  chose: the mean of two middle candidates may be no candidate at all."""
+  values = np.sort(np.asarray(chosen).astype(np.int64))
+  return int(values[values.shape[0] // 2])
 
 
 def format_excess(evaluation: protocol.Evaluation) -> str:

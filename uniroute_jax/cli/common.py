@@ -115,6 +115,44 @@ def name_list(text: str) -> tuple[str, ...]:
   return names
 
 
+def real_path(path: str) -> str:
+  """Where ``path`` is, links resolved (also in the folders of a file not
+  written yet), so that two names of one file compare equal."""
+  return os.path.realpath(path)
+
+
+# The flags that name a file a command writes, and their attributes.
+_OUTPUT_FLAGS = (("--out", "out"), ("--json", "json"), ("--plot", "plot"),
+                 ("--plot-excess", "plot_excess"),
+                 ("--plot-onboarding", "plot_onboarding"),
+                 ("--plot-bound", "plot_bound"))
+
+
+def output_flags(args) -> dict[str, str]:
+  """{flag: path} of the files the command will write."""
+  return {flag: getattr(args, name) for flag, name in _OUTPUT_FLAGS
+          if getattr(args, name, None) is not None}
+
+
+def memory_bytes() -> int | None:
+  """This machine's physical memory, or None where it cannot be read."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, OSError, ValueError):
+    return None
+
+
+def fits_in_memory(flag: str, value, needed: int, what: str) -> None:
+  """Refuses a size whose arrays would take more than half of this
+  machine's memory: better a one-line error now than the process killed
+  (or aborted by XLA) after minutes."""
+  total = memory_bytes()
+  if total is not None and needed > total / 2:
+    raise ValueError(f"{flag} {value}: {what} would need about "
+                     f"{needed / 2 ** 30:.1f} GiB, more than half of this "
+                     f"machine's {total / 2 ** 30:.1f} GiB; give fewer")
+
+
 def new_file(flag: str, path: str) -> None:
   """Fails before any work when ``path`` cannot be created."""
   if not path or path.endswith(("/", os.sep)) or os.path.isdir(path):
@@ -128,10 +166,11 @@ def new_file(flag: str, path: str) -> None:
     raise ValueError(f"{flag}: folder {folder} is not writable")
 
 
-def in_dtype(flag: str, values, dtype, advice: str):
-  """``values`` (non-negative numbers a flag gave) cast to a router's
-  ``dtype``; refused, naming the first, where one would round to 0 or to
-  infinity there."""
+def in_dtype(flag: str, values, dtype, advice: str, *,
+             owner: str = "the router's"):
+  """``values`` (non-negative numbers a flag gave) cast to ``dtype`` (of
+  ``owner``: a router, the data); refused, naming the first, where one
+  would round to 0 or to infinity there."""
   import numpy as np
   values = list(values)
   with np.errstate(over="ignore", under="ignore"):
@@ -140,10 +179,21 @@ def in_dtype(flag: str, values, dtype, advice: str):
           if not np.isfinite(value) or (given > 0 and value == 0)]
   if lost:
     raise ValueError(
-        f"{flag} {lost[0]!r} does not fit the router's {np.dtype(dtype).name} "
+        f"{flag} {lost[0]!r} does not fit {owner} {np.dtype(dtype).name} "
         f"(from {np.finfo(dtype).smallest_subnormal:.1g} to "
         f"{np.finfo(dtype).max:.1g}); {advice}")
   return cast
+
+
+def prior_strength_fits(value, dtype) -> None:
+  """A number of pseudo-prompts given to --psi-prior-strength must be a
+  number in the data's dtype too: 1e40 is infinite in float32, where every
+  shrunk cluster error would be inf / inf."""
+  if isinstance(value, (int, float)) and value > 0:
+    in_dtype("--psi-prior-strength", [value], dtype,
+             "give fewer pseudo-prompts (a strength of a few times the "
+             "prompts per cluster already shrinks every cluster to the "
+             "LLM's overall error)", owner="the data's")
 
 
 def router_suffix(flag: str, path: str) -> None:

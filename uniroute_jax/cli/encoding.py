@@ -58,9 +58,9 @@ def check_encoder_arguments(args, *, others: dict[str, str]) -> None:
                      f"{args.max_length}")
   if args.cache is None:
     return
-  cache = os.path.abspath(args.cache)
+  cache = common.real_path(args.cache)
   for flag, path in others.items():
-    if path is not None and cache == os.path.abspath(path):
+    if path is not None and cache == common.real_path(path):
       raise ValueError(f"--cache and {flag} name the same file {args.cache}")
   if os.path.isdir(args.cache):
     raise ValueError(f"--cache: {args.cache} is a folder; name a file")

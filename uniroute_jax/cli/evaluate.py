@@ -170,7 +170,7 @@ def _check_outputs(args) -> None:
     common.new_file(flag, path)
   seen = {}
   for flag, path in outputs:
-    where = os.path.abspath(path)
+    where = common.real_path(path)
     if where in seen:
       raise ValueError(f"{seen[where]} and {flag} name the same file {path}")
     seen[where] = flag
@@ -208,12 +208,20 @@ def _run(args, source: str) -> int:
     raise ValueError("--test-llm-frac does not apply with --fixed-pool: every "
                      "LLM is routed among")
   if args.fixed_pool and onboarding:
-    raise ValueError("--onboarding-curve measures how unseen LLMs are "
-                     "onboarded; it does not apply with --fixed-pool")
+    given = ("--plot-onboarding" if args.plot_onboarding is not None
+             else "--onboarding-curve")
+    raise ValueError(f"{given} measures how unseen LLMs are onboarded; it "
+                     "does not apply with --fixed-pool")
   print(f"[1/{steps}] loading {source} ...", file=sys.stderr, flush=True)
   test_llm_frac = (_DEFAULT_TEST_LLM_FRAC if args.test_llm_frac is None
                    else args.test_llm_frac)
   data = inputs.load(args).data
+  common.prior_strength_fits(args.psi_prior_strength, data.loss.dtype)
+  # Every trial's split (an index per prompt and LLM) and its results are
+  # held at once.
+  common.fits_in_memory("--trials", args.trials,
+                        8 * args.trials * (data.num_prompts + data.num_models),
+                        f"{args.trials} trials of {data.num_prompts} prompts")
   missing = inputs.labels(args, data)
   n_train, n_val, n_test = protocol.split_sizes(data.num_prompts, args.val_frac,
                                                 args.test_frac)
@@ -272,6 +280,7 @@ def _run(args, source: str) -> int:
   inputs.print_missing(missing)
   print(f"Per trial: {n_train} train / {n_val} validation / {n_test} test "
         f"prompts; {pools}")
+  _print_scored(evaluation.scored_test_prompts, n_test)
   if not args.fixed_pool and m_test < data.num_models // 2 + 1 and (
       data.num_models <= 6):
     print(f"(Each trial routes among {m_test} of your {data.num_models} LLMs, "
@@ -291,10 +300,11 @@ def _run(args, source: str) -> int:
     print(split)
   if curve is not None:
     print()
+    summary = ("mean [95% CI] over " + f"{args.trials} trials"
+               if args.trials > 1 else "one trial")
     print(f"How many prompts an unseen LLM must be run on: the Area of "
           f"UniRoute (K-means, K chosen per trial) with each test LLM's Psi "
-          f"from that many validation prompts, mean [95% CI] over "
-          f"{args.trials} trial(s):")
+          f"from that many validation prompts, {summary}:")
     print(report.format_onboarding(curve))
   if bounds is not None:
     print()
@@ -359,6 +369,27 @@ def _impurity_bounds(args, data, n_train: int, n_val: int) -> dict:
   return {"prompts": int(n), "neighbors": _BOUND_NEIGHBORS,
           "clusters": [int(k) for k in clusters],
           "bound": [float(b) for b in np.asarray(values, np.float64)]}
+
+
+# Fewer test prompts than this scored in a trial: its areas rest on few
+# prompts, and the command says so.
+_FEW_SCORED = 30
+
+
+def _print_scored(scored, n_test: int) -> None:
+  """How many test prompts the trials score, when labels are missing: only
+  those labelled for every test LLM count."""
+  import warnings
+  low, high = int(min(scored)), int(max(scored))
+  if low == n_test:
+    return
+  counts = str(low) if low == high else f"{low}-{high}"
+  print(f"Scored per trial: {counts} of the {n_test} test prompts, those "
+        "labelled for every test LLM.")
+  if low < _FEW_SCORED:
+    warnings.warn(f"a trial scores only {low} test prompt(s), those labelled "
+                  "for every one of its test LLMs: its areas rest on few "
+                  "prompts; label the LLMs on more of the same prompts")
 
 
 def _sizes_text(sizes, n_val: int) -> str:

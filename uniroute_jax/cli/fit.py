@@ -92,6 +92,7 @@ def run(args) -> int:
   print("[1/3] loading the data ...", file=sys.stderr, flush=True)
   loaded = inputs.load(args)
   data = loaded.data
+  common.prior_strength_fits(args.psi_prior_strength, data.loss.dtype)
   missing = inputs.labels(args, data)
   if data.num_models < 2:
     raise ValueError(f"--data holds {data.num_models} LLM; a router needs at "

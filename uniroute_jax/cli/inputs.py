@@ -102,10 +102,15 @@ def load(args) -> Loaded:
   from uniroute_jax import data as loaders
   check_data_flags(args)
   if args.format == "synthetic":
+    prompts = args.prompts or SYNTHETIC_PROMPTS
+    llms = args.llms or SYNTHETIC_LLMS
+    # Embeddings (32 floats a prompt), then loss, mask and the generator's
+    # draws: a few [prompts, llms] arrays.
+    common.fits_in_memory("--prompts / --llms", f"{prompts} / {llms}",
+                          4 * prompts * (32 + 8 * llms),
+                          f"{prompts} prompts x {llms} LLMs")
     return Loaded(loaders.make_synthetic(
-        jax.random.key(args.seed),
-        num_prompts=args.prompts or SYNTHETIC_PROMPTS,
-        num_models=args.llms or SYNTHETIC_LLMS), None)
+        jax.random.key(args.seed), num_prompts=prompts, num_models=llms), None)
   if args.format == "routerbench":
     return Loaded(loaders.load_routerbench(args.data,
                                            embeddings=args.embeddings),
@@ -122,7 +127,8 @@ def load(args) -> Loaded:
     return Loaded(loaders.load_long(args.data, embeddings=args.embeddings,
                                     costs=args.costs, **columns),
                   _recorded_embedder(args.embeddings))
-  encoding.check_encoder_arguments(args, others={"--data": args.data})
+  encoding.check_encoder_arguments(
+      args, others={"--data": args.data, **common.output_flags(args)})
   embedder = encoding.TextEmbedder(args)
   return Loaded(loaders.load_long(args.data, embeddings=embedder,
                                   costs=args.costs, **columns),

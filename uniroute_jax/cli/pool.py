@@ -136,7 +136,7 @@ def _check_out(args) -> None:
   if args.out is not None:
     common.new_file("--out", args.out)
     common.router_suffix("--out", args.out)
-    if os.path.abspath(args.out) == os.path.abspath(args.router):
+    if common.real_path(args.out) == common.real_path(args.router):
       raise ValueError("--out names ROUTER itself; use --replace to replace it")
   elif _read_only(args.router):
     raise ValueError(f"--replace: {args.router} is read-only; write the new "

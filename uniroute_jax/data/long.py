@@ -230,6 +230,9 @@ def _key(value, path: str, column: str, row: int) -> str:
 
 def _read_table(path: str):
   """(header, column getter) of a CSV or Parquet file."""
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path!r} is a folder; a long-format table is "
+                            "one CSV or Parquet file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"long-format file not found: {path!r}")
   if path.lower().endswith(PARQUET_SUFFIXES):
@@ -292,6 +295,8 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
       a different number of fields from the header.
   """
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path!r} is a folder; expected a CSV file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"CSV file not found: {path!r}")
   encoding = text_encoding(path)

@@ -39,9 +39,9 @@ from uniroute_jax.protocol.search import Best, best_candidate
 from uniroute_jax.protocol.splits import (
     Split, make_split, make_trials, model_split_sizes, split_sizes)
 from uniroute_jax.protocol.statistics import (
-    MethodSummary, SignTest, sign_test, summarise)
+    MethodSummary, SignTest, area_tie_tolerance, sign_test, summarise)
 from uniroute_jax.protocol.trials import (
-    TrialData, gather_trial, test_curve, validation_area)
+    TrialData, gather_trial, scored_test_prompts, test_curve, validation_area)
 
 __all__ = [
     "BUILT_IN", "Best", "DEFAULT_METHODS", "EXCESS_LAMBDAS", "Evaluation", "KMeansRouter", "KNN",
@@ -52,6 +52,7 @@ __all__ = [
     "as_methods", "best_candidate", "dataset_arrays", "default_cluster_grid",
     "default_neighbor_grid", "evaluate", "gather_trial", "make_split",
     "make_trials", "method_dataclass", "model_split_sizes", "run_batch",
-    "run_trials", "sign_test", "split_sizes", "summarise", "test_curve",
+    "run_trials", "scored_test_prompts", "sign_test", "split_sizes",
+    "summarise", "test_curve", "area_tie_tolerance",
     "trial_mesh", "validation_area",
 ]

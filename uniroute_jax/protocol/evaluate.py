@@ -14,6 +14,7 @@ from uniroute_jax.protocol.running import (PoolPoints, check_excess_lambdas,
                                            run_trials)
 from uniroute_jax.protocol.splits import Split, make_trials
 from uniroute_jax.protocol.statistics import MethodSummary, summarise
+from uniroute_jax.protocol.trials import scored_test_prompts
 from uniroute_jax.types import RoutingData
 
 
@@ -28,6 +29,8 @@ class Evaluation(NamedTuple):
     pool: the test LLMs' own points per trial.
     excess_lambdas: [L] the lambdas (relative-cost units) of every
       method's excess risks.
+    scored_test_prompts: [T] the test prompts each trial scores, those
+      labelled for every test LLM (:func:`scored_test_prompts`).
   """
 
   methods: dict[str, MethodSummary]
@@ -36,6 +39,7 @@ class Evaluation(NamedTuple):
   alpha: float
   pool: PoolPoints
   excess_lambdas: np.ndarray
+  scored_test_prompts: np.ndarray
 
 
 def evaluate(key, data: RoutingData, *, num_trials: int = 10,
@@ -94,4 +98,5 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
                              excess_lambdas=excess_lambdas,
                              on_progress=on_progress, mesh=mesh)
   summaries, best = summarise(results, methods, alpha=alpha)
-  return Evaluation(summaries, best, splits, alpha, pool, excess_lambdas)
+  return Evaluation(summaries, best, splits, alpha, pool, excess_lambdas,
+                    scored_test_prompts(data.mask, splits))

@@ -70,11 +70,13 @@ class OnboardingCurve(NamedTuple):
     return self.area.mean(axis=0)
 
   def interval(self) -> tuple[np.ndarray, np.ndarray]:
-    """([O, S] low, [O, S] high): 95% normal intervals of the mean."""
+    """([O, S] low, [O, S] high): 95% normal intervals of the mean, within
+    [0, 1] where every Area lies (NaN for one trial)."""
     t = self.area.shape[0]
     half = (1.96 * self.area.std(axis=0, ddof=1) / np.sqrt(t) if t > 1
             else np.full(self.area.shape[1:], np.nan))
-    return self.mean() - half, self.mean() + half
+    return (np.maximum(self.mean() - half, 0.0),
+            np.minimum(self.mean() + half, 1.0))
 
 
 def _trial_curves(trial: TrialData, key, clusters, sizes, prior_strength, *,

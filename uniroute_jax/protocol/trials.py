@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from uniroute_jax import metrics
 from uniroute_jax.protocol.splits import Split
@@ -80,6 +81,17 @@ def gather_trial(arrays, split: Split) -> TrialData:
       train_all_loss=loss[split.train], train_all_mask=mask[split.train],
       val_test_cost=costs(split.val, split.test_models),
       test_models=split.test_models)
+
+
+def scored_test_prompts(mask, splits: Split) -> np.ndarray:
+  """[T] how many test prompts each trial scores: those labelled for every
+  one of its test LLMs (the others get weight 0, see the conventions
+  above). Host arrays: ``mask`` [n, m], ``splits`` of T trials."""
+  mask = np.asarray(mask, bool)
+  return np.asarray([int(np.all(mask[np.ix_(prompts, models)], axis=1).sum())
+                     for prompts, models in zip(np.asarray(splits.test),
+                                                np.asarray(splits.test_models))],
+                    np.int64)
 
 
 def validation_area(gamma, trial: TrialData) -> Array:
