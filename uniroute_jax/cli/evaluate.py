@@ -161,11 +161,7 @@ def _add_protocol_arguments(p: argparse.ArgumentParser, *, trials: int) -> None:
 
 def _check_outputs(args) -> None:
   """Fails before any work when an output cannot be written."""
-  outputs = [(flag, path) for flag, path in (
-      ("--json", args.json), ("--plot", args.plot),
-      ("--plot-excess", args.plot_excess),
-      ("--plot-onboarding", args.plot_onboarding),
-      ("--plot-bound", args.plot_bound)) if path is not None]
+  outputs = list(common.output_flags(args).items())
   for flag, path in outputs:
     common.new_file(flag, path)
   seen = {}
@@ -300,8 +296,8 @@ def _run(args, source: str) -> int:
     print(split)
   if curve is not None:
     print()
-    summary = ("mean [95% CI] over " + f"{args.trials} trials"
-               if args.trials > 1 else "one trial")
+    summary = (f"mean [95% CI] over {args.trials} trials" if args.trials > 1
+               else "one trial")
     print(f"How many prompts an unseen LLM must be run on: the Area of "
           f"UniRoute (K-means, K chosen per trial) with each test LLM's Psi "
           f"from that many validation prompts, {summary}:")

@@ -39,7 +39,8 @@ from uniroute_jax.protocol.search import Best, best_candidate
 from uniroute_jax.protocol.splits import (
     Split, make_split, make_trials, model_split_sizes, split_sizes)
 from uniroute_jax.protocol.statistics import (
-    MethodSummary, SignTest, area_tie_tolerance, sign_test, summarise)
+    MethodSummary, SignTest, area_interval, area_tie_tolerance, sign_test,
+    summarise)
 from uniroute_jax.protocol.trials import (
     TrialData, gather_trial, scored_test_prompts, test_curve, validation_area)
 
@@ -53,6 +54,6 @@ __all__ = [
     "default_neighbor_grid", "evaluate", "gather_trial", "make_split",
     "make_trials", "method_dataclass", "model_split_sizes", "run_batch",
     "run_trials", "scored_test_prompts", "sign_test", "split_sizes",
-    "summarise", "test_curve", "area_tie_tolerance",
+    "summarise", "test_curve", "area_interval", "area_tie_tolerance",
     "trial_mesh", "validation_area",
 ]

@@ -35,6 +35,7 @@ from uniroute_jax import blocks, checks, clustering, features, metrics, routing
 from uniroute_jax.protocol.methods import default_cluster_grid, candidate_array
 from uniroute_jax.protocol.running import dataset_arrays
 from uniroute_jax.protocol.splits import Split, make_trials
+from uniroute_jax.protocol.statistics import area_interval
 from uniroute_jax.protocol.trials import (TrialData, gather_trial, test_curve,
                                           validation_area)
 from uniroute_jax.types import Array, RoutingData
@@ -72,11 +73,7 @@ class OnboardingCurve(NamedTuple):
   def interval(self) -> tuple[np.ndarray, np.ndarray]:
     """([O, S] low, [O, S] high): 95% normal intervals of the mean, within
     [0, 1] where every Area lies (NaN for one trial)."""
-    t = self.area.shape[0]
-    half = (1.96 * self.area.std(axis=0, ddof=1) / np.sqrt(t) if t > 1
-            else np.full(self.area.shape[1:], np.nan))
-    return (np.maximum(self.mean() - half, 0.0),
-            np.minimum(self.mean() + half, 1.0))
+    return area_interval(self.area)
 
 
 def _trial_curves(trial: TrialData, key, clusters, sizes, prior_strength, *,

@@ -58,6 +58,18 @@ def area_tie_tolerance(dtype) -> float:
   return 64 * float(np.finfo(dtype).eps)
 
 
+def area_interval(areas) -> tuple[np.ndarray, np.ndarray]:
+  """(low, high): the 95% normal-approximation interval of the mean of
+  per-trial areas (trials on axis 0), within [0, 1] where every Area lies;
+  NaN for one trial."""
+  areas = np.asarray(areas)
+  t = areas.shape[0]
+  mean = areas.mean(axis=0)
+  half = (1.96 * areas.std(axis=0, ddof=1) / math.sqrt(t) if t > 1
+          else np.full(mean.shape, np.nan))
+  return np.maximum(mean - half, 0.0), np.minimum(mean + half, 1.0)
+
+
 class MethodSummary(NamedTuple):
   """One method's results over all trials.
 
@@ -119,14 +131,13 @@ def summarise(results: dict[str, TrialMetrics], methods: Sequence[Method], *,
     best = max(candidates, key=lambda n: float(np.mean(results[n].area)))
   for name, r in results.items():
     method = by_name[name]
-    t = r.area.shape[0]
     quality = np.mean(r.curve_quality, axis=0)
     grid = np.linspace(0.0, 1.0, quality.shape[0])
     curve = metrics.curve_from_points(grid, quality, max_cost=1.0,
                                       best_quality=float(np.mean(r.best_quality)))
     mean_metrics = metrics.deferral_metrics(curve)
     mean = float(np.mean(r.area))
-    half = 1.96 * float(np.std(r.area, ddof=1)) / math.sqrt(t) if t > 1 else math.nan
+    low, high = area_interval(r.area)
     test = None
     if best is not None and name != best and not method.reference:
       test = sign_test(r.area, results[best].area,
@@ -135,8 +146,7 @@ def summarise(results: dict[str, TrialMetrics], methods: Sequence[Method], *,
         name=name, title=method.title, method=method, area=mean,
         area50=float(np.mean(r.area50)), qnc=float(mean_metrics.qnc),
         peak_quality=float(np.max(quality)),
-        # An Area lies in [0, 1], and so does any interval of its mean.
-        area_ci=(max(mean - half, 0.0), min(mean + half, 1.0)),
+        area_ci=(float(low), float(high)),
         relative_cost=grid, quality=quality, trials=r, versus_best=test,
         significantly_worse=bool(test is not None and test.p_value < alpha
                                  and test.wins < test.losses),
