@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import RTOL, no_retrace
+from uniroute_jax.baselines import knn
 from uniroute_jax import (checked, choose_models, deferral_curve, deferral_metrics,
                           knn_predicted_loss, knn_predicted_loss_grid,
                           zero_router_curve,
@@ -270,3 +271,96 @@ def test_a_batch_of_hulls_is_refused_with_the_way_to_map_it():
       np.array([[0.2, 0.1], [0.3, 0.1]]))
   with pytest.raises(ValueError, match=r"hull must be one hull .*jax.vmap"):
     zero_router_route(jax.random.key(0), hulls, 0.5, num_prompts=4)
+
+
+def numpy_lists(x, length, metric):
+  """Each row's nearest rows of x, nearest first, ties to the lower index."""
+  if metric == "cosine":
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    score = unit @ unit.T
+  else:
+    score = -((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+  return np.argsort(-score, axis=1, kind="stable")[:, :length]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_neighbor_lists_match_numpy(dtype, mode, metric):
+  rng = np.random.default_rng(11)
+  x = rng.normal(size=(45, 6)).astype(dtype)
+  x[30] = x[7]          # a duplicate: ties go to the lower index
+  for length, chunk in ((45, None), (12, 8)):
+    lists = knn.neighbor_lists(x, length=length, metric=metric, chunk_size=chunk)
+    assert lists.shape == (45, length) and lists.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(lists),
+                                  numpy_lists(x.astype(np.float64), length, metric))
+
+
+def _positions(lists, references):
+  """Dataset rows as positions among the (sorted) references, -1 outside."""
+  position = np.full(lists.shape[0], -1)
+  position[references] = np.arange(len(references))
+  return position[lists]
+
+
+def test_grid_from_lists_equals_a_search_of_the_references(mode):
+  """The first k references of each query's list of nearest prompts are its
+  k nearest references: the grid equals the search over the references
+  alone and the NumPy loop, without recompiling for new k."""
+  rng = np.random.default_rng(12)
+  x = rng.normal(size=(60, 5))
+  references = np.sort(rng.permutation(60)[:35])
+  queries = np.setdiff1d(np.arange(60), references)
+  loss, mask = rng.random((35, 3)), rng.random((35, 3)) < 0.7
+  lists = _positions(np.asarray(knn.neighbor_lists(x, length=60)), references)
+  ks = np.array([1, 4, 9, 20])
+  grid, complete = knn.knn_predicted_loss_grid_from_lists(
+      lists[queries], loss, mask=mask, num_neighbors=ks, max_neighbors=20)
+  assert grid.shape == (4, 25, 3) and bool(np.all(complete))
+  searched = knn_predicted_loss_grid(x[queries], x[references], loss, mask=mask,
+                                     num_neighbors=tuple(ks.tolist()))
+  np.testing.assert_allclose(np.asarray(grid), np.asarray(searched), rtol=1e-12)
+  for g, k in enumerate(ks):
+    np.testing.assert_allclose(
+        np.asarray(grid[g]),
+        numpy_knn(x[queries], x[references], loss, mask, int(k), "cosine"),
+        rtol=1e-12)
+  with no_retrace():
+    knn.knn_predicted_loss_grid_from_lists(
+        lists[queries], loss, mask=mask, num_neighbors=ks[::-1].copy(),
+        max_neighbors=20)
+
+
+def test_grid_from_short_lists_says_which_rows_are_incomplete():
+  """A list holding fewer references than the largest k is flagged, and its
+  predictions use the references it holds."""
+  rng = np.random.default_rng(13)
+  x = rng.normal(size=(40, 4))
+  references = np.sort(rng.permutation(40)[:20])
+  queries = np.setdiff1d(np.arange(40), references)
+  loss = rng.random((20, 2))
+  short = _positions(np.asarray(knn.neighbor_lists(x, length=10)), references)
+  found = (short[queries] >= 0).sum(1)
+  grid, complete = knn.knn_predicted_loss_grid_from_lists(
+      short[queries], loss, num_neighbors=np.array([2, 6]), max_neighbors=6)
+  np.testing.assert_array_equal(np.asarray(complete), found >= 6)
+  assert 0 < np.sum(found < 6) < len(queries)   # both kinds of row occur
+  for i, q in enumerate(queries):
+    held = short[q][short[q] >= 0]
+    for g, k in enumerate((2, 6)):
+      np.testing.assert_allclose(float(grid[g, i, 0]),
+                                 loss[held[:k], 0].mean(), rtol=1e-12)
+
+
+def test_neighbor_lists_bad_input():
+  with pytest.raises(ValueError, match=r"length must be at most the number "
+                     r"of prompts \(5\)"):
+    knn.neighbor_lists(np.ones((5, 2)), length=6)
+  with pytest.raises(ValueError, match="metric must be one of"):
+    knn.neighbor_lists(np.ones((5, 2)), length=2, metric="manhattan")
+  args = dict(reference_loss=np.zeros((4, 2)), num_neighbors=np.array([1, 2]),
+              max_neighbors=2)
+  with pytest.raises(ValueError, match=r"neighbors must hold integers \[n, L\]"):
+    knn.knn_predicted_loss_grid_from_lists(np.zeros((3, 5)), **args)
+  with pytest.raises(ValueError, match=r"reference rows in \[0, 4\) or -1"):
+    checked(knn.knn_predicted_loss_grid_from_lists)(
+        np.array([[0, 4]]), **args)

@@ -557,3 +557,46 @@ def test_onboarding_intervals_stay_in_the_unit_interval():
   assert np.any(mean - half < 0) and np.any(mean + half > 1)
   np.testing.assert_allclose(low, np.maximum(mean - half, 0.0))
   np.testing.assert_allclose(high, np.minimum(mean + half, 1.0))
+
+
+def test_knn_from_shared_lists_equals_ranking_in_each_trial(small):
+  """K-NN's search from neighbour lists found once for the dataset gives
+  each trial's search over its own training prompts, and so does a trial
+  whose lists are too short for the largest k (it ranks its own)."""
+  splits = protocol.make_trials(jax.random.key(3), 2, small.num_prompts,
+                                small.num_models)
+  keys = jax.random.split(jax.random.key(4), 2)
+  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
+  knn = protocol.KNN(neighbors=(5, 8, 13, 40)).resolve(n_train, n_val)
+  length = knn.neighbor_list_length(small.num_prompts, n_train)
+  assert 40 < length <= small.num_prompts
+  assert knn.replace(shared_lists=False).neighbor_list_length(
+      small.num_prompts, n_train) == 0
+  assert protocol.ZeroRouter().neighbor_list_length(small.num_prompts,
+                                                    n_train) == 0
+
+  def run(method, list_length):
+    arrays = protocol.dataset_arrays(small, neighbor_list_length=list_length)
+    out = protocol.run_batch(arrays, splits, keys, (method,), curve_points=101,
+                             vectorize=1)["knn"]
+    return np.asarray(out.area), np.asarray(out.chosen)
+
+  own = run(knn.replace(shared_lists=False), 0)
+  for list_length in (length, 16):
+    shared = run(knn, list_length)
+    np.testing.assert_array_equal(shared[1], own[1])
+    np.testing.assert_allclose(shared[0], own[0], rtol=1e-12)
+  # The short lists really were short: their trials took the fallback.
+  arrays = protocol.dataset_arrays(small, neighbor_list_length=16)
+  trial = protocol.gather_trial(arrays, protocol.Split(*(p[0] for p in splits)))
+  assert trial.val_train_neighbors.shape == (n_val, 16)
+  assert np.any(np.sum(np.asarray(trial.val_train_neighbors) >= 0, axis=1) < 40)
+  # Each entry is the listed prompt's place among the training prompts.
+  listed = np.asarray(trial.val_train_neighbors)
+  dataset_lists = np.asarray(arrays.neighbors)[np.asarray(splits.val[0])]
+  train = np.asarray(splits.train[0])
+  np.testing.assert_array_equal(listed >= 0, np.isin(dataset_lists, train))
+  np.testing.assert_array_equal(train[listed[listed >= 0]],
+                                dataset_lists[listed >= 0])
+  assert protocol.gather_trial(protocol.dataset_arrays(small), protocol.Split(
+      *(p[0] for p in splits))).val_train_neighbors is None

@@ -116,6 +116,13 @@ class Method:
   def run(self, trial: TrialData, key) -> MethodOutput:
     raise NotImplementedError
 
+  def neighbor_list_length(self, num_prompts: int, n_train: int) -> int:
+    """How many nearest prompts of every prompt of the dataset this method
+    reads (``TrialData.val_train_neighbors``), found once for all trials
+    (``knn.neighbor_lists``); 0, the default, for none."""
+    del num_prompts, n_train
+    return 0
+
   def replace(self, **changes) -> "Method":
     """A copy with some fields changed (the method is immutable)."""
     return dataclasses.replace(self, **changes)
@@ -215,12 +222,20 @@ class KNN(Method):
   Attributes:
     neighbors: candidate k (traced); None: 5 .. N_val / 3 (App. F.1).
     max_neighbors: the largest candidate (set by ``resolve``).
+    shared_lists: search the validation prompts' nearest training prompts
+      in lists of every prompt's nearest prompts found once for all trials
+      (``knn.neighbor_lists``, :meth:`neighbor_list_length` long), instead
+      of ranking the training prompts in every trial; a trial whose lists
+      hold too few training prompts for some row ranks them itself. The
+      neighbours are the same but for prompts whose similarities differ
+      only by rounding (static).
   """
 
   name: str = "knn"
   title: str = "K-NN"
   neighbors: Any = None
   max_neighbors: int = 0
+  shared_lists: bool = True
   hyperparameter: ClassVar[str] = "k"
 
   def resolve(self, n_train, n_val):
@@ -231,14 +246,36 @@ class KNN(Method):
                             f"prompts ({cap})")
     return self.replace(neighbors=values, max_neighbors=top)
 
+  def neighbor_list_length(self, num_prompts, n_train):
+    if not self.shared_lists:
+      return 0
+    _require_resolved(self, "neighbors")
+    # Half as many training prompts again as the largest k needs on
+    # average, and 64 more: a list short of the largest k (a trial then
+    # ranks its own) is many standard deviations away.
+    wanted = 1.5 * self.max_neighbors * num_prompts / max(n_train, 1) + 64
+    return min(num_prompts, -(-int(wanted) // 64) * 64)
+
   def run(self, trial, key):
     del key
     _require_resolved(self, "neighbors")
     grid = dict(num_neighbors=self.neighbors, max_neighbors=self.max_neighbors)
+
+    def ranked_here(_):
+      return knn.knn_predicted_loss_grid(
+          trial.val_emb, trial.train_emb, trial.train_loss,
+          mask=trial.train_mask, **grid)
+
     # Selection: training LLMs, represented on the training prompts.
-    val_gamma = knn.knn_predicted_loss_grid(
-        trial.val_emb, trial.train_emb, trial.train_loss, mask=trial.train_mask,
-        **grid)
+    if trial.val_train_neighbors is None:
+      val_gamma = ranked_here(None)
+    else:
+      listed, complete = knn.knn_predicted_loss_grid_from_lists(
+          trial.val_train_neighbors, trial.train_loss, mask=trial.train_mask,
+          num_neighbors=jnp.asarray(self.neighbors, jnp.int32),
+          max_neighbors=self.max_neighbors)
+      val_gamma = jax.lax.cond(jnp.all(complete), lambda _: listed,
+                               ranked_here, None)
     areas = jax.vmap(lambda g: validation_area(g, trial))(val_gamma)
     k = jnp.asarray(self.neighbors, jnp.int32)[jnp.argmax(areas)]
     # Only the chosen k routes the test prompts: one search for one k.

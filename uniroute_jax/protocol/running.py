@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from uniroute_jax import blocks, checks, metrics, risk, threads
+from uniroute_jax.baselines import knn
 from uniroute_jax.protocol.methods import (DEFAULT_METHODS, Method, as_methods)
 from uniroute_jax.protocol.splits import Split
-from uniroute_jax.protocol.trials import TrialData, gather_trial, test_curve
+from uniroute_jax.protocol.trials import (DatasetArrays, TrialData,
+                                          gather_trial, test_curve)
 from uniroute_jax.types import Array, RoutingData
 
 
@@ -120,12 +122,37 @@ def method_key(key, method: Method):
   return jax.random.fold_in(key, zlib.crc32(method.name.encode()) & 0x7FFFFFFF)
 
 
-def dataset_arrays(data: RoutingData):
-  """(embeddings, loss, mask, cost) of a dataset as device arrays in the
-  compute dtype: what :func:`run_batch` gathers trials from."""
+def dataset_arrays(data: RoutingData, *,
+                   neighbor_list_length: int = 0) -> DatasetArrays:
+  """A dataset as device arrays in the compute dtype: what
+  :func:`run_batch` gathers trials from.
+
+  Args:
+    data: the dataset.
+    neighbor_list_length: with L > 0, every prompt's L nearest prompts
+      (``knn.neighbor_lists``, cosine) are found too, for the methods that
+      read them (``Method.neighbor_list_length``).
+  """
   dtype = checks.compute_dtype(data.embeddings, data.loss)
-  return (jnp.asarray(data.embeddings, dtype), jnp.asarray(data.loss, dtype),
-          jnp.asarray(data.mask, bool), jnp.asarray(data.cost, dtype))
+  emb = jnp.asarray(data.embeddings, dtype)
+  length = int(neighbor_list_length)
+  return DatasetArrays(
+      emb, jnp.asarray(data.loss, dtype), jnp.asarray(data.mask, bool),
+      jnp.asarray(data.cost, dtype),
+      _neighbor_lists(emb, length) if length > 0 else None)
+
+
+def _neighbor_lists(emb, length: int):
+  """``knn.neighbor_lists`` of every prompt, in halves from two host
+  threads on a CPU: XLA:CPU runs a top-k on one core."""
+  n = emb.shape[0]
+  count = threads.workers(None)
+  # Equal parts (the last padded by repeating a row) compile once.
+  part = -(-n // count)
+  rows = np.minimum(np.arange(count * part), n - 1).reshape(count, part)
+  parts = list(threads.in_order(
+      lambda r: knn.neighbor_lists(emb, length=length, rows=r), rows, count))
+  return jnp.concatenate(parts)[:n]
 
 
 @checks.kernel(static_argnames=("curve_points", "vectorize"))
@@ -275,7 +302,8 @@ def run_trials(key, data: RoutingData, splits: Split, *,
   num_trials = int(np.shape(splits.train)[0])
   n_train, n_val = int(np.shape(splits.train)[1]), int(np.shape(splits.val)[1])
   methods = tuple(m.resolve(n_train, n_val) for m in as_methods(methods))
-  arrays = dataset_arrays(data)
+  arrays = dataset_arrays(data, neighbor_list_length=max(
+      m.neighbor_list_length(data.num_prompts, n_train) for m in methods))
   excess_lambdas = check_excess_lambdas(excess_lambdas, arrays[1].dtype)
   trial_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(
       jnp.arange(num_trials))

@@ -47,11 +47,29 @@ class TrialData(NamedTuple):
   train_all_loss: Array     # [n_train, m] every LLM on the training prompts
   train_all_mask: Array     # [n_train, m]
   test_models: Array        # [m_test] the test LLMs' columns in the dataset
+  # [n_val, L] each validation prompt's nearest prompts of the dataset,
+  # nearest first, as rows of train_emb (-1: not a training prompt); None
+  # unless the dataset's arrays hold neighbour lists (DatasetArrays).
+  val_train_neighbors: Array | None = None
 
 
-def gather_trial(arrays, split: Split) -> TrialData:
-  """Slices the dataset's (embeddings, loss, mask, cost) by one trial's split."""
-  emb, loss, mask, cost = arrays
+class DatasetArrays(NamedTuple):
+  """A dataset as device arrays, what trials are gathered from
+  (:func:`~uniroute_jax.protocol.dataset_arrays`)."""
+
+  embeddings: Array         # [n, d]
+  loss: Array               # [n, m]
+  mask: Array               # [n, m] bool
+  cost: Array               # [m] or [n, m]
+  # [n, L] int32 every prompt's L nearest prompts (knn.neighbor_lists), or
+  # None when no method reads them.
+  neighbors: Array | None = None
+
+
+def gather_trial(arrays: DatasetArrays, split: Split) -> TrialData:
+  """Slices a dataset's arrays by one trial's split."""
+  emb, loss, mask, cost = arrays[:4]
+  neighbors = arrays[4] if len(arrays) > 4 else None
   dtype = loss.dtype
 
   def cells(prompts, models):
@@ -80,7 +98,17 @@ def gather_trial(arrays, split: Split) -> TrialData:
       test_route_cost=route_cost(split.test_models),
       train_all_loss=loss[split.train], train_all_mask=mask[split.train],
       val_test_cost=costs(split.val, split.test_models),
-      test_models=split.test_models)
+      test_models=split.test_models,
+      val_train_neighbors=None if neighbors is None
+      else _as_positions(neighbors[split.val], split.train, emb.shape[0]))
+
+
+def _as_positions(prompts, subset, num_prompts: int):
+  """``prompts`` (dataset rows) as positions in the sorted ``subset``, -1
+  for those outside it."""
+  position = jnp.full((num_prompts,), -1, jnp.int32).at[subset].set(
+      jnp.arange(subset.shape[0], dtype=jnp.int32))
+  return position[prompts]
 
 
 def scored_test_prompts(mask, splits: Split) -> np.ndarray:
