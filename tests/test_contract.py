@@ -185,6 +185,16 @@ CASES = [
         q, r, loss, num_neighbors=ks, max_neighbors=9),
          lambda: (X_TEST, X, LOSS, np.array([1, 5, 9], np.int32)),
          {2: lambda l: 1 - l, 3: lambda k: k[::-1].copy()}),
+    Case("neighbor_lists", lambda x, rows: ur.neighbor_lists(
+        x, length=6, rows=rows), lambda: (X, np.arange(12, dtype=np.int32)),
+         {0: lambda x: x * 2 + 1, 1: lambda r: r[::-1].copy()}),
+    Case("knn_predicted_loss_grid_from_lists",
+         lambda lists, loss, mask, ks: ur.knn_predicted_loss_grid_from_lists(
+             lists, loss, mask=mask, num_neighbors=ks, max_neighbors=5),
+         lambda: (RNG.integers(-1, N, (10, 12)).astype(np.int32), LOSS, MASK,
+                  np.array([1, 3, 5], np.int32)),
+         {0: lambda l: l[::-1].copy(), 1: lambda l: 1 - l,
+          2: lambda m: m[::-1].copy(), 3: lambda k: k[::-1].copy()}),
     Case("cluster_map_loss", lambda phi, psi, e, mask: ur.cluster_map_loss(
         phi, psi, e, mask), lambda: (SOFT, PSI, LOSS, MASK),
          {0: lambda p: p[::-1].copy(), 1: lambda p: 1 - p, 3: lambda m: m[::-1].copy()}),

@@ -28,7 +28,8 @@ _SUBMODULES = ("baselines", "blocks", "checks", "cli", "cluster_map",
 _NAMES = {
     "uniroute_jax.baselines": (
         "LossPredictor", "ParetoHull", "fit_matrix_factorization", "fit_mlp",
-        "knn_predicted_loss", "knn_predicted_loss_grid", "predict_loss",
+        "knn_predicted_loss", "knn_predicted_loss_grid",
+        "knn_predicted_loss_grid_from_lists", "neighbor_lists", "predict_loss",
         "zero_router_curve", "zero_router_hull", "zero_router_route"),
     "uniroute_jax.checks": ("checked",),
     "uniroute_jax.cluster_map": (
@@ -92,9 +93,10 @@ __all__ = [
     "curve_from_points", "deferral_curve", "deferral_metrics", "evaluate",
     "fit_cluster_map", "fit_matrix_factorization", "fit_mlp", "io",
     "kmeans", "kmeans_plusplus", "knn_predicted_loss", "knn_predicted_loss_grid",
-    "labelled_area", "learn", "learned_map_predicted_loss", "load_embedllm",
-    "load_embeddings", "load_long", "load_routerbench", "make_synthetic",
-    "maps", "metrics", "missing_labels", "predict_loss", "predicted_loss",
+    "knn_predicted_loss_grid_from_lists", "labelled_area", "learn",
+    "learned_map_predicted_loss", "load_embedllm", "load_embeddings",
+    "load_long", "load_routerbench", "make_synthetic", "maps", "metrics",
+    "missing_labels", "neighbor_lists", "predict_loss", "predicted_loss",
     "read_prompts", "encoder", "FitReport", "FittedRouter", "fit_router",
     "fitting", "Representatives", "OperatingPoint", "operating_point",
     "protocol", "report", "route", "router", "switch_path", "upper_envelope",
