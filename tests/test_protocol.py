@@ -575,17 +575,27 @@ def test_knn_from_shared_lists_equals_ranking_in_each_trial(small):
   assert protocol.ZeroRouter().neighbor_list_length(small.num_prompts,
                                                     n_train) == 0
 
-  def run(method, list_length):
-    arrays = protocol.dataset_arrays(small, neighbor_list_length=list_length)
+  def run(method, arrays):
     out = protocol.run_batch(arrays, splits, keys, (method,), curve_points=101,
                              vectorize=1)["knn"]
     return np.asarray(out.area), np.asarray(out.chosen)
 
-  own = run(knn.replace(shared_lists=False), 0)
+  shared = knn.replace(shared_lists=True)
+  assert shared.neighbor_list_length(small.num_prompts, n_train) == length
+  own = run(knn.replace(shared_lists=False), protocol.dataset_arrays(small))
   for list_length in (length, 16):
-    shared = run(knn, list_length)
-    np.testing.assert_array_equal(shared[1], own[1])
-    np.testing.assert_allclose(shared[0], own[0], rtol=1e-12)
+    listed = run(shared, protocol.dataset_arrays(
+        small, neighbor_list_length=list_length))
+    np.testing.assert_array_equal(listed[1], own[1])
+    np.testing.assert_allclose(listed[0], own[0], rtol=1e-12)
+  # Lists of every prompt, farthest first: complete, so read (the results
+  # change), except by a method told not to share them.
+  full = protocol.dataset_arrays(small, neighbor_list_length=small.num_prompts)
+  wrong = full._replace(neighbors=full.neighbors[:, ::-1])
+  assert not np.allclose(run(shared, wrong)[0], own[0])
+  ignoring = run(knn.replace(shared_lists=False), wrong)
+  np.testing.assert_array_equal(ignoring[1], own[1])
+  np.testing.assert_allclose(ignoring[0], own[0], rtol=1e-12)
   # The short lists really were short: their trials took the fallback.
   arrays = protocol.dataset_arrays(small, neighbor_list_length=16)
   trial = protocol.gather_trial(arrays, protocol.Split(*(p[0] for p in splits)))

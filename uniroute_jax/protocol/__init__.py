@@ -42,10 +42,12 @@ from uniroute_jax.protocol.statistics import (
     MethodSummary, SignTest, area_interval, area_tie_tolerance, sign_test,
     summarise)
 from uniroute_jax.protocol.trials import (
-    DatasetArrays, TrialData, gather_trial, scored_test_prompts, test_curve, validation_area)
+    DatasetArrays, TrialData, gather_trial, scored_test_prompts, test_curve,
+    validation_area)
 
 __all__ = [
-    "BUILT_IN", "Best", "DatasetArrays", "DEFAULT_METHODS", "EXCESS_LAMBDAS", "Evaluation", "KMeansRouter", "KNN",
+    "BUILT_IN", "Best", "DatasetArrays", "DEFAULT_METHODS", "EXCESS_LAMBDAS",
+    "Evaluation", "KMeansRouter", "KNN",
     "LearnedMapRouter", "MLPRouter", "MatrixFactorizationRouter", "Method",
     "MethodOutput", "MethodSummary", "OnboardingCurve", "Oracle",
     "SELECTIONS", "onboarding_curve", "PoolPoints", "SignTest",

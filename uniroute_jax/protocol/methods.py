@@ -228,14 +228,16 @@ class KNN(Method):
       of ranking the training prompts in every trial; a trial whose lists
       hold too few training prompts for some row ranks them itself. The
       neighbours are the same but for prompts whose similarities differ
-      only by rounding (static).
+      only by rounding. None (the default): on a CPU, where XLA's top-k
+      is slow; an accelerator vmaps trials, and under ``vmap`` the
+      fallback would run beside the lists (static).
   """
 
   name: str = "knn"
   title: str = "K-NN"
   neighbors: Any = None
   max_neighbors: int = 0
-  shared_lists: bool = True
+  shared_lists: bool | None = None
   hyperparameter: ClassVar[str] = "k"
 
   def resolve(self, n_train, n_val):
@@ -246,8 +248,13 @@ class KNN(Method):
                             f"prompts ({cap})")
     return self.replace(neighbors=values, max_neighbors=top)
 
+  def _uses_lists(self) -> bool:
+    if self.shared_lists is None:
+      return jax.default_backend() == "cpu"
+    return bool(self.shared_lists)
+
   def neighbor_list_length(self, num_prompts, n_train):
-    if not self.shared_lists:
+    if not self._uses_lists():
       return 0
     _require_resolved(self, "neighbors")
     # Half as many training prompts again as the largest k needs on
@@ -267,7 +274,7 @@ class KNN(Method):
           mask=trial.train_mask, **grid)
 
     # Selection: training LLMs, represented on the training prompts.
-    if trial.val_train_neighbors is None:
+    if not self._uses_lists() or trial.val_train_neighbors is None:
       val_gamma = ranked_here(None)
     else:
       listed, complete = knn.knn_predicted_loss_grid_from_lists(
