@@ -364,3 +364,15 @@ def test_neighbor_lists_bad_input():
   with pytest.raises(ValueError, match=r"reference rows in \[0, 4\) or -1"):
     checked(knn.knn_predicted_loss_grid_from_lists)(
         np.array([[0, 4]]), **args)
+
+
+def test_a_prompts_list_does_not_depend_on_the_rows_found_with_it():
+  """The protocol finds only the lists its trials read, in blocks whose
+  other rows vary with the trials: a row's list must not change with them
+  (float32, where rounding could tell)."""
+  rng = np.random.default_rng(14)
+  x = rng.normal(size=(300, 16)).astype(np.float32)
+  whole = np.asarray(knn.neighbor_lists(x, length=40))
+  for rows in (rng.permutation(300)[:64], np.arange(7, 300, 5)[::-1].copy()):
+    part = np.asarray(knn.neighbor_lists(x, length=40, rows=rows))
+    np.testing.assert_array_equal(part, whole[rows])

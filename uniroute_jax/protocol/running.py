@@ -122,37 +122,55 @@ def method_key(key, method: Method):
   return jax.random.fold_in(key, zlib.crc32(method.name.encode()) & 0x7FFFFFFF)
 
 
-def dataset_arrays(data: RoutingData, *,
-                   neighbor_list_length: int = 0) -> DatasetArrays:
+def dataset_arrays(data: RoutingData, *, neighbor_list_length: int = 0,
+                   neighbor_rows=None) -> DatasetArrays:
   """A dataset as device arrays in the compute dtype: what
   :func:`run_batch` gathers trials from.
 
   Args:
     data: the dataset.
-    neighbor_list_length: with L > 0, every prompt's L nearest prompts
+    neighbor_list_length: with L > 0, the prompts' L nearest prompts
       (``knn.neighbor_lists``, cosine) are found too, for the methods that
       read them (``Method.neighbor_list_length``).
+    neighbor_rows: optional host array of the prompts whose lists are
+      needed (e.g. every trial's validation prompts, as
+      :func:`run_trials` passes); the other rows of the lists are zeros.
+      Default: every prompt.
   """
   dtype = checks.compute_dtype(data.embeddings, data.loss)
   emb = jnp.asarray(data.embeddings, dtype)
   length = int(neighbor_list_length)
+  lists = None
+  if length > 0:
+    rows = (np.arange(data.num_prompts) if neighbor_rows is None
+            else np.unique(np.asarray(neighbor_rows, np.int64)))
+    lists = _neighbor_lists(emb, length, rows)
   return DatasetArrays(
       emb, jnp.asarray(data.loss, dtype), jnp.asarray(data.mask, bool),
-      jnp.asarray(data.cost, dtype),
-      _neighbor_lists(emb, length) if length > 0 else None)
+      jnp.asarray(data.cost, dtype), lists)
 
 
-def _neighbor_lists(emb, length: int):
-  """``knn.neighbor_lists`` of every prompt, in halves from two host
-  threads on a CPU: XLA:CPU runs a top-k on one core."""
+# Rows of one call that finds neighbour lists: every call has this shape,
+# so it compiles once, whichever rows a run needs.
+_LIST_ROWS = 512
+
+
+def _neighbor_lists(emb, length: int, rows: np.ndarray):
+  """[n, length] ``knn.neighbor_lists`` of ``rows`` (zeros elsewhere), in
+  blocks of :data:`_LIST_ROWS` from two host threads on a CPU: XLA:CPU runs
+  a top-k on one core."""
   n = emb.shape[0]
-  count = threads.workers(None)
-  # Equal parts (the last padded by repeating a row) compile once.
-  part = -(-n // count)
-  rows = np.minimum(np.arange(count * part), n - 1).reshape(count, part)
-  parts = list(threads.in_order(
-      lambda r: knn.neighbor_lists(emb, length=length, rows=r), rows, count))
-  return jnp.concatenate(parts)[:n]
+  if not np.all((rows >= 0) & (rows < n)):
+    raise ValueError(f"neighbor_rows must lie in [0, {n})")
+  size = min(_LIST_ROWS, n)
+  # The last block is padded by repeating a row.
+  padded = rows[np.minimum(np.arange(-(-len(rows) // size) * size),
+                           len(rows) - 1)].reshape(-1, size).astype(np.int32)
+  found = list(threads.in_order(
+      lambda r: knn.neighbor_lists(emb, length=length, rows=r), padded,
+      threads.workers(None)))
+  lists = jnp.zeros((n, length), jnp.int32)
+  return lists.at[jnp.asarray(padded.reshape(-1))].set(jnp.concatenate(found))
 
 
 @checks.kernel(static_argnames=("curve_points", "vectorize"))
@@ -302,8 +320,10 @@ def run_trials(key, data: RoutingData, splits: Split, *,
   num_trials = int(np.shape(splits.train)[0])
   n_train, n_val = int(np.shape(splits.train)[1]), int(np.shape(splits.val)[1])
   methods = tuple(m.resolve(n_train, n_val) for m in as_methods(methods))
+  # Only the validation prompts' lists are read.
   arrays = dataset_arrays(data, neighbor_list_length=max(
-      m.neighbor_list_length(data.num_prompts, n_train) for m in methods))
+      m.neighbor_list_length(data.num_prompts, n_train) for m in methods),
+      neighbor_rows=np.asarray(splits.val))
   excess_lambdas = check_excess_lambdas(excess_lambdas, arrays[1].dtype)
   trial_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(
       jnp.arange(num_trials))

@@ -61,8 +61,9 @@ class DatasetArrays(NamedTuple):
   loss: Array               # [n, m]
   mask: Array               # [n, m] bool
   cost: Array               # [m] or [n, m]
-  # [n, L] int32 every prompt's L nearest prompts (knn.neighbor_lists), or
-  # None when no method reads them.
+  # [n, L] int32 the prompts' L nearest prompts (knn.neighbor_lists; zeros
+  # for prompts whose lists were not asked for), or None when no method
+  # reads them.
   neighbors: Array | None = None
 
 
