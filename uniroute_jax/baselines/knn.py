@@ -219,7 +219,7 @@ def _knn(query, reference, loss, mask, ks, *, static_ks, k_max, metric, block,
   # [k_max, len(ks)] 1 where a neighbour's rank is below k: the prefix sums
   # at the ks as one matmul (a cumulative sum over every rank costs 2.5x).
   prefix = (jnp.arange(k_max)[:, None] < ks[None, :]).astype(p.observed.dtype)
-  table = jnp.concatenate([p.observed, p.labelled], axis=1).T
+  table = _label_table(p.observed, p.labelled)
 
   def block_fn(q):
     # top_k lists neighbours nearest first, so the k nearest are a prefix.
@@ -239,7 +239,7 @@ def _label_table(observed, labelled):
 def _prefix_means(table, overall, neighbours, prefix):
   """[b, c, m] each LLM's mean loss over each row's first k neighbours, for
   the k that ``prefix`` [k_max, c] marks; ``neighbours`` [b, k_max] are
-  columns of ``table`` (:func:`_label_table` or the same without padding).
+  columns of ``table`` (:func:`_label_table`).
 
   Gathering columns of the transposed table leaves the ranks last, where
   the matmul contracts them without a transpose.
