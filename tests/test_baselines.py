@@ -287,10 +287,28 @@ def numpy_lists(x, length, metric):
 def test_neighbor_lists_match_numpy(dtype, mode, metric):
   rng = np.random.default_rng(11)
   x = rng.normal(size=(45, 6)).astype(dtype)
-  x[30] = x[7]          # a duplicate: ties go to the lower index
   for length, chunk in ((45, None), (12, 8)):
     lists = knn.neighbor_lists(x, length=length, metric=metric, chunk_size=chunk)
     assert lists.shape == (45, length) and lists.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(lists),
+                                  numpy_lists(x.astype(np.float64), length, metric))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_neighbor_lists_break_ties_to_the_lower_index(dtype, mode, metric):
+  """Rows of four entries +-1 among eight, each with its negation: unit rows
+  of +-0.5 and a mean of exactly 0, so every score is exact whatever the
+  order of its sums, and many rows tie (duplicate rows among them). A
+  matmul need not round equal rows' scores alike in different output
+  positions, so ties are only pinned this way."""
+  rng = np.random.default_rng(13)
+  half = np.zeros((20, 8), dtype)
+  for row in half:
+    row[rng.permutation(8)[:4]] = rng.choice([-1.0, 1.0], 4)
+  half[15] = half[3]
+  x = np.concatenate([half, -half])
+  for length, chunk in ((40, None), (12, 8)):
+    lists = knn.neighbor_lists(x, length=length, metric=metric, chunk_size=chunk)
     np.testing.assert_array_equal(np.asarray(lists),
                                   numpy_lists(x.astype(np.float64), length, metric))
 
