@@ -13,6 +13,10 @@ Two measurements, side by side on the same trials:
 Correctness: with K and k fixed and the k-means fits started from the same
 centroids, both give the same per-trial areas (checked; exit 1 otherwise).
 
+A floor beside them: each method's matrix-multiply FLOPs per trial, counted
+in its traced program, at the fastest matmul rate measured on the machine;
+no schedule of the same arithmetic runs faster.
+
   python benchmarks/protocol.py --out benchmarks/results/protocol.md
   python benchmarks/protocol.py --trials 400 --baseline-trials 8
   python benchmarks/protocol.py --all-methods     # learned maps, clairvoyant bounds
@@ -288,7 +292,9 @@ def main(argv=None) -> int:
       f"The run includes, once, K-NN's lists of every prompt's {list_length} "
       f"nearest prompts ({lists_s:.1f} s), which every trial's search reads.",
       ""]
-  lines += breakdown(data, splits, grid_k, grid_nn, list_length, lists_s)
+  parts, lloyd_flops = breakdown(data, splits, grid_k, grid_nn, list_length,
+                                 lists_s)
+  lines += parts
   if args.all_methods:
     trials = min(args.all_methods, args.trials)
     rows = []
@@ -315,8 +321,55 @@ def main(argv=None) -> int:
               _machine.table(["method", "first batch (compile + run)",
                               "once per run", "s / trial",
                               f"{args.trials} trials"], rows), ""]
+  lines += floor(data, splits, lloyd_flops, args.trials)
   _machine.finish("benchmarks/protocol.py", argv, lines, args.out)
   return 0 if ok else 1
+
+
+def floor(data, splits, lloyd_flops, trials) -> list[str]:
+  """What each method's matmuls alone would take at this machine's peak
+  matmul rate: a floor under any schedule of the same arithmetic."""
+  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
+  list_length = protocol.KNN().resolve(n_train, n_val).neighbor_list_length(
+      data.num_prompts, n_train)
+  arrays = protocol.dataset_arrays(data, neighbor_list_length=list_length)
+  trial = jax.jit(protocol.gather_trial)(
+      arrays, protocol.Split(*(jnp.asarray(p[0]) for p in splits)))
+  big, step = matmul_rate(2048, 2048, 2048), matmul_rate(64, 384, 1024)
+  rate = max(big, step)
+  rows, fast_flops, every_flops = [], 0, 0
+  for name in EVERY:
+    method = protocol.BUILT_IN[name].resolve(n_train, n_val)
+    jaxpr = jax.make_jaxpr(method.run)(trial, jax.random.key(0)).jaxpr
+    fixed, per_loop = fixed_loop_flops(jaxpr)
+    lloyd = lloyd_flops if per_loop else 0
+    total = fixed + lloyd
+    every_flops += total
+    fast_flops += total if name in FAST else 0
+    rows.append([method.title, f"{fixed / 1e9:.1f}",
+                 f"{lloyd / 1e9:.1f}" if lloyd else "",
+                 f"{total / rate:.3f}", f"{total * trials / rate / 60:.1f} min"])
+  for title, flops in (("ZeroRouter + K-NN + UniRoute (K-means)", fast_flops),
+                       ("every method", every_flops)):
+    rows.append([title, "", "", f"{flops / rate:.3f}",
+                 f"{flops * trials / rate / 60:.1f} min"])
+  return [
+      "## The matmuls' floor", "",
+      "Matrix-multiply FLOPs of one trial (trial 0), counted in each method's "
+      "traced program: fixed-length loops (training steps, k-means++) by "
+      "their length; k-means' Lloyd iterations by trial 0's counts of the "
+      f"unpadded fits above (each method that clusters fits the same "
+      f"{len(protocol.default_cluster_grid(n_train, n_val))} K); of the "
+      "branches of a choice (a `cond`, or what runs on this platform) the "
+      "cheapest; K-NN reads the shared lists (whose one-time cost is left "
+      "out). At the fastest float32 matmul rate measured here, "
+      f"{rate / 1e9:.0f} GFLOP/s (the better of a [2048, 2048] product, "
+      f"{big / 1e9:.0f}, and a training step's first product, {step / 1e9:.0f}: "
+      "[64, 384] x [384, 1024], 64 prompts through eight maps of 128 units; "
+      "both on every core), they alone take:", "",
+      _machine.table(["method", "GFLOP, fixed loops", "GFLOP, Lloyd",
+                      "s / trial at peak", f"{trials} trials at peak"], rows),
+      ""]
 
 
 def _median_ms(fn, *args, repeats: int = 3) -> float:
@@ -331,7 +384,7 @@ def _median_ms(fn, *args, repeats: int = 3) -> float:
   return 1e3 * float(np.median(times))
 
 
-def breakdown(data, splits, grid_k, grid_nn, list_length, lists_s) -> list[str]:
+def breakdown(data, splits, grid_k, grid_nn, list_length, lists_s):
   """Where one trial's time goes: the parts of K-NN and of the K-means
   search, each timed alone on trial 0 (K-NN's lists, found once per run,
   took ``lists_s``)."""
@@ -368,18 +421,78 @@ def breakdown(data, splits, grid_k, grid_nn, list_length, lists_s) -> list[str]:
                f"{_median_ms(lambda g, t: jax.vmap(lambda x: protocol.validation_area(x, t))(g), gammas, trial):.0f}"])
   rows.append(["K-NN: test prompts, chosen k",
                f"{_median_ms(lambda t, k: knn.knn_predicted_loss(t.test_emb, t.val_emb, t.val_test_loss, mask=t.val_test_mask, num_neighbors=k), trial, jnp.int32(grid_nn[len(grid_nn) // 2])):.0f}"])
-  total_fit, total_iter = 0.0, 0
+  total_fit, total_iter, lloyd_flops = 0.0, 0, 0
   for i, k in enumerate(grid_k):
     key = jax.random.fold_in(jax.random.key(0), i)
     fit = lambda x, key, k=k: clustering.kmeans(key, x, num_clusters=k, max_iter=100)
     ms = _median_ms(fit, trial.train_emb, key)
     iters = int(jax.jit(fit)(trial.train_emb, key).num_iterations)
+    # One more assignment after the loop: the returned clusters.
+    per_iteration = fixed_loop_flops(jax.make_jaxpr(fit)(trial.train_emb, key).jaxpr)[1]
     total_fit, total_iter = total_fit + ms, total_iter + iters
+    lloyd_flops += iters * per_iteration
     rows.append([f"k-means K = {k} ({iters} Lloyd iterations)", f"{ms:.0f}"])
   rows.append([f"k-means, all {len(grid_k)} K ({total_iter} iterations)",
                f"{total_fit:.0f}"])
   return ["## Where one trial's time goes (trial 0, each part alone)", "",
-          _machine.table(["part", "ms"], rows), ""]
+          _machine.table(["part", "ms"], rows), ""], lloyd_flops
+
+
+def fixed_loop_flops(jaxpr) -> tuple[int, int]:
+  """(matmul FLOPs in fixed-length loops, those in while loops' bodies
+  counted once) of a closed jaxpr.
+
+  A ``scan`` runs its body ``length`` times, so the training loops of the
+  learned maps and the clairvoyant bounds are counted exactly; a
+  ``while_loop`` (a k-means fit) stops when it converges, so its body is
+  counted apart, once. A ``cond`` or ``switch`` counts its cheapest branch,
+  as a floor must (a ``platform_dependent`` choice among them too).
+  """
+  import math as _math
+  fixed = once = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+      ls, rs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+      free = lambda shape, *axes: _math.prod(
+          n for i, n in enumerate(shape) if i not in set(sum(axes, ())))
+      fixed += 2 * free(ls, lc, lb) * free(rs, rc, rb) * _math.prod(
+          ls[i] for i in lc) * _math.prod(ls[i] for i in lb)
+    elif name == "scan":
+      f, o = fixed_loop_flops(eqn.params["jaxpr"].jaxpr)
+      fixed, once = fixed + eqn.params["length"] * f, once + o
+    elif name == "while":
+      f, o = fixed_loop_flops(eqn.params["body_jaxpr"].jaxpr)
+      once += f + o
+    elif name == "cond":
+      counts = [fixed_loop_flops(b.jaxpr) for b in eqn.params["branches"]]
+      fixed += min(c[0] for c in counts)
+      once += min(c[1] for c in counts)
+    else:
+      for param in eqn.params.values():
+        for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+          inner = getattr(sub, "jaxpr", sub)
+          if hasattr(inner, "eqns"):
+            f, o = fixed_loop_flops(inner)
+            fixed, once = fixed + f, once + o
+  return fixed, once
+
+
+def matmul_rate(rows: int, inner: int, cols: int, repeats: int = 5) -> float:
+  """FLOP/s of a [rows, inner] x [inner, cols] float32 matmul here, repeated
+  inside one call so that the call's own cost does not count."""
+  a = jnp.ones((rows, inner), jnp.float32)
+  b = jnp.ones((inner, cols), jnp.float32)
+  times = max(1, 2 ** 30 // (2 * rows * inner * cols))
+
+  def many(a, b):
+    def one(total, i):
+      return total + jnp.sum(jnp.matmul(a + i, b)), None
+    return jax.lax.scan(one, 0.0, jnp.arange(times, dtype=jnp.float32))[0]
+
+  ms = _median_ms(many, a, b, repeats=repeats)
+  return 2 * rows * inner * cols * times / (ms / 1e3)
 
 
 def _plusplus_start(key, trial, k):
