@@ -97,6 +97,31 @@ def test_batched_trials_equal_one_at_a_time(small):
         assert np.all(gap[both] <= bound[both]), (field, float(gap[both].max()))
 
 
+@pytest.mark.slow
+def test_trained_methods_vectorised_or_in_turn_agree(small):
+  """Trials vmapped (an accelerator's way, and the CPU's for some methods)
+  and trials in turn train the same maps: BatchNorm's statistics, the
+  mini-batch orders and the checkpoint choice are each trial's own."""
+  data = small._replace(embeddings=small.embeddings.astype(np.float64),
+                        loss=small.loss.astype(np.float64),
+                        cost=small.cost.astype(np.float64))
+  splits = protocol.make_trials(jax.random.key(1), 2, data.num_prompts,
+                                data.num_models)
+  methods = (protocol.LearnedMapRouter(clusters=(3, 5), max_iter=10, epochs=2,
+                                       hidden=(8,), batch_norm=True,
+                                       select_epoch=True),
+             protocol.MatrixFactorizationRouter(ranks=(2, 4), epochs=2))
+  out = [protocol.run_trials(jax.random.key(2), data, splits, methods=methods,
+                             curve_points=11, batch_size=2, vectorize=v)[0]
+         for v in (2, 1)]
+  for m in methods:
+    np.testing.assert_array_equal(out[0][m.name].chosen, out[1][m.name].chosen)
+    for field in ("area", "area50", "curve_quality", "excess"):
+      np.testing.assert_allclose(getattr(out[0][m.name], field),
+                                 getattr(out[1][m.name], field), rtol=1e-9,
+                                 err_msg=f"{m.name}.{field}")
+
+
 def test_batches_from_two_threads_equal_one_thread(small):
   """Batches run from two host threads give the very numbers of one thread,
   and progress is still reported in order."""
