@@ -421,13 +421,6 @@ def breakdown(data, splits, grid_k, grid_nn, list_length, lists_s):
                f"{_median_ms(lambda g, t: jax.vmap(lambda x: protocol.validation_area(x, t))(g), gammas, trial):.0f}"])
   rows.append(["K-NN: test prompts, chosen k",
                f"{_median_ms(lambda t, k: knn.knn_predicted_loss(t.test_emb, t.val_emb, t.val_test_loss, mask=t.val_test_mask, num_neighbors=k), trial, jnp.int32(grid_nn[len(grid_nn) // 2])):.0f}"])
-  # What reading the training embeddings once costs: a k-means++ step's
-  # product with five candidate rows does little else.
-  x = trial.train_emb
-  ms = _median_ms(lambda x, p: x @ p.T, x, x[:5], repeats=9)
-  rows.append([f"reading the {x.shape[0]} x {x.shape[1]} training embeddings "
-               f"once ({x.nbytes / 2 ** 20:.1f} MiB: their product with 5 rows, "
-               f"{x.nbytes / ms / 1e6:.0f} GB/s)", f"{ms:.2f}"])
   total_fit, total_iter, lloyd_flops = 0.0, 0, 0
   for i, k in enumerate(grid_k):
     key = jax.random.fold_in(jax.random.key(0), i)
