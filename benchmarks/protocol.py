@@ -356,12 +356,13 @@ def floor(data, splits, lloyd_flops, trials) -> list[str]:
   return [
       "## The matmuls' floor", "",
       "Matrix-multiply FLOPs of one trial (trial 0), counted in each method's "
-      "traced program: fixed-length loops (training steps, k-means++) by "
+      "traced program: fixed-length loops (training steps) by "
       "their length; k-means' Lloyd iterations by trial 0's counts of the "
       f"unpadded fits above (each method that clusters fits the same "
       f"{len(protocol.default_cluster_grid(n_train, n_val))} K); of the "
       "branches of a choice (a `cond`, or what runs on this platform) the "
-      "cheapest; K-NN reads the shared lists (whose one-time cost is left "
+      "cheapest, so k-means++'s steps, each behind a choice that skips "
+      "unused slots, count nothing; K-NN reads the shared lists (whose one-time cost is left "
       "out). At the fastest float32 matmul rate measured here, "
       f"{rate / 1e9:.0f} GFLOP/s (the better of a [2048, 2048] product, "
       f"{big / 1e9:.0f}, and a training step's first product, {step / 1e9:.0f}: "
