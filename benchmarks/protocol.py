@@ -25,6 +25,7 @@ no schedule of the same arithmetic runs faster.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -226,9 +227,12 @@ def main(argv=None) -> int:
   list_length = knn_method.neighbor_list_length(data.num_prompts, n_train)
   protocol.dataset_arrays(data, neighbor_list_length=list_length)  # compiles
   start = time.perf_counter()
-  jax.block_until_ready(protocol.dataset_arrays(
-      data, neighbor_list_length=list_length).neighbors)
+  listed = protocol.dataset_arrays(data, neighbor_list_length=list_length)
+  jax.block_until_ready(listed.neighbors)
   lists_s = time.perf_counter() - start
+  # Trial 0 with its K-NN lists, for the breakdown and the floor.
+  listed_trial = jax.jit(protocol.gather_trial)(
+      listed, protocol.Split(*(jnp.asarray(p[0]) for p in splits)))
 
   print(f"uniroute_jax: {args.trials} trials of {', '.join(FAST)}", flush=True)
   first_s, run_s, _ = timed_run(FAST, args.trials)
@@ -293,7 +297,7 @@ def main(argv=None) -> int:
       f"nearest prompts ({lists_s:.1f} s), which every trial's search reads.",
       ""]
   parts, lloyd_flops = breakdown(data, splits, grid_k, grid_nn, list_length,
-                                 lists_s)
+                                 lists_s, listed_trial)
   lines += parts
   if args.all_methods:
     trials = min(args.all_methods, args.trials)
@@ -321,20 +325,17 @@ def main(argv=None) -> int:
               _machine.table(["method", "first batch (compile + run)",
                               "once per run", "s / trial",
                               f"{args.trials} trials"], rows), ""]
-  lines += floor(data, splits, lloyd_flops, args.trials)
+  lines += floor(listed_trial, n_train, n_val, lloyd_flops, args.trials)
   _machine.finish("benchmarks/protocol.py", argv, lines, args.out)
   return 0 if ok else 1
 
 
-def floor(data, splits, lloyd_flops, trials) -> list[str]:
+def floor(trial, n_train, n_val, lloyd_flops, trials) -> list[str]:
   """What each method's matmuls alone would take at this machine's peak
-  matmul rate: a floor under any schedule of the same arithmetic."""
-  n_train, n_val = splits.train.shape[1], splits.val.shape[1]
-  list_length = protocol.KNN().resolve(n_train, n_val).neighbor_list_length(
-      data.num_prompts, n_train)
-  arrays = protocol.dataset_arrays(data, neighbor_list_length=list_length)
-  trial = jax.jit(protocol.gather_trial)(
-      arrays, protocol.Split(*(jnp.asarray(p[0]) for p in splits)))
+  matmul rate: a floor under any schedule of the same arithmetic.
+
+  ``trial`` is trial 0 with K-NN's lists; ``lloyd_flops`` the FLOPs of its
+  k-means fits' Lloyd iterations (from :func:`breakdown`)."""
   big, step = matmul_rate(2048, 2048, 2048), matmul_rate(64, 384, 1024)
   rate = max(big, step)
   rows, fast_flops, every_flops = [], 0, 0
@@ -385,10 +386,14 @@ def _median_ms(fn, *args, repeats: int = 3) -> float:
   return 1e3 * float(np.median(times))
 
 
-def breakdown(data, splits, grid_k, grid_nn, list_length, lists_s):
+def breakdown(data, splits, grid_k, grid_nn, list_length, lists_s,
+              listed_trial):
   """Where one trial's time goes: the parts of K-NN and of the K-means
   search, each timed alone on trial 0 (K-NN's lists, found once per run,
-  took ``lists_s``)."""
+  took ``lists_s``; ``listed_trial`` is trial 0 with them).
+
+  Returns the report's lines and the FLOPs of the k-means fits' Lloyd
+  iterations (:func:`fixed_loop_flops` of one iteration, times the count)."""
   from uniroute_jax.baselines import knn
   arrays = protocol.dataset_arrays(data)
   trial = jax.jit(protocol.gather_trial)(
@@ -407,11 +412,8 @@ def breakdown(data, splits, grid_k, grid_nn, list_length, lists_s):
   rows.append([f"K-NN: the whole grid search ({len(grid_nn)} k), ranking "
                "the trial's training prompts", f"{_median_ms(grid, trial):.0f}"])
   # As the protocol runs it: from every prompt's nearest prompts, found once.
-  listed = protocol.dataset_arrays(data, neighbor_list_length=list_length)
   rows.append([f"K-NN: every prompt's {list_length} nearest prompts (once for "
                "all trials)", f"{lists_s * 1e3:.0f}"])
-  listed_trial = jax.jit(protocol.gather_trial)(
-      listed, protocol.Split(*(jnp.asarray(p[0]) for p in splits)))
   from_lists = lambda t: knn.knn_predicted_loss_grid_from_lists(
       t.val_train_neighbors, t.train_loss, mask=t.train_mask,
       num_neighbors=ks, max_neighbors=k_max)
@@ -428,7 +430,7 @@ def breakdown(data, splits, grid_k, grid_nn, list_length, lists_s):
     fit = lambda x, key, k=k: clustering.kmeans(key, x, num_clusters=k, max_iter=100)
     ms = _median_ms(fit, trial.train_emb, key)
     iters = int(jax.jit(fit)(trial.train_emb, key).num_iterations)
-    # One more assignment after the loop: the returned clusters.
+    # The while loop's body is one Lloyd iteration.
     per_iteration = fixed_loop_flops(jax.make_jaxpr(fit)(trial.train_emb, key).jaxpr)[1]
     total_fit, total_iter = total_fit + ms, total_iter + iters
     lloyd_flops += iters * per_iteration
@@ -449,17 +451,16 @@ def fixed_loop_flops(jaxpr) -> tuple[int, int]:
   counted apart, once. A ``cond`` or ``switch`` counts its cheapest branch,
   as a floor must (a ``platform_dependent`` choice among them too).
   """
-  import math as _math
   fixed = once = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == "dot_general":
       (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
       ls, rs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-      free = lambda shape, *axes: _math.prod(
+      free = lambda shape, *axes: math.prod(
           n for i, n in enumerate(shape) if i not in set(sum(axes, ())))
-      fixed += 2 * free(ls, lc, lb) * free(rs, rc, rb) * _math.prod(
-          ls[i] for i in lc) * _math.prod(ls[i] for i in lb)
+      fixed += 2 * free(ls, lc, lb) * free(rs, rc, rb) * math.prod(
+          ls[i] for i in lc) * math.prod(ls[i] for i in lb)
     elif name == "scan":
       f, o = fixed_loop_flops(eqn.params["jaxpr"].jaxpr)
       fixed, once = fixed + eqn.params["length"] * f, once + o
