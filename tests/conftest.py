@@ -9,15 +9,15 @@ import tempfile
 # settings of XLA:CPU's code generation make programs compile faster and run
 # slower, which small arrays do not notice: LLVM's lowest optimisation level
 # (about 1.5x faster to compile) and the loop emitters in place of the MLIR
-# fusion emitters (2 to 3x faster on the protocol's programs). Neither
-# changes what a program computes; `test_xla_flags.py` checks that results
-# under these flags are those of XLA's defaults. One exception is known: the
-# matrix factorisation's method with trials and ranks both vmapped and a
-# checkpoint choice keeps a slightly different output kernel under the two
-# together (either alone, or neither, agrees with trials in turn), so no
-# test here compares it that way. Set before JAX starts;
-# inherited by the subprocesses some tests run. A user's own XLA_FLAGS that
-# name a setting win.
+# fusion emitters (2 to 3x faster on the protocol's programs). Neither is
+# meant to change what a program computes; `test_xla_flags.py` checks that
+# results under them are those of XLA's defaults. One exception is known:
+# with the two together, the matrix factorisation fitted with trials and
+# ranks both vmapped keeps one fit's first-layer kernel from its last epoch
+# instead of its best (either flag alone, or neither, keeps the best), so
+# that comparison runs under XLA's defaults, in `test_xla_flags.py`. Set
+# before JAX starts; inherited by the subprocesses some tests run. A user's
+# own XLA_FLAGS that name a setting win.
 TEST_XLA_FLAGS = {"--xla_backend_optimization_level": "0",
                   "--xla_cpu_use_fusion_emitters": "false"}
 for _flag, _value in TEST_XLA_FLAGS.items():

@@ -110,9 +110,8 @@ def test_learned_map_trials_vectorised_or_in_turn_agree(small):
   arrays = protocol.dataset_arrays(data)
   keys = jax.random.split(jax.random.key(2), 2)
   n_train, n_val = splits.train.shape[1], splits.val.shape[1]
-  # Not the matrix factorisation here: under this suite's two XLA flags
-  # together (conftest.py), and only then, its vmapped trials keep a
-  # slightly different output kernel; under XLA's defaults they agree.
+  # The matrix factorisation's check runs under XLA's defaults
+  # (test_xla_flags.py): under this suite's two flags together it differs.
   method = protocol.LearnedMapRouter(
       clusters=(3, 5), max_iter=10, epochs=2, hidden=(8,), batch_norm=True,
       select_epoch=True).resolve(n_train, n_val)
