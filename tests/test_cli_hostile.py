@@ -100,6 +100,21 @@ def test_a_router_flag_without_its_router_is_an_error(capsys, extra, match):
   assert "none of which is in --methods" in message
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["fit", "--format", "long", "--data", "a.csv", "--data", "b.csv"],
+     "argument --data: given twice"),
+    (["route", "r.npz", "p.txt", "-o", "a.jsonl", "--out", "b.jsonl"],
+     "argument -o/--out: given twice"),
+    (["evaluate", "--format", "synthetic", "--trials", "2", "--trials", "3"],
+     "argument --trials: given twice"),
+    (["evaluate", "--format", "synthetic", "--seed", "1", "--seed", "1"],
+     "argument --seed: given twice"),
+])
+def test_a_flag_given_twice_is_an_error(tmp_path, capsys, argv, match):
+  """argparse would keep the last value and drop the first without a word."""
+  assert fails(argv, capsys, match).endswith("; give it once")
+
+
 # ------------------------------------------ messages in the user's language
 
 

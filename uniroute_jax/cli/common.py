@@ -31,8 +31,28 @@ class UsageError(Exception):
   pass
 
 
+class _StoreOnce(argparse.Action):
+  """argparse's "store" that refuses a flag given twice: argparse would keep
+  the last value, and a user who gave two meant one of them."""
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    if option_string is not None:
+      given = namespace.__dict__.setdefault("_flags_given", set())
+      if self.dest in given:
+        parser.error(f"argument {'/'.join(self.option_strings)}: given twice; "
+                     "give it once")
+      given.add(self.dest)
+    setattr(namespace, self.dest, values)
+
+
 class Parser(argparse.ArgumentParser):
-  """An ArgumentParser whose errors are one line and exit 2."""
+  """An ArgumentParser whose errors are one line and exit 2, and whose flags
+  take one value each (given twice, a flag is an error)."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.register("action", None, _StoreOnce)
+    self.register("action", "store", _StoreOnce)
 
   def error(self, message):  # argparse's hook
     raise UsageError(f"{self.prog}: error: {message}")
