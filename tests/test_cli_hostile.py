@@ -452,6 +452,18 @@ def test_protocol_flags_out_of_range(capsys, argv, match):
   fails(argv, capsys, match)
 
 
+def test_a_raised_test_pool_is_said(capsys):
+  """An unseen pool needs 2 LLMs: a share asking for fewer is raised, and the
+  user is told, once."""
+  code, out, err = run(SYNTHETIC + ["--test-llm-frac", "0.2"], capsys)
+  assert code == 0 and err == [
+      "uniroute: warning: --test-llm-frac 0.2 of the 5 LLMs is 1; 2 are held "
+      "out, the fewest an unseen pool to route between takes"], err
+  assert "3 training and 2 unseen test LLMs" in out
+  code, out, err = run(SYNTHETIC, capsys)
+  assert code == 0 and err == [] and "3 training and 2 unseen test LLMs" in out
+
+
 def test_tampered_router_files_are_refused(tmp_path, saved_router):
   import json as json_module
   from uniroute_jax import Router

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from uniroute_jax.cli import common, encoding, inputs
 
@@ -228,6 +229,11 @@ def _run(args, source: str) -> int:
     m_train = m_test = data.num_models
   else:
     m_train, m_test = protocol.model_split_sizes(data.num_models, test_llm_frac)
+    asked = round(data.num_models * test_llm_frac)
+    if args.test_llm_frac is not None and m_test > asked:
+      warnings.warn(f"--test-llm-frac {args.test_llm_frac} of the "
+                    f"{data.num_models} LLMs is {asked}; {m_test} are held "
+                    "out, the fewest an unseen pool to route between takes")
   if args.clusters and args.clusters > n_train:
     raise ValueError(f"--clusters must be at most the {n_train} training "
                      f"prompts of a trial, got {args.clusters}")
@@ -375,7 +381,6 @@ _FEW_SCORED = 30
 def _print_scored(scored, n_test: int) -> None:
   """How many test prompts the trials score, when labels are missing: only
   those labelled for every test LLM count."""
-  import warnings
   low, high = int(min(scored)), int(max(scored))
   if low == n_test:
     return
