@@ -560,6 +560,37 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_command(
   assert not out.exists()
 
 
+def test_add_model_labels_name_the_files_rows(tmp_path, capsys, saved_router):
+  """A traffic log as labels: a message counts the file's data rows from 1,
+  the other LLMs' rows included, and repeated labels are said to be
+  averaged."""
+  from uniroute_jax import Router
+  ids = Router.load(saved_router).representatives.ids
+  log = tmp_path / "log.csv"
+
+  def write(new_llm_scores):
+    with log.open("w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["prompt_id", "model", "correct"])
+      for i, score in zip(ids, new_llm_scores):
+        writer.writerow([i, "other-llm", "oops"])   # not the new LLM's
+        writer.writerow([i, "new-llm", score])
+
+  add = ["add-model", saved_router, "--name", "new-llm", "--cost", "1",
+         "--labels", log, "-o", tmp_path / "n.npz"]
+  write(["1", "0", "2"])
+  # The third new-llm row is the file's sixth data row.
+  fails(add, capsys, "column 'correct' must lie in [0, 1], got 2.0 in data "
+        "row 6")
+  write(["1"] * len(ids))
+  with log.open("a", newline="") as f:
+    csv.writer(f).writerows([[ids[0], "new-llm", "0"], [ids[1], "new-llm", "0"]])
+  code, out, _ = run(add, capsys)
+  assert code == 0
+  assert (f"Repeated rows: {len(ids) + 2} scores averaged into {len(ids)} "
+          "labels") in out
+
+
 def test_small_cli_edges(tmp_path, capsys, saved_router, monkeypatch):
   """A folder given as a router, empty list items, references alone with
   --plot-excess, .ndjson prompts, INPUT named as given, and a reader that

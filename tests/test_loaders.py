@@ -202,11 +202,11 @@ def set_cell(row, column, value):
      "cost column 'model c|total_cost' has no model column"),
     (drop_column("sample_id"), "no column 'sample_id'"),
     (set_cell(1, "model_b|total_cost", ""),
-     "'model_b|total_cost' is empty in data row 1"),
+     "'model_b|total_cost' is empty or NaN in data row 2"),
     (set_cell(0, "model_b|total_cost", "-1"), "must be non-negative"),
     (set_cell(0, "model_b", "2.0"), r"'model_b' must lie in \[0, 1\]"),
     (set_cell(0, "model_b", "yes"),
-     "'model_b' must hold numbers, got 'yes' in data row 0"),
+     "'model_b' must hold numbers, got 'yes' in data row 1"),
 ])
 def test_routerbench_bad_columns(tmp_path, edit, message):
   folder = write_routerbench(tmp_path / "rb")
@@ -335,7 +335,7 @@ def test_embedllm_duplicates(tmp_path):
   assert_cells(load_embedllm(folder), embedllm_expected())
   write_csv(val, header, [(2, 3, 1), (1, 3, 0)])  # fills one cell, conflicts on one
   with pytest.raises(ValueError, match=r"'mid 7B' on prompt_id 3 twice with "
-                     r"different labels \(val.csv data row 1 and test.csv data row 4\)"):
+                     r"different labels \(val.csv data row 2 and test.csv data row 5\)"):
     load_embedllm(folder)
 
 
@@ -479,17 +479,17 @@ def test_long_averages_repeated_rows_into_a_score_and_its_count(tmp_path):
 
 @pytest.mark.parametrize("rows, kwargs, message", [
     ([("q1", "m1", "1", "")], {"cost_column": "usd"},
-     "'usd' is empty in data row 0, which has a label"),
+     "'usd' is empty or NaN in data row 1, which has a label"),
     (LONG_ROWS, {}, "exactly one of cost_column .*and costs .*neither was given"),
     (LONG_ROWS, {"cost_column": "usd", "score_column": "score"}, "no column 'score'"),
     (LONG_ROWS, {"cost_column": "usd", "model_column": "llm"}, "no column 'llm'"),
     ([("q1", "m1", "1.5", "1")], {"cost_column": "usd"}, r"must lie in \[0, 1\]"),
-    ([("q1", "", "1", "1")], {"cost_column": "usd"}, "'model' is empty in data row 0"),
+    ([("q1", "", "1", "1")], {"cost_column": "usd"}, "'model' is empty in data row 1"),
     # Costs kept in float32 must not become infinity or 0 there.
     ([("q1", "m1", "1", "1"), ("q2", "m1", "1", "1e39")], {"cost_column": "usd"},
-     r"'usd' holds 1e\+39 in data row 1, outside the float32"),
+     r"'usd' holds 1e\+39 in data row 2, outside the float32"),
     ([("q1", "m1", "1", "1e-46")], {"cost_column": "usd"},
-     r"'usd' holds 1e-46 in data row 0, outside the float32"),
+     r"'usd' holds 1e-46 in data row 1, outside the float32"),
     ([("q1", "m1", "1", "1")], {"costs": {"m1": 1e-50}},
      r"cost of model 'm1' is 1e-50, outside the float32"),
     ([("q1", "m1", "1", "1")], {"costs": {"m1": 1e39}},
@@ -635,7 +635,7 @@ def test_embedllm_model_names_must_agree_with_model_order(tmp_path):
   body[1][at] = EMBEDLLM_MODELS[(EMBEDLLM_MODELS.index(body[1][at]) + 1)
                                 % len(EMBEDLLM_MODELS)]
   write_csv(train, header, body)
-  with pytest.raises(ValueError, match=r"train.csv' data row 1 has model_id .* "
+  with pytest.raises(ValueError, match=r"train.csv' data row 2 has model_id .* "
                                        r"but model_order.csv names"):
     load_embedllm(folder)
 
@@ -770,7 +770,7 @@ def test_long_embeds_prompt_text_with_any_callable(tmp_path):
                                              "correct", "cost"],
                     rows[:3] + [("q2", "Another text.", "b", 1, 0.2)])
   with pytest.raises(ValueError, match="gives prompt 'q2' two texts, in data "
-                                       "rows 2 and 3"):
+                                       "row 3 and data row 4"):
     load_long(clash, embeddings=embed, text_column="text", cost_column="cost")
   with pytest.raises(ValueError, match=r"returned shape \(3,\) for 2 texts"):
     load_long(path, embeddings=lambda t: np.zeros(3), cost_column="cost")

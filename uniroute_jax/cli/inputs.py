@@ -47,8 +47,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                  help="long only: the column of per-row costs (instead of "
                       "--costs)")
   p.add_argument("--score-column", metavar="NAME",
-                 help="long only: the column of scores in [0, 1] (default: "
-                      "the first of score, correct, label)")
+                 help="long only: the column of scores in [0, 1], empty or "
+                      "nan where missing (default: the first of score, "
+                      "correct, label)")
   p.add_argument("--prompt-column", metavar="NAME",
                  help="long only: the column of prompt ids (default prompt_id)")
   p.add_argument("--model-column", metavar="NAME",

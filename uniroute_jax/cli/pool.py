@@ -90,8 +90,9 @@ def add_parsers(commands) -> None:
                         "file with a model column (a traffic log) gives the "
                         "rows of --name")
   add.add_argument("--score-column", metavar="NAME", default=None,
-                   help="the labels' score column (default: the first of "
-                        "score, correct, label)")
+                   help="the labels' score column, empty or nan where "
+                        "missing (default: the first of score, correct, "
+                        "label)")
   add.add_argument("--prompt-column", metavar="NAME", default="prompt_id",
                    help="the labels' prompt id column (default prompt_id)")
   add.add_argument("--model-column", metavar="NAME", default=None,
@@ -312,8 +313,9 @@ def _is_number(text: str) -> bool:
 
 
 def _read_labels(args, ids):
-  """(loss [n_rep, 1], mask [n_rep, 1], labels of other prompts) from the
-  labels CSV; repeated prompts are averaged."""
+  """(loss [n_rep, 1], mask [n_rep, 1], labels of other prompts, scores
+  averaged into fewer labels) from the labels CSV; repeated prompts are
+  averaged."""
   import numpy as np
   from uniroute_jax.data import long
   path = args.labels
@@ -328,27 +330,33 @@ def _read_labels(args, ids):
                      f"{header}")
   prompt_at = long.column_index(header, args.prompt_column, path)
   model_column = args.model_column or ("model" if "model" in header else None)
+  mine = np.ones(len(rows), bool)
   if model_column is not None:
     # A traffic log: only the new LLM's rows are its labels.
     model_at = long.column_index(header, model_column, path)
-    rows = [r for r in rows if r[model_at].strip() == args.name]
-    if not rows:
+    mine = np.array([r[model_at].strip() == args.name for r in rows], bool)
+    if not mine.any():
       raise ValueError(f"--labels {path} has no row whose column "
                        f"{model_column!r} is --name {args.name!r}")
   else:
     _refuse_unnamed_model_column(header, rows, prompt_at, score_column, path)
-  score = long.parse_floats(
-      [r[long.column_index(header, score_column, path)] for r in rows], path,
-      score_column)
+  score_at = long.column_index(header, score_column, path)
+  # Other LLMs' rows read as empty scores, so that a message names the
+  # file's own data row.
+  score = long.parse_floats([r[score_at] if keep else ""
+                             for r, keep in zip(rows, mine)], path,
+                            score_column)
   long.check_unit_interval(score, path, score_column)
   where = {i: k for k, i in enumerate(ids)}
   totals, counts = np.zeros(len(ids)), np.zeros(len(ids))
   others = 0
   for row, (values, value) in enumerate(zip(rows, score)):
+    if not mine[row]:
+      continue
     prompt = values[prompt_at].strip()
     if not prompt:
       raise ValueError(f"--labels {path} column {args.prompt_column!r} is "
-                       f"empty in data row {row}")
+                       f"empty in {long.data_row(row)}")
     if prompt not in where:
       others += 1       # a label of a prompt the router does not keep
     elif not np.isnan(value):
@@ -360,7 +368,7 @@ def _read_labels(args, ids):
                      "uniroute representatives)")
   mask = counts > 0
   loss = np.where(mask, 1.0 - totals / np.maximum(counts, 1), 0.0)
-  return loss[:, None], mask[:, None], others
+  return loss[:, None], mask[:, None], others, int(counts.sum() - mask.sum())
 
 
 def run_add_model(args) -> int:
@@ -373,7 +381,7 @@ def run_add_model(args) -> int:
                      "first with uniroute remove-model")
   cost = common.in_dtype("--cost", [args.cost], router.dtype,
                          "give it in the unit of the router's costs")
-  loss, mask, others = _read_labels(args, rep.ids)
+  loss, mask, others, repeats = _read_labels(args, rep.ids)
   # The command says what to do in its own words (it has no prior flag).
   new = router.onboard([args.name], loss.astype(router.dtype), cost,
                        mask=mask, warn_below=None)
@@ -391,6 +399,9 @@ def run_add_model(args) -> int:
         + ("" if routed == raw else
            f", {routed} as routed after the router's shrinkage")
         + f"); {new.num_models} LLMs")
+  if repeats:
+    print(f"Repeated rows: {int(mask.sum()) + repeats} scores averaged into "
+          f"{int(mask.sum())} labels")
   if others:
     print(f"({others} label(s) of prompts that are not representatives were "
           "not used)")

@@ -16,8 +16,8 @@ import numpy as np
 from uniroute_jax import checks
 from uniroute_jax.data.embeddings import load_embeddings
 from uniroute_jax.data.long import (check_unit_interval, column_index,
-                                    model_costs, parse_floats, parse_ints,
-                                    read_csv, reject_conflicts)
+                                    data_row, model_costs, parse_floats,
+                                    parse_ints, read_csv, reject_conflicts)
 from uniroute_jax.types import RoutingData
 
 SPLIT_FILES = ("train.csv", "val.csv", "test.csv")
@@ -73,8 +73,8 @@ def load_embedllm(directory, *, embeddings=None, costs=None) -> RoutingData:
                                  (rows, cols, labels, sources))
 
   def describe(a, b):
-    where = [f"{os.path.basename(splits[sources[r, 0]])} data row "
-             f"{sources[r, 1]}" for r in (a, b)]
+    where = [f"{os.path.basename(splits[sources[r, 0]])} "
+             f"{data_row(sources[r, 1])}" for r in (a, b)]
     return (f"EmbedLLM directory {directory!r} labels model "
             f"{model_names[cols[a]]!r} on prompt_id {prompt_ids[rows[a]]} "
             f"twice with different labels ({where[0]} and {where[1]})")
@@ -130,7 +130,7 @@ def _positions(known: np.ndarray, values: np.ndarray, path: str,
   if not np.all(found):
     row = int(np.nonzero(~found)[0][0])
     raise ValueError(
-        f"{path!r} column {column!r} has {values[row]} in data row {row}, "
+        f"{path!r} column {column!r} has {values[row]} in {data_row(row)}, "
         f"which is not in {reference}")
   return order[at]
 
@@ -155,7 +155,7 @@ def _labels(path: str, prompt_ids: np.ndarray, model_ids: np.ndarray,
     if wrong.size:
       row = int(wrong[0])
       raise ValueError(
-          f"{path!r} data row {row} has model_id {model[row]} with "
+          f"{path!r} {data_row(row)} has model_id {model[row]} with "
           f"model_name {given[row]!r}, but model_order.csv names model_id "
           f"{model[row]} {expected[row]!r}")
   prompts = _positions(prompt_ids, prompt, path, "prompt_id",

@@ -42,7 +42,8 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
     model_column: the column of model names.
     score_column: the column of scores / correctness in [0, 1] (``True`` /
       ``False`` also read as 1 / 0); by default the first of ``score``,
-      ``correct``, ``label`` that exists. An empty score is a missing label.
+      ``correct``, ``label`` that exists. An empty score, or NaN (the text
+      ``nan``, or a Parquet float's missing value), is a missing label.
     cost_column: a column of per-row costs, giving per-prompt costs [n, m].
       Every row with a label needs a cost. A (prompt, model) cell without any
       row gets that model's mean cost, so that a router never sees a missing
@@ -57,7 +58,7 @@ def load_long(path, *, embeddings, prompt_column: str = "prompt_id",
   Returns:
     A validated :class:`RoutingData`. Prompts and models are in order of
     first appearance; ``prompt_ids`` are strings. (prompt, model) pairs
-    without a row, or with an empty score, have mask False and loss 0. A
+    without a row, or with an empty or NaN score, have mask False and loss 0. A
     pair with several rows (a log that asked an LLM the same prompt again)
     gets the mean of their scores, and of their costs; ``label_counts``
     [n, m] says how many scores each cell averages.
@@ -148,7 +149,7 @@ def _prompt_texts(values, prompt_pos, prompt_ids, path, column) -> list[str]:
     elif texts[i] != text:
       raise ValueError(
           f"{path!r} column {column!r} gives prompt {prompt_ids[i]!r} two "
-          f"texts, in data rows {first[i]} and {row}")
+          f"texts, in {data_row(first[i])} and {data_row(row)}")
   return texts
 
 
@@ -179,15 +180,15 @@ def _per_prompt_costs(row_cost, observed, cell, n, model_names, path, column
   if np.any(unpriced):
     row = int(np.nonzero(unpriced)[0][0])
     raise ValueError(
-        f"{path!r} column {column!r} is empty in data row {row}, which has a "
-        "label; every labelled row needs a cost")
+        f"{path!r} column {column!r} is empty or NaN in {data_row(row)}, "
+        "which has a label; every labelled row needs a cost")
   check_nonnegative(row_cost, path, column)
   lost = _lost_in_float32(np.nan_to_num(row_cost))
   if np.any(lost):
     row = int(np.nonzero(lost)[0][0])
     raise ValueError(
-        f"{path!r} column {column!r} holds {float(row_cost[row])!r} in data "
-        f"row {row}, outside the float32 costs are kept in "
+        f"{path!r} column {column!r} holds {float(row_cost[row])!r} in "
+        f"{data_row(row)}, outside the float32 costs are kept in "
         f"({_float32_range()}); "
         "give the costs in another unit")
   m = len(model_names)
@@ -224,7 +225,7 @@ def _first_appearance(values, path: str, column: str):
 def _key(value, path: str, column: str, row: int) -> str:
   text = "" if value is None else str(value).strip()
   if not text:
-    raise ValueError(f"{path!r} column {column!r} is empty in data row {row}")
+    raise ValueError(f"{path!r} column {column!r} is empty in {data_row(row)}")
   return text
 
 
@@ -339,7 +340,7 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
   for k, row in enumerate(rows):
     if len(row) != width:
       raise ValueError(
-          f"CSV file {path!r} data row {k} has {len(row)} fields, but the "
+          f"CSV file {path!r} {data_row(k)} has {len(row)} fields, but the "
           f"header has {width}")
   return header, rows
 
@@ -354,6 +355,12 @@ def column_index(header, name: str, path: str) -> int:
   return header.index(name)
 
 
+def data_row(k) -> str:
+  """How a message names the data row at 0-based position ``k``: counted
+  from 1, the first row under the header, as a user counts a file's rows."""
+  return f"data row {int(k) + 1}"
+
+
 def parse_floats(values, path: str, column: str) -> np.ndarray:
   """float64 values of one column; empty cells and NaN become NaN (missing)."""
   try:
@@ -365,7 +372,7 @@ def parse_floats(values, path: str, column: str) -> np.ndarray:
   if np.any(np.isinf(out)):
     row = int(np.nonzero(np.isinf(out))[0][0])
     raise ValueError(
-        f"{path!r} column {column!r} is infinite in data row {row}")
+        f"{path!r} column {column!r} is infinite in {data_row(row)}")
   return out.reshape(-1)
 
 
@@ -384,7 +391,7 @@ def _cell_float(value, path: str, column: str, row: int) -> float:
   except ValueError:
     raise ValueError(
         f"{path!r} column {column!r} must hold numbers, got {text[:40]!r} in "
-        f"data row {row}") from None
+        f"{data_row(row)}") from None
 
 
 def parse_ints(values, path: str, column: str) -> np.ndarray:
@@ -399,7 +406,7 @@ def parse_ints(values, path: str, column: str) -> np.ndarray:
     row = int(np.nonzero(bad)[0][0])
     raise ValueError(
         f"{path!r} column {column!r} must hold integer ids, got "
-        f"{str(values[row])[:40]!r} in data row {row}")
+        f"{str(values[row])[:40]!r} in {data_row(row)}")
   return floats.astype(np.int64)
 
 
@@ -409,7 +416,7 @@ def check_unit_interval(score: np.ndarray, path: str, column: str) -> None:
     row = int(np.nonzero(bad)[0][0])
     raise ValueError(
         f"{path!r} column {column!r} must lie in [0, 1], got {float(score[row])} "
-        f"in data row {row}")
+        f"in {data_row(row)}")
 
 
 def check_nonnegative(cost: np.ndarray, path: str, column: str) -> None:
@@ -418,7 +425,7 @@ def check_nonnegative(cost: np.ndarray, path: str, column: str) -> None:
     row = int(np.nonzero(bad)[0][0])
     raise ValueError(
         f"{path!r} column {column!r} must be non-negative, got "
-        f"{float(cost[row])} in data row {row}")
+        f"{float(cost[row])} in {data_row(row)}")
 
 
 def reject_conflicts(cell: np.ndarray, values, describe) -> None:
@@ -517,8 +524,8 @@ def _costs_from_csv(path: str, preferred) -> dict:
   for k, (name, value) in enumerate(zip(names, values)):
     if np.isnan(value):
       raise ValueError(
-          f"cost file {path!r} column {column!r} is empty in data row {k} "
-          f"(model {name!r})")
+          f"cost file {path!r} column {column!r} is empty or NaN in "
+          f"{data_row(k)} (model {name!r})")
     if name in table and table[name] != value:
       raise ValueError(
           f"cost file {path!r} gives model {name!r} two different costs")

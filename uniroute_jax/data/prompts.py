@@ -12,8 +12,8 @@ import os
 import numpy as np
 
 from uniroute_jax import checks
-from uniroute_jax.data.long import (column_index, read_csv, text_encoding,
-                                    undecodable)
+from uniroute_jax.data.long import (column_index, data_row, read_csv,
+                                    text_encoding, undecodable)
 
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -177,5 +177,6 @@ def _csv(path: str, column: str, id_column: str | None):
   ids = [r[at].strip() for r in rows]
   for k, value in enumerate(ids):
     if not value:
-      raise ValueError(f"{path!r} column {id_column!r} is empty in data row {k}")
+      raise ValueError(
+          f"{path!r} column {id_column!r} is empty in {data_row(k)}")
   return ids, texts

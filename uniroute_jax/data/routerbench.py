@@ -17,7 +17,8 @@ import numpy as np
 from uniroute_jax import checks
 from uniroute_jax.data.embeddings import load_embeddings
 from uniroute_jax.data.long import (check_nonnegative, check_unit_interval,
-                                    column_index, parse_floats, read_csv)
+                                    column_index, data_row, parse_floats,
+                                    read_csv)
 from uniroute_jax.types import RoutingData
 
 COST_SUFFIX = "|total_cost"
@@ -169,9 +170,9 @@ def _read_file(file: str, allow_pickle: bool):
     missing = np.isnan(cost[:, j])
     if np.any(missing):
       raise ValueError(
-          f"{file!r} column {name + COST_SUFFIX!r} is empty in data row "
-          f"{int(np.nonzero(missing)[0][0])}; RouterBench costs must all be "
-          "present")
+          f"{file!r} column {name + COST_SUFFIX!r} is empty or NaN in "
+          f"{data_row(np.nonzero(missing)[0][0])}; RouterBench costs must "
+          "all be present")
     check_nonnegative(cost[:, j], file, name + COST_SUFFIX)
   sample_ids = [str(r[sample_index]) for r in rows]
   return models, score, cost, sample_ids
