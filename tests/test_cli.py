@@ -731,3 +731,16 @@ def test_representatives_first_n_in_a_spread_order(tmp_path, capsys):
   ids = every.read_text().splitlines()
   assert sorted(ids) == sorted(router.representatives.ids)
   assert ids != list(router.representatives.ids)
+  # A seed with nothing to order, and Neyman with no pool, are refused.
+  for argv, match in (
+      (["--seed", "5"], "--seed applies only with --first or --order"),
+      (["--order", "neyman"], "has no LLM; use --order stratified or random")):
+    source = path
+    if "neyman" in argv:
+      source = tmp_path / "empty.npz"
+      router.remove_models(list(router.models)).save(source)
+    assert cli.main(["representatives", str(source), "-o",
+                     str(tmp_path / "x.csv"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / "x.csv").exists()

@@ -824,6 +824,13 @@ def test_labelling_order_spreads_representatives_over_clusters():
       np.argsort(np.asarray(ranks)))
   with pytest.raises(ValueError, match="keeps no representative prompts"):
     Router(centroids=centroids).labelling_order(jax.random.key(0))
+  # No LLM, no spread to allocate by: Neyman is refused, not stratified.
+  empty = router.remove_models(["a", "b"])
+  with pytest.raises(ValueError, match="selection='neyman' allocates by the "
+                     "spread of the pool's errors, and the router has no LLM"):
+    empty.labelling_order(jax.random.key(0), selection="neyman")
+  np.testing.assert_array_equal(
+      empty.labelling_order(jax.random.key(0), selection="stratified"), order)
 
 
 def test_the_routers_psi_prior_is_used_for_llms_added_later_and_saved(tmp_path):

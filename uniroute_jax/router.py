@@ -428,6 +428,11 @@ class Router:
     spread = None
     if self.num_models:
       spread = jnp.sqrt(jnp.mean(self._psi * (1.0 - self._psi), axis=1))
+    elif selection == "neyman":
+      # Without the spread, Neyman allocation would silently be stratified.
+      raise ValueError("selection='neyman' allocates by the spread of the "
+                       "pool's errors, and the router has no LLM; use "
+                       "'stratified' or 'random'")
     ranks = features.labelling_ranks(key, clusters,
                                      num_clusters=self.num_clusters,
                                      selection=selection, spread=spread)

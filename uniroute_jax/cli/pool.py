@@ -68,8 +68,9 @@ def add_parsers(commands) -> None:
                          "every cluster in proportion to its prompts; neyman: "
                          "also to the spread of the pool's errors there); "
                          "given alone, every prompt in that order")
-  reps.add_argument("--seed", type=common.seed, default=0,
-                    help="random seed of the order (default 0)")
+  reps.add_argument("--seed", type=common.seed, default=None,
+                    help="random seed of the order of --first or --order "
+                         "(default 0)")
 
   add = commands.add_parser(
       "add-model", help="onboard an LLM from its labels on the representatives",
@@ -253,10 +254,18 @@ def run_representatives(args) -> int:
   cluster = membership if membership.ndim == 1 else membership.argmax(axis=1)
   rows = np.arange(len(rep.ids))
   ordered = args.first is not None or args.order is not None
+  if args.seed is not None and not ordered:
+    raise ValueError("--seed applies only with --first or --order: it seeds "
+                     "their order; every representative prompt is listed "
+                     "without one")
+  if args.order == "neyman" and not router.num_models:
+    raise ValueError("--order neyman allocates by the spread of the pool's "
+                     f"errors, and {args.router} has no LLM; use --order "
+                     "stratified or random")
   if ordered:
     import jax
     rows = np.asarray(router.labelling_order(
-        jax.random.key(args.seed), selection=args.order or "random"))
+        jax.random.key(args.seed or 0), selection=args.order or "random"))
     rows = rows[:args.first]
   ids = [rep.ids[i] for i in rows]
   cluster = cluster[rows].tolist()
