@@ -464,6 +464,28 @@ def test_a_raised_test_pool_is_said(capsys):
   assert code == 0 and err == [] and "3 training and 2 unseen test LLMs" in out
 
 
+def test_onboarding_sizes_beyond_the_validation_prompts_are_said(capsys):
+  kmeans = SYNTHETIC[:SYNTHETIC.index("--methods")] + ["--methods", "kmeans"]
+  code, out, err = run(kmeans + ["--onboarding-curve", "10,50,200"], capsys)
+  assert code == 0 and err == [
+      "uniroute: warning: --onboarding-curve 50, 200: a trial has only 30 "
+      "validation prompts to run an unseen LLM on, so those sizes are all of "
+      "them"], err
+
+
+def test_equal_costs_are_said_to_leave_nothing_to_trade(tmp_path, capsys):
+  data, embeddings, _ = write_traffic(tmp_path)
+  free = tmp_path / "free.csv"
+  free.write_text("model_name,cost\n" + "".join(f"{m},0\n" for m in LLMS))
+  code, out, err = run(["evaluate", "--format", "long", "--data", data,
+                        "--embeddings", embeddings, "--costs", free,
+                        "--trials", "1", "--methods", "zero"], capsys)
+  assert code == 0 and err == [
+      "uniroute: warning: every LLM costs the same on every prompt, so no "
+      "router trades quality for cost: each Area is the router's quality at "
+      "lambda 0, and QNC is 0% for every router"], err
+
+
 def test_tampered_router_files_are_refused(tmp_path, saved_router):
   import json as json_module
   from uniroute_jax import Router

@@ -214,6 +214,12 @@ def _run(args, source: str) -> int:
                    else args.test_llm_frac)
   data = inputs.load(args).data
   common.prior_strength_fits(args.psi_prior_strength, data.loss.dtype)
+  import numpy as np
+  cost = np.asarray(data.cost)
+  if np.all(cost == cost[..., :1]):
+    warnings.warn("every LLM costs the same on every prompt, so no router "
+                  "trades quality for cost: each Area is the router's "
+                  "quality at lambda 0, and QNC is 0% for every router")
   # Every trial's split (an index per prompt and LLM) and its results are
   # held at once.
   common.fits_in_memory("--trials", args.trials,
@@ -252,6 +258,12 @@ def _run(args, source: str) -> int:
       on_progress=common.progress_printer("trials"))
   curve = None
   if onboarding:
+    # Sizes the user named, not the default ladder, which small data cut.
+    beyond = [s for s in args.onboarding_curve if s is not None and s > n_val]
+    if beyond and args.onboarding_curve is not _DEFAULT_ONBOARDING:
+      warnings.warn(f"--onboarding-curve {', '.join(map(str, beyond))}: a "
+                    f"trial has only {n_val} validation prompts to run an "
+                    "unseen LLM on, so those sizes are all of them")
     print(f"[{step}/{steps}] onboarding curve: unseen LLMs represented by "
           f"{_sizes_text(args.onboarding_curve, n_val)} of the {n_val} "
           "validation prompts ...", file=sys.stderr, flush=True)
