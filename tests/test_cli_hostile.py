@@ -115,6 +115,30 @@ def test_a_flag_given_twice_is_an_error(tmp_path, capsys, argv, match):
   assert fails(argv, capsys, match).endswith("; give it once")
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["fit", "--format", "synthetic", "--clusters", "3,3"],
+     "--clusters: names 3 twice, got '3,3'"),
+    (["fit", "--format", "synthetic", "--clusters", "3,03"],
+     "--clusters: names a K twice"),
+    (["fit", "--format", "synthetic", "--clusters", "3,"],
+     "--clusters: expected comma-separated positive integers, got '3,'"),
+    (["evaluate", "--format", "synthetic", "--methods", "zero,"],
+     "--methods: expected a comma-separated list of"),
+    (["evaluate", "--format", "synthetic", "--methods", "zero,knn,zero"],
+     "--methods: names zero twice"),
+    (["evaluate", "--format", "synthetic", "--onboarding-curve", "10,,all"],
+     "--onboarding-curve: expected comma-separated positive numbers"),
+    (["evaluate", "--format", "synthetic", "--onboarding-curve", "all,all"],
+     "--onboarding-curve: names all twice"),
+])
+def test_list_flags_refuse_empty_and_repeated_items(tmp_path, capsys, argv,
+                                                    match):
+  """An empty item is a typo and a repeated one a slip: dropping either
+  without a word would run something else than was asked."""
+  fails(argv + ["--out", tmp_path / "r.npz"] if argv[0] == "fit" else argv,
+        capsys, match)
+
+
 # ------------------------------------------ messages in the user's language
 
 

@@ -116,6 +116,19 @@ def nonnegative_float(text: str) -> float:
   return value
 
 
+def list_items(text: str, expected: str) -> list[str]:
+  """The comma-separated items of a list flag. An empty item ("3,,5", "3,")
+  is an error, as a typo is, and so is an item given twice: both would
+  otherwise be dropped without a word."""
+  items = [item.strip() for item in text.split(",")]
+  if not all(items):
+    raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+  repeated = next((i for i in items if items.count(i) > 1), None)
+  if repeated is not None:
+    raise argparse.ArgumentTypeError(f"names {repeated} twice, got {text!r}")
+  return items
+
+
 def lambda_list(text: str) -> tuple[float, ...]:
   try:
     # An empty item ("1,,2", "1,") is an error, not a lambda left out.

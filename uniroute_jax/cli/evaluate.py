@@ -62,14 +62,10 @@ def run_evaluate(args) -> int:
 
 def _method_list(text: str) -> tuple[str, ...]:
   from uniroute_jax import protocol
-  names = tuple(n.strip() for n in text.split(",") if n.strip())
-  unknown = [n for n in names if n not in protocol.BUILT_IN]
-  if not names or unknown:
-    raise argparse.ArgumentTypeError(
-        f"expected a comma-separated list of {','.join(protocol.BUILT_IN)}, "
-        f"got {text!r}")
-  if len(set(names)) != len(names):
-    raise argparse.ArgumentTypeError(f"each router may be named once, got {text!r}")
+  expected = f"a comma-separated list of {','.join(protocol.BUILT_IN)}"
+  names = tuple(common.list_items(text, expected))
+  if any(n not in protocol.BUILT_IN for n in names):
+    raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
   return names
 
 
@@ -81,9 +77,9 @@ _BOUND_NEIGHBORS = 10
 
 
 def _onboarding_sizes(text: str) -> tuple[int | None, ...]:
+  expected = "comma-separated positive numbers of prompts or 'all'"
   sizes = []
-  for part in text.split(","):
-    part = part.strip()
+  for part in common.list_items(text, expected):
     if part == "all":
       sizes.append(None)
       continue
@@ -92,10 +88,10 @@ def _onboarding_sizes(text: str) -> tuple[int | None, ...]:
     except ValueError:
       size = 0
     if size < 1:
-      raise argparse.ArgumentTypeError(
-          f"expected comma-separated positive numbers of prompts or 'all', "
-          f"got {text!r}")
+      raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     sizes.append(size)
+  if len(set(sizes)) != len(sizes):   # "10,010"
+    raise argparse.ArgumentTypeError(f"names a size twice, got {text!r}")
   return tuple(sizes)
 
 

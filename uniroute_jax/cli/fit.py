@@ -10,14 +10,12 @@ from uniroute_jax.cli import common, encoding, inputs
 
 
 def _cluster_list(text: str) -> tuple[int, ...]:
-  values = []
-  for part in text.split(","):
-    if part.strip():
-      values.append(common.positive_int(part.strip()))
-  if not values:
-    raise argparse.ArgumentTypeError(
-        f"expected comma-separated positive integers, got {text!r}")
-  return tuple(dict.fromkeys(values))
+  expected = "comma-separated positive integers"
+  values = tuple(common.positive_int(k) for k in common.list_items(text,
+                                                                   expected))
+  if len(set(values)) != len(values):   # "3,03"
+    raise argparse.ArgumentTypeError(f"names a K twice, got {text!r}")
+  return values
 
 
 def add_parser(commands) -> None:
