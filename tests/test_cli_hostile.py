@@ -497,6 +497,17 @@ def test_onboarding_sizes_beyond_the_validation_prompts_are_said(capsys):
       "them"], err
 
 
+def test_more_clusters_than_validation_prompts_are_said(capsys):
+  kmeans = SYNTHETIC[:SYNTHETIC.index("--methods")] + ["--methods", "kmeans"]
+  code, _, err = run(kmeans + ["--clusters", "31"], capsys)
+  assert code == 0 and err == [
+      "uniroute: warning: --clusters 31 is more than the 30 validation prompts "
+      "of a trial, on which unseen LLMs are measured: a cluster without one "
+      "gives them their overall error there"], err
+  code, _, err = run(kmeans + ["--clusters", "30"], capsys)
+  assert code == 0 and err == []
+
+
 def test_equal_costs_are_said_to_leave_nothing_to_trade(tmp_path, capsys):
   data, embeddings, _ = write_traffic(tmp_path)
   free = tmp_path / "free.csv"

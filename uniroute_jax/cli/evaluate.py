@@ -239,6 +239,11 @@ def _run(args, source: str) -> int:
   if args.clusters and args.clusters > n_train:
     raise ValueError(f"--clusters must be at most the {n_train} training "
                      f"prompts of a trial, got {args.clusters}")
+  if args.clusters and args.clusters > n_val:
+    warnings.warn(f"--clusters {args.clusters} is more than the {n_val} "
+                  "validation prompts of a trial, on which unseen LLMs are "
+                  "measured: a cluster without one gives them their overall "
+                  "error there")
   if args.neighbors and args.neighbors > min(n_train, n_val):
     raise ValueError(f"--neighbors must be at most the {min(n_train, n_val)} "
                      f"validation prompts of a trial, got {args.neighbors}")
