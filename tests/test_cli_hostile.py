@@ -648,6 +648,23 @@ def test_add_model_labels_name_the_files_rows(tmp_path, capsys, saved_router):
           "labels") in out
 
 
+def test_text_for_a_router_of_other_embeddings_is_refused_before_embedding(
+    tmp_path, capsys, saved_router):
+  """A router of 32-d embeddings that records no encoder cannot route the
+  built-in encoder's 384-d ones: said before any prompt is embedded."""
+  prompts = tmp_path / "p.txt"
+  prompts.write_text("What is 2 + 2?\nName a prime.\n")
+  code = cli.main(["route", str(saved_router), str(prompts), "-o",
+                   str(tmp_path / "d.jsonl")])
+  err = capsys.readouterr().err
+  assert code == 2 and err.strip().splitlines() == [
+      f"uniroute: error: the router routes 32-d embeddings and records no "
+      f"encoder; the built-in encoder's are 384-d, so the text of {prompts} "
+      "cannot be routed with it: embed the prompts as the router's were and "
+      "pass the embeddings file"], err
+  assert not (tmp_path / "d.jsonl").exists()
+
+
 def test_small_cli_edges(tmp_path, capsys, saved_router, monkeypatch):
   """A folder given as a router, empty list items, references alone with
   --plot-excess, .ndjson prompts, INPUT named as given, and a reader that

@@ -112,9 +112,17 @@ def _paths(args) -> tuple[str, str, bool]:
 def _text_embedder(args, router, path):
   """The built-in encoder with the router's settings; other settings given
   on the command line are refused (they would route in another space)."""
-  from uniroute_jax.encoder import NAME
+  from uniroute_jax.encoder import NAME, BertConfig
   recorded = router.embedder
   if recorded is None:
+    width = BertConfig().hidden   # the built-in all-MiniLM-L6-v2's
+    if router.dim != width:
+      # Known before any prompt is embedded.
+      raise ValueError(
+          f"the router routes {router.dim}-d embeddings and records no "
+          f"encoder; the built-in encoder's are {width}-d, so the text of "
+          f"{path} cannot be routed with it: embed the prompts as the "
+          "router's were and pass the embeddings file")
     embedder = encoding.TextEmbedder(args)
     warnings.warn(
         f"the router records no encoder, so the text of {path} is embedded "
