@@ -49,9 +49,10 @@ def split_sizes(n: int, val_frac: float, test_frac: float) -> tuple[int, int, in
   n_train = n - n_val - n_test
   if n_train < 1:
     raise checks.ArgumentError(lambda name: (
-        f"{n} prompts are too few to split into train ({n_train}), "
-        f"validation ({n_val}) and test ({n_test}) prompts with "
-        f"{name('val_frac')} {val_frac} and {name('test_frac')} {test_frac}"))
+        f"{n} prompt(s) are too few to split into train, validation and test "
+        f"prompts, at least one of each: {name('val_frac')} {val_frac} and "
+        f"{name('test_frac')} {test_frac} take {n_val} for validation and "
+        f"{n_test} for test, which leaves {max(n_train, 0)} to train on"))
   return n_train, n_val, n_test
 
 
