@@ -177,8 +177,13 @@ def test_embedllm_without_embeddings_names_the_flag(tmp_path, capsys):
 @pytest.mark.parametrize("argv, match", [
     (["demo", "--val-frac", "0.6", "--test-frac", "0.5"],
      "--val-frac + --test-frac must be below 1, got 0.6 + 0.5"),
-    (["demo", "--prompts", "2"], "2 prompts are too few to split into train (0)"),
-    (["demo", "--prompts", "2"], "with --val-frac 0.1 and --test-frac 0.3"),
+    (["demo", "--prompts", "2"],
+     "2 prompt(s) are too few to split into train, validation and test "
+     "prompts, at least one of each: --val-frac 0.1 and --test-frac 0.3 take "
+     "1 for validation and 1 for test, which leaves 0 to train on"),
+    # Rounding up to one of each asks for more prompts than there are: the
+    # message counts none to train on, never a negative number.
+    (["demo", "--prompts", "1", "--trials", "2"], "which leaves 0 to train on"),
 ])
 def test_protocol_messages_name_flags(capsys, argv, match):
   assert "_frac" not in fails(argv, capsys, match)
@@ -188,8 +193,21 @@ def test_tiny_data_says_which_flags_set_its_split(tmp_path, capsys):
   data, embeddings, costs = write_traffic(tmp_path, prompts=2)
   fails(["fit", "--format", "long", "--data", data, "--embeddings",
          embeddings, "--costs", costs, "--out", tmp_path / "r.npz"], capsys,
-        "--data holds 2 prompt(s), too few to fit a router: it needs training,"
-        " representative (--representatives 0.2) and held-out (--holdout 0.2)")
+        f"--data {data} holds 2 prompt(s), too few to fit a router: it needs "
+        "training, representative (--representatives 0.2) and held-out "
+        "(--holdout 0.2) prompts, at least one of each")
+  # One map and one K hold nothing out, so only the representatives count,
+  # and generated data is named by the flags that sized it.
+  fails(["fit", "--format", "synthetic", "--prompts", "1", "--map", "kmeans",
+         "--clusters", "1", "--out", tmp_path / "r.npz"], capsys,
+        "--format synthetic (--prompts 1, --llms 12) holds 1 prompt(s), too "
+        "few to fit a router: it needs training and representative "
+        "(--representatives 0.2) prompts, at least one of each")
+  code, out, _ = run(["fit", "--format", "long", "--data", data,
+                      "--embeddings", embeddings, "--costs", costs, "--map",
+                      "kmeans", "--clusters", "1", "--out", tmp_path / "one.npz"],
+                     capsys)
+  assert code == 0 and "fitted on 1 prompts" in out, out
   (tmp_path / "more").mkdir()
   data, embeddings, costs = write_traffic(tmp_path / "more", prompts=40)
   fails(["fit", "--format", "long", "--data", data, "--embeddings",

@@ -121,3 +121,28 @@ def test_an_undefined_held_out_area_is_an_error_not_a_choice(data):
                                        "raise holdout_frac"):
     fit_router(jax.random.key(4), data._replace(mask=mask), maps=("kmeans",),
                clusters=(3, 4), holdout_frac=0.003, num_trials=3)
+
+
+def test_split_sizes_hold_out_prompts_only_for_a_choice():
+  from uniroute_jax.fitting import split_sizes
+  # A choice scores its candidates on held-out prompts: the protocol's split.
+  assert split_sizes(400, 0.2, 0.2) == protocol.split_sizes(400, 0.2, 0.2)
+  # One map and one K: every prompt but the representatives fits the map.
+  assert split_sizes(400, 0.2, None) == (320, 80, 0)
+  assert split_sizes(2, 0.2, None) == (1, 1, 0)
+  with pytest.raises(ValueError, match="^1 prompt.* representative_frac 0.2$"):
+    split_sizes(1, 0.2, None)
+  with pytest.raises(ValueError, match="^representative_frac must lie in"):
+    split_sizes(10, 1.0, None)
+
+
+def test_one_map_and_one_k_need_no_held_out_prompts(data):
+  """Two prompts cannot split three ways, but a fixed map and K hold
+  nothing out: one fits the map, one represents every LLM."""
+  tiny = data.select_prompts(np.arange(2))
+  _, report = fit_router(jax.random.key(0), tiny, maps=("kmeans",),
+                         clusters=(1,), holdout_frac=0.2)
+  assert (report.num_train, report.num_representatives) == (1, 1)
+  with pytest.raises(ValueError, match="^2 prompt.* too few to split"):
+    fit_router(jax.random.key(0), tiny, maps=("kmeans", "learned"),
+               clusters=(1,))

@@ -156,16 +156,19 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
     candidate_method(kind)
   prior_strength = features.prior_rule(prior_strength, "prior_strength")
   n = data.num_prompts
-  n_train, n_rep, _ = protocol.split_sizes(n, representative_frac,
-                                           holdout_frac)
+  try:
+    one_candidate = clusters is not None and np.size(clusters) == 1
+  except (TypeError, ValueError):
+    one_candidate = False      # candidate_array below says what is wrong
+  # With one map and one K nothing is chosen, so nothing is held out.
+  n_train, n_rep, _ = split_sizes(
+      n, representative_frac,
+      holdout_frac if len(maps) > 1 or not one_candidate else None)
   choose_key, fit_key = jax.random.split(key)
   grid = clusters
   if grid is None:
     grid = default_cluster_grid(n_train, n_rep)
-  try:
-    one_candidate = np.size(grid) == 1
-  except (TypeError, ValueError):
-    one_candidate = False      # candidate_array below says what is wrong
+    one_candidate = len(grid) == 1
   if len(maps) > 1 or not one_candidate:
     # Chosen on selection trials, whose maps see their training prompts.
     limit, where = n_train, f"the {n_train} training prompts of a trial"
@@ -202,6 +205,30 @@ def fit_router(key, data: RoutingData, *, maps: Sequence[str] = MAPS,
                            prior_strength)
   return FittedRouter(router, FitReport(kind, k, scores, num_train,
                                         data.num_prompts - num_train))
+
+
+def split_sizes(n: int, representative_frac: float,
+                holdout_frac: float | None) -> tuple[int, int, int]:
+  """(training, representative, held-out) prompt counts of :func:`fit_router`
+  on ``n`` prompts, each at least 1; no held-out prompts when
+  ``holdout_frac`` is None (one map and one K: nothing to choose).
+
+  Raises:
+    ValueError: a fraction outside (0, 1), or too few prompts.
+  """
+  if holdout_frac is not None:
+    return protocol.split_sizes(n, representative_frac, holdout_frac)
+  if not 0.0 < representative_frac < 1.0:
+    raise checks.ArgumentError(lambda name: (
+        f"{name('representative_frac')} must lie in (0, 1), got "
+        f"{representative_frac}"))
+  n_rep = max(1, round(n * representative_frac))
+  if n - n_rep < 1:
+    raise checks.ArgumentError(lambda name: (
+        f"{n} prompt(s) are too few to fit a map on some and represent the "
+        f"LLMs on the others with {name('representative_frac')} "
+        f"{representative_frac}"))
+  return n - n_rep, n_rep, 0
 
 
 def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float,
@@ -255,4 +282,4 @@ def _fit(key, data: RoutingData, kind: str, k: int, representative_frac: float,
 
 
 __all__ = ["FitReport", "FittedRouter", "MAPS", "MapScore", "candidate_method",
-           "default_cluster_grid", "fit_router"]
+           "default_cluster_grid", "fit_router", "split_sizes"]

@@ -93,15 +93,15 @@ def run(args) -> int:
   common.prior_strength_fits(args.psi_prior_strength, data.loss.dtype)
   missing = inputs.labels(args, data)
   if data.num_models < 2:
-    raise ValueError(f"--data holds {data.num_models} LLM; a router needs at "
-                     "least 2 to route between")
+    raise ValueError(f"{inputs.data_source(args)} holds {data.num_models} "
+                     "LLM; a router needs at least 2 to route between")
   for name in data.model_names:
     problem = common.llm_name_problem(name)
     if problem:
       raise ValueError(f"--data {args.data}: its LLM {name!r} could not be "
                        f"named to route --models, remove-model or add-model "
                        f"({problem}); rename it in the data")
-  n_train, n_rep, n_hold = _split_sizes(data.num_prompts, args)
+  n_train, n_rep, n_hold = _split_sizes(data.num_prompts, args, searching)
   if searching and args.clusters and max(args.clusters) > n_train:
     raise ValueError(f"--clusters must be at most the {n_train} training "
                      f"prompts of a selection trial, got {max(args.clusters)}")
@@ -159,15 +159,20 @@ def run(args) -> int:
   return 0
 
 
-def _split_sizes(n: int, args) -> tuple[int, int, int]:
-  from uniroute_jax import protocol
+def _split_sizes(n: int, args, searching: bool) -> tuple[int, int, int]:
+  """(training, representative, held-out) prompts; none are held out when
+  fit has nothing to choose."""
+  from uniroute_jax import fitting
   try:
-    return protocol.split_sizes(n, args.representatives, args.holdout)
+    return fitting.split_sizes(n, args.representatives,
+                               args.holdout if searching else None)
   except ValueError:
+    representative = f"representative (--representatives {args.representatives})"
+    kinds = (f"training, {representative} and held-out (--holdout "
+             f"{args.holdout})" if searching else f"training and {representative}")
     raise ValueError(
-        f"--data holds {n} prompt(s), too few to fit a router: it needs "
-        f"training, representative (--representatives {args.representatives})"
-        f" and held-out (--holdout {args.holdout}) prompts") from None
+        f"{inputs.data_source(args)} holds {n} prompt(s), too few to fit a "
+        f"router: it needs {kinds} prompts, at least one of each") from None
 
 
 def lambda_scale(router) -> str:

@@ -88,6 +88,16 @@ def check_data_flags(args) -> None:
                      "(--format long without --embeddings)")
 
 
+def data_source(args) -> str:
+  """The flag that gave the data, as a message names it: ``--data PATH``,
+  or for generated data the flags that sized it."""
+  if args.format == "synthetic":
+    return (f"--format synthetic (--prompts "
+            f"{args.prompts or SYNTHETIC_PROMPTS}, --llms "
+            f"{args.llms or SYNTHETIC_LLMS})")
+  return f"--data {args.data}"
+
+
 class Loaded(NamedTuple):
   """A dataset and the identity of the encoder of its embeddings (None
   when unknown)."""
