@@ -6,6 +6,7 @@ printed as a result; labels that are missing are reported."""
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from uniroute_jax import cli
 
 LLMS = ("tiny-llm", "mid-llm", "coder-llm", "big-llm")
+NUMPY_REPR = re.compile(r"\b(np|numpy)\.(float|int|uint|bool|str_|bytes_|complex)"
+                        r"\w*\(|\barray\(\[")
 
 
 def run(argv, capsys):
@@ -20,6 +23,8 @@ def run(argv, capsys):
   code = cli.main([str(a) for a in argv])
   out, err = capsys.readouterr()
   assert "Traceback" not in err
+  # A user reads numbers and names, not NumPy's reprs of them.
+  assert not NUMPY_REPR.search(out + err), NUMPY_REPR.search(out + err)
   return code, out, [line for line in err.splitlines()
                      if not line.startswith(("[", "  "))]   # progress lines
 

@@ -455,3 +455,25 @@ def test_no_module_reaches_into_another_modules_private_names():
       if isinstance(base, ast.Name) and base.id in modules:
         offenders.append(f"{path.name}:{node.lineno} reads {ast.unparse(node)}")
   assert not offenders, offenders
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ur.checks.positive_int("num_clusters", np.float64(2.5)),
+     "num_clusters must be a positive integer, got 2.5"),
+    (lambda: ur.checks.host_nonnegative("cost", np.float32([1, -2])),
+     "cost must be non-negative, found -2.0"),
+    (lambda: ur.checks.host_in_range("psi", np.float32([0.5, 1.5]), 0.0, 1.0),
+     "psi must lie in [0.0, 1.0], found 1.5"),
+    (lambda: ur.features.prior_rule(np.bool_(True), "prior_strength"),
+     "prior_strength must be None, a non-negative number or "
+     "'empirical_bayes', got True"),
+    (lambda: protocol.sign_test(np.ones(3), np.ones(3),
+                                tie_tolerance=np.float32(-1)),
+     "tie_tolerance must be non-negative, got -1.0"),
+])
+def test_messages_show_values_not_numpy_reprs(call, message):
+  """A value from the user's NumPy arrays reads as the number it is, not
+  as ``np.float32(-2.0)``."""
+  with pytest.raises(ValueError) as raised:
+    call()
+  assert str(raised.value) == message

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import shared_data_dir
 from uniroute_jax.data import (load_embeddings, load_embedllm, load_long,
-                               load_routerbench, missing_labels)
+                               load_routerbench, missing_labels,
+                               read_embeddings)
 
 
 def write_csv(path, header, rows):
@@ -554,6 +555,9 @@ def test_load_embeddings_errors(tmp_path):
   np.save(tmp_path / "nan.npy", bad)
   with pytest.raises(ValueError, match="NaN or infinity.*prompt id 'b'"):
     load_embeddings(tmp_path / "nan.npy", ["a", "b"])
+  # Read on its own, the file has no ids: the array's row, counted from 0.
+  with pytest.raises(ValueError, match="first at array row 1, counting from 0;"):
+    read_embeddings(tmp_path / "nan.npy")
   np.save(tmp_path / "obj.npy", np.array([[1.0], [None]], dtype=object))
   with pytest.raises(ValueError, match=r"object array \(pickled data\), which is never loaded"):
     load_embeddings(tmp_path / "obj.npy", ["a", "b"])
@@ -635,8 +639,10 @@ def test_embedllm_model_names_must_agree_with_model_order(tmp_path):
   body[1][at] = EMBEDLLM_MODELS[(EMBEDLLM_MODELS.index(body[1][at]) + 1)
                                 % len(EMBEDLLM_MODELS)]
   write_csv(train, header, body)
-  with pytest.raises(ValueError, match=r"train.csv' data row 2 has model_id .* "
-                                       r"but model_order.csv names"):
+  with pytest.raises(ValueError, match=r"train.csv' data row 2 has model_id "
+                                       r"\d+ with model_name '[^']+', but "
+                                       r"model_order.csv names model_id \d+ "
+                                       r"'[^']+'$"):
     load_embedllm(folder)
 
 

@@ -471,15 +471,15 @@ def test_bad_inputs_name_the_argument(fitted):
     router.add_models(["a", "b"], x[:-1], loss, cost, mask=mask)
   with pytest.raises(ValueError, match="mask"):
     router.add_models(["a", "b"], x, loss, cost, mask=mask[:-1])
-  with pytest.raises(ValueError, match="cost must be non-negative"):
+  with pytest.raises(ValueError, match="cost must be non-negative, found -1.0$"):
     router.add_models(["a", "b"], x, loss, [1.0, -1.0], mask=mask)
   with pytest.raises(ValueError, match="cost must have shape"):
     router.add_models(["a", "b"], x, loss, [1.0], mask=mask)
   with pytest.raises(ValueError, match="cost must be \\[m\\]"):
     router.add_models(["a", "b"], x, loss, np.ones((len(x), 2)), mask=mask)
-  with pytest.raises(ValueError, match="loss must lie in"):
+  with pytest.raises(ValueError, match=r"loss must lie in \[0.0, 1.0\], found 2.0$"):
     router.add_models(["a", "b"], x, np.nan_to_num(loss) + 1, cost)
-  with pytest.raises(ValueError, match="psi must lie in"):
+  with pytest.raises(ValueError, match=r"psi must lie in \[0.0, 1.0\], found 1.5$"):
     router.add_psi(["a"], np.full((4, 1), 1.5), [1.0])
   with pytest.raises(ValueError, match="psi must have shape"):
     router.add_psi(["a"], np.full((3, 1), 0.5), [1.0])

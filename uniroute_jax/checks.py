@@ -405,6 +405,14 @@ def require_costs(cost, lambdas=None, where: str = "route") -> None:
     require(jnp.all(lambdas >= 0), f"{where}: lambdas must be non-negative")
 
 
+def shown(value) -> str:
+  """``repr(value)`` for a message, a NumPy scalar shown as the Python
+  number or string it holds (``-1.0``, not ``np.float32(-1.0)``)."""
+  if isinstance(value, np.generic):
+    value = value.item()
+  return repr(value)
+
+
 def scalar(name: str, x):
   """A real scalar (a Python number, a 0-d array or a tracer)."""
   if isinstance(x, bool):
@@ -416,7 +424,7 @@ def scalar(name: str, x):
 def positive_int(name: str, value, *, upper: int | None = None,
                  upper_doc: str = "") -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    raise ValueError(f"{name} must be a positive integer, got {shown(value)}")
   if value < 1:
     raise ValueError(f"{name} must be a positive integer, got {value}")
   if upper is not None and value > upper:
@@ -482,14 +490,16 @@ def host_in_range(name: str, x, low: float, high: float, where=None) -> None:
   inside = (values >= low) & (values <= high)
   if values.size and not np.all(inside):
     raise ValueError(
-        f"{name} must lie in [{low}, {high}], found {values[~inside].flat[0]!r}")
+        f"{name} must lie in [{low}, {high}], found "
+        f"{shown(values[~inside].flat[0])}")
 
 
 def host_nonnegative(name: str, x) -> None:
   host_finite(name, x)
   values = host_values(x)
   if values is not None and values.size and np.any(values < 0):
-    raise ValueError(f"{name} must be non-negative, found {values.min()!r}")
+    raise ValueError(f"{name} must be non-negative, found "
+                     f"{shown(values.min())}")
 
 
 def host_bool_mask(name: str, x) -> None:

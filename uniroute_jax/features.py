@@ -111,7 +111,7 @@ def prior_rule(value, name: str = "psi_prior"):
   if isinstance(value, (str, bool, np.bool_)) or np.ndim(value) != 0 or (
       np.asarray(value).dtype.kind not in "iuf"):
     raise ValueError(f"{name} must be None, a non-negative number or "
-                     f"{EMPIRICAL_BAYES!r}, got {value!r}")
+                     f"{EMPIRICAL_BAYES!r}, got {checks.shown(value)}")
   number = float(value)
   if not 0.0 <= number < float("inf"):
     raise ValueError(f"{name} must be a finite non-negative number, got "

@@ -156,8 +156,8 @@ def _labels(path: str, prompt_ids: np.ndarray, model_ids: np.ndarray,
       row = int(wrong[0])
       raise ValueError(
           f"{path!r} {data_row(row)} has model_id {model[row]} with "
-          f"model_name {given[row]!r}, but model_order.csv names model_id "
-          f"{model[row]} {expected[row]!r}")
+          f"model_name {str(given[row])!r}, but model_order.csv names "
+          f"model_id {model[row]} {str(expected[row])!r}")
   prompts = _positions(prompt_ids, prompt, path, "prompt_id",
                        "question_order.csv")
   return prompts, cols, label

@@ -341,7 +341,7 @@ def _check_numbers(method, *, nonnegative=(), positive=()) -> None:
     checks.scalar(name, value)
     checks.host_finite(name, value)
     if field in positive and not np.asarray(value) > 0:
-      raise ValueError(f"{name} must be positive, got {value!r}")
+      raise ValueError(f"{name} must be positive, got {checks.shown(value)}")
     checks.host_nonnegative(name, value)
 
 

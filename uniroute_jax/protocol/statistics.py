@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from uniroute_jax import metrics
+from uniroute_jax import checks, metrics
 from uniroute_jax.protocol.methods import Method
 from uniroute_jax.protocol.running import TrialMetrics
 
@@ -39,7 +39,8 @@ def sign_test(a, b, *, tie_tolerance: float = 0.0) -> SignTest:
     raise ValueError(f"sign_test needs two 1-d arrays of equal length, got "
                      f"{a.shape} and {b.shape}")
   if not tie_tolerance >= 0:
-    raise ValueError(f"tie_tolerance must be non-negative, got {tie_tolerance!r}")
+    raise ValueError(f"tie_tolerance must be non-negative, got "
+                     f"{checks.shown(tie_tolerance)}")
   wins = int(np.sum(a > b + tie_tolerance))
   losses = int(np.sum(a < b - tie_tolerance))
   n = wins + losses
