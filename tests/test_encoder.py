@@ -430,6 +430,21 @@ def test_routers_refuse_prompts_from_another_encoder(tmp_path, capsys, encoder):
                    str(tmp_path / "plain.npy"), "--out", str(tmp_path / "c.csv")]) == 0
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "does not record its encoder" in err[0]
+  # A router of 384-d embeddings that records no encoder routes text with
+  # the built-in one, and says in one line that nothing checked the match.
+  plain = Router.load(tmp_path / "r.npz").with_embedder(None)
+  plain.save(tmp_path / "plain.npz")
+  code = cli.main(["route", str(tmp_path / "plain.npz"), str(tmp_path / "p.txt"),
+                   "-o", str(tmp_path / "t.csv")])
+  err = [line for line in capsys.readouterr().err.strip().splitlines()
+         if not line.startswith("  ")]   # progress lines
+  assert code == 0 and len(err) == 1, err
+  assert "the router records no encoder, so the text of" in err[0]
+  assert "unchecked" in err[0]
+  rows = [line.split(",") for line in
+          (tmp_path / "t.csv").read_text().splitlines()[1:]]
+  want = np.asarray(plain.route(encoder(prompts), 0.0).choice)
+  assert [r[2] for r in rows] == [plain.models[j] for j in want]
 
 
 def test_fit_and_route_on_text_embed_it_as_the_router_was(tmp_path, capsys,

@@ -91,7 +91,9 @@ def read_embeddings(path) -> tuple[np.ndarray | None, np.ndarray]:
   bad = ~np.all(np.isfinite(matrix), axis=1)
   if bad.any():
     row = int(np.nonzero(bad)[0][0])
-    where = f"row {row}" if ids is None else f"id {_to_str(ids[row])!r}"
+    # An array's row index, not a text file's line: say where counting starts.
+    where = (f"array row {row}, counting from 0" if ids is None
+             else f"id {_to_str(ids[row])!r}")
     raise ValueError(
         f"embeddings from {path!r} contain NaN or infinity (first at {where}; "
         "float16/float64 values beyond float32's range also become infinite)")
