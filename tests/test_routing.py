@@ -437,6 +437,35 @@ def test_operating_point_meets_a_budget_met_exactly(seed, dtype):
   assert bool(point.feasible) and float(point.mean_cost) == 0.0
 
 
+def test_operating_point_lambda_routes_as_reported_at_rounded_switch_points(
+    dtype):
+  """Switch points equal in exact arithmetic but rounded apart (0.7 - 0.3
+  and 0.6 - 0.2 in float32) leave no lambda between them: the point's lambda
+  must route as the point says, and so meet the target it reports as met."""
+  gamma = np.array([[.2, .4, .9, .7], [.7, .7, .3, .7], [.6, .9, .2, .3],
+                    [.1, .1, .6, .3], [.2, .4, .7, .6]], dtype)
+  cost = np.array([1., 3., 3., 3.], dtype)
+  rows = np.arange(gamma.shape[0])
+  pool = np.ones(4, bool)
+  point = routing.operating_point(gamma, cost, min_quality=0.65)
+  choice = brute_choice(gamma, cost, float(point.lam), pool)
+  assert bool(point.feasible)
+  assert 1 - gamma[rows, choice].mean() >= 0.65
+  rng = np.random.default_rng(0)
+  for _ in range(150):
+    gamma = (rng.integers(0, 10, (6, 4)) / 10).astype(dtype)
+    cost = rng.choice([0., 1., 2., 3., 5.], 4, replace=False).astype(dtype)
+    rows = np.arange(6)
+    for budget in ({"min_quality": rng.integers(3, 10) / 10},
+                   {"max_cost": rng.random() * 5}):
+      point = routing.operating_point(gamma, cost, **budget)
+      choice = brute_choice(gamma, cost, float(point.lam), pool)
+      assert cost[choice].mean() == pytest.approx(float(point.mean_cost),
+                                                  abs=1e-5), budget
+      assert 1 - gamma[rows, choice].mean() == pytest.approx(
+          float(point.quality), abs=1e-5), budget
+
+
 def test_operating_point_with_no_llm_available_is_infeasible_and_nan():
   gamma, cost = jnp.array([[0.2, 0.5]]), jnp.array([1.0, 1.0])
   none = jnp.array([False, False])

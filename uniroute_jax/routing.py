@@ -495,7 +495,13 @@ def _operating_point_jit(gamma_, cost, pool_mask, budget, *, by_cost, dtype):
   # for no lambda at all.
   begin = jnp.concatenate([jnp.zeros((1,), dtype), lam])
   end = jnp.concatenate([lam, jnp.full((1,), jnp.inf, dtype)])
-  valid = (begin < end) & jnp.isfinite(begin)
+  # Switch points equal in exact arithmetic can round a few ulps apart
+  # (0.7 - 0.3 and 0.6 - 0.2 in float32): a state between them holds for no
+  # lambda the rule's own rounded comparisons can single out, so routing at
+  # any lambda there would not reproduce it. Such points count as one.
+  apart = _BUDGET_RTOL * jnp.finfo(dtype).eps * jnp.abs(
+      jnp.where(jnp.isfinite(end), end, begin))
+  valid = (end - begin > apart) & jnp.isfinite(begin)
   mean_cost, quality = total_cost / n, 1.0 - total_loss / n
   # A budget met exactly (e.g. the quality of routing every prompt to one
   # LLM, or a cost of 0 with a free LLM) must count as met although the
