@@ -477,3 +477,28 @@ def test_messages_show_values_not_numpy_reprs(call, message):
   with pytest.raises(ValueError) as raised:
     call()
   assert str(raised.value) == message
+
+
+def test_numpy_names_and_numbers_are_taken_as_python_ones():
+  """Names from a NumPy array are kept as str (the pool, the repr and every
+  message list 'a', not np.str_('a')); a NumPy momentum is a number."""
+  key = jax.random.key(0)
+  x = np.asarray(jax.random.normal(key, (40, 3)), np.float32)
+  loss = (x[:, :3] > 0).astype(np.float32)
+  router = ur.Router.from_kmeans(key, x, num_clusters=2).add_models(
+      np.array(["a", "b", "c"]), x, loss, [1., 2., 3.], warn_below=None)
+  assert router.models == ("a", "b", "c")
+  assert all(type(name) is str for name in router.models)
+  assert "np.str_" not in repr(router)
+  with pytest.raises(ValueError, match=r"\['a'\] already in the pool"):
+    router.add_models(np.array(["a"]), x, loss[:, :1], [1.], warn_below=None)
+  with pytest.raises(ValueError, match=r"\['zz'\] not in the pool \['a', "):
+    router.remove_models(np.array(["zz"]))
+  psi = np.array([[0.2, 0.4, 0.6], [0.8, 0.6, 0.4]], np.float32)
+  ours = ur.fit_cluster_map(key, x, loss, psi, hidden=(4,), batch_size=8,
+                            epochs=1, momentum=np.float32(0.5))
+  python = ur.fit_cluster_map(key, x, loss, psi, hidden=(4,), batch_size=8,
+                              epochs=1, momentum=0.5)
+  chex.assert_trees_all_close(ours, python)
+  with pytest.raises(ValueError, match=r"in \[0, 1\), got 1\.5$"):
+    ur.fit_cluster_map(key, x, loss, psi, momentum=np.float64(1.5))

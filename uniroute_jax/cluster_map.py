@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from uniroute_jax import checks, routing
@@ -417,9 +418,12 @@ def learned_map_predicted_loss(fitted: FittedModel, x, psi) -> Array:
 
 
 def _check_momentum(momentum) -> float:
-  if (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+  # A NumPy scalar (np.float32(0.9)) is a number too; bools are not.
+  if (isinstance(momentum, (bool, np.bool_))
+      or not isinstance(momentum, (int, float, np.integer, np.floating))
       or not 0 <= momentum < 1):
-    raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+    raise ValueError(f"momentum must be a number in [0, 1), got "
+                     f"{checks.shown(momentum)}")
   return float(momentum)
 
 

@@ -711,7 +711,11 @@ def _names(arg: str, names, *, allow_empty: bool = False) -> tuple[str, ...]:
   for value in names:
     if not isinstance(value, str) or not value:
       raise checks.ArgumentError(lambda name: (
-          f"{name(arg)} must hold non-empty strings, got {value!r}"))
+          f"{name(arg)} must hold non-empty strings, got "
+          f"{checks.shown(value)}"))
+  # NumPy's str_ is a str: kept as one, it would print as np.str_('a') in
+  # the router's repr and in every message that lists the pool.
+  names = tuple(str(value) for value in names)
   if len(set(names)) != len(names):
     dupes = sorted({n for n in names if names.count(n) > 1})
     raise checks.ArgumentError(lambda name: (
