@@ -456,6 +456,24 @@ def test_bad_evaluate_arguments(small, method, match):
     protocol.evaluate(jax.random.key(0), small, num_trials=1, methods=(method,))
 
 
+def test_an_llm_without_labels_is_refused_before_any_trial(small):
+  """Its areas would all be NaN: the protocol names it instead."""
+  mask = np.asarray(small.mask).copy()
+  mask[:, 1] = False
+  unlabelled = small._replace(mask=mask)
+  name = small.model_names[1]
+  with pytest.raises(ValueError, match=rf"^mask: LLM '{name}' has no label at "
+                     r"all; label some of its prompts or leave it out"):
+    protocol.evaluate(jax.random.key(0), unlabelled, num_trials=1,
+                      methods=("zero",))
+  with pytest.raises(ValueError, match=rf"LLM '{name}' has no label at all"):
+    protocol.onboarding_curve(jax.random.key(0), unlabelled, num_trials=1)
+  mask[:, 2] = False
+  with pytest.raises(ValueError, match=r"no label at all \(nor have 1 other"):
+    unlabelled._replace(mask=mask).validate(labelled_models=True)
+  unlabelled.validate()   # valid data: the loaders accept it
+
+
 @pytest.mark.slow
 def test_matched_k_choice(small):
   """With as many validation as training prompts the matched choice is the

@@ -51,8 +51,14 @@ class RoutingData(NamedTuple):
   def num_models(self) -> int:
     return int(self.loss.shape[1])
 
-  def validate(self) -> "RoutingData":
+  def validate(self, *, labelled_models: bool = False) -> "RoutingData":
     """Checks shapes and values on the host; returns self so calls chain.
+
+    Args:
+      labelled_models: also require every LLM to have a label, as the
+        evaluation protocol does (an LLM without one has no error to
+        represent it, and every area it enters is undefined). A loader
+        leaves it to the caller: such a file is valid data.
 
     Raises:
       ValueError: naming the field and what was expected.
@@ -85,6 +91,16 @@ class RoutingData(NamedTuple):
       if np.any((counts > 0) != mask.astype(bool)):
         raise ValueError("label_counts must be positive exactly where mask is "
                          "True")
+    if labelled_models:
+      unlabelled = [name for name, labelled in
+                    zip(self.model_names, mask.astype(bool).any(axis=0))
+                    if not labelled]
+      if unlabelled:
+        more = (f" (nor have {len(unlabelled) - 1} other LLM(s))"
+                if len(unlabelled) > 1 else "")
+        raise ValueError(
+            f"mask: LLM {str(unlabelled[0])!r} has no label at all{more}; "
+            "label some of its prompts or leave it out (select_models)")
     return self
 
   def select_prompts(self, index) -> "RoutingData":

@@ -77,7 +77,7 @@ def evaluate(key, data: RoutingData, *, num_trials: int = 10,
       (see :func:`~uniroute_jax.protocol.run_trials`).
   """
   checks.prng_key("key", key)
-  data.validate()
+  data.validate(labelled_models=True)
   if not 0.0 < alpha < 1.0:
     raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
   excess_lambdas = check_excess_lambdas(excess_lambdas, np.float64)

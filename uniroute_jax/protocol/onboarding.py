@@ -159,7 +159,7 @@ def onboarding_curve(key, data: RoutingData, *, sizes: Sequence[int | None] =
     An :class:`OnboardingCurve`.
   """
   checks.prng_key("key", key)
-  data.validate()
+  data.validate(labelled_models=True)
   num_trials = checks.positive_int("num_trials", num_trials)
   batch_size = checks.positive_int("batch_size", batch_size)
   max_iter = checks.positive_int("max_iter", max_iter)
