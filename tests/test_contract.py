@@ -59,6 +59,8 @@ _SELECT = jax.device_put(learn.CheckpointSelection(
 _LEARNED_ROUTER = ur.Router.from_cluster_map(_FITTED_MAP).add_psi(
     ["a", "b", "c", "d"], PSI, COST)
 _REP_ROUTER = _ROUTER.with_representatives(X)
+# A router's own Psi prior is host metadata: adding under it moves nothing.
+_SHRINKING_ROUTER = _ROUTER.with_psi_prior(2.0)
 
 
 def _key(raw):
@@ -128,6 +130,11 @@ CASES = [
         phi, loss, prior_strength=a).quantile(q),
          lambda: (SOFT, LOSS, np.float32(2.0), np.float32(0.8)),
          {0: lambda p: p[::-1].copy(), 2: lambda a: a * 3, 3: lambda q: q / 2}),
+    # The default level is a constant of the program, not a host value.
+    Case("cluster_posterior_interval", lambda c, loss, a: ur.cluster_posterior(
+        c, loss, num_clusters=K, prior_strength=a).interval(),
+         lambda: (CLUSTERS, LOSS, np.float32(1.0)),
+         {0: _flip, 1: lambda l: 1 - l, 2: lambda a: a * 3}),
     Case("beta_quantile", lambda a, b, q: ur.beta_quantile(a, b, q),
          lambda: (PSI * 10, (1 - PSI) * 10, np.float32(0.3)),
          {0: lambda a: a + 1, 1: lambda b: b * 2, 2: lambda q: q * 2}),
@@ -230,6 +237,10 @@ CASES = [
          lambda: (X_TEST,), {0: lambda x: x * 2}),
     Case("Router.add_models", lambda x, loss, cost: _ROUTER.add_models(
         ["e"], x, loss, cost).psi, lambda: (X, LOSS[:, :1], COST[:1]),
+         {1: lambda l: 1 - l, 2: lambda c: c * 2}),
+    Case("Router.add_models_own_prior", lambda x, loss, cost:
+         _SHRINKING_ROUTER.add_models(["e"], x, loss, cost, warn_below=None).psi,
+         lambda: (X, LOSS[:, :1], COST[:1]),
          {1: lambda l: 1 - l, 2: lambda c: c * 2}),
     Case("LearnedMap Router.route", lambda x, lam: _LEARNED_ROUTER.route(
         x, lam).choice, lambda: (X_TEST, LAMBDAS), {0: lambda x: x * 2, 1: _lam}),
@@ -364,6 +375,58 @@ def test_x64_off(case):
 _BOUNDARY = {"checked", "evaluate", "load_embedllm", "load_embeddings",
              "load_long", "load_routerbench", "make_synthetic", "missing_labels",
              "read_prompts", "fit_router"}
+
+
+# Scalar arguments called with a float and then with the same integer value.
+_SAME_VALUE_CALLS = {
+    "route": lambda v: ur.route(CLUSTERS, PSI, COST, v).choice,
+    "route_list": lambda v: ur.route(CLUSTERS, PSI, COST, [0, v]).choice,
+    "Router.route": lambda v: _ROUTER.route(X_TEST, v).choice,
+    "choose_models": lambda v: ur.choose_models(GAMMA, COST, v),
+    "excess_risk": lambda v: ur.excess_risk(GAMMA, LOSS, COST, v),
+    "operating_point": lambda v: ur.operating_point(GAMMA, COST, max_cost=v),
+    "cluster_errors": lambda v: ur.cluster_errors(
+        CLUSTERS, LOSS, num_clusters=K, prior_strength=v).psi,
+    "Router.add_models": lambda v: _ROUTER.add_models(
+        ["e"], X, LOSS[:, :1], COST[:1], prior_strength=v, warn_below=None).psi,
+    "cluster_posterior_interval": lambda v: ur.cluster_posterior(
+        CLUSTERS, LOSS, num_clusters=K).interval(v),
+    "beta_quantile": lambda v: ur.beta_quantile(PSI, 1 - PSI, v),
+    "curve_from_points": lambda v: ur.curve_from_points(
+        COST, np.array([0.3, 0.5, 0.4, 0.8], np.float32), max_cost=4 * v,
+        best_quality=v),
+    "deferral_metrics": lambda v: ur.deferral_metrics(
+        ur.deferral_curve(GAMMA, LOSS, COST), rtol=v - 1),
+    "zero_router_route": lambda v: ur.zero_router_route(
+        jax.random.key(0), ur.zero_router_hull(LOSS.mean(0), COST), v,
+        num_prompts=N),
+    "kmeans": lambda v: ur.kmeans(jax.random.key(0), X, num_clusters=K,
+                                  tol=v - 1, max_iter=5),
+    "cluster_map_loss": lambda v: ur.cluster_map_loss(SOFT, PSI, LOSS,
+                                                      eps=v - 1),
+    "fit_mlp": lambda v: ur.predict_loss(ur.fit_mlp(
+        jax.random.key(0), X, LOSS, hidden=(3,), epochs=1, batch_size=8,
+        learning_rate=v / 100), X),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SAME_VALUE_CALLS))
+def test_an_integer_scalar_is_the_float_of_its_value(name):
+  """1 and 1.0 are one value to the user: one result and one trace."""
+  call = _SAME_VALUE_CALLS[name]
+  expected = call(1.0)
+  with no_retrace():
+    _close(call(1), expected, 0)
+
+
+def test_a_numpy_integer_neighbour_count_is_traced():
+  """np.int32(k) is an array to JAX, so it is traced here too: a new k is
+  not a new program."""
+  call = lambda k: ur.knn_predicted_loss(X_TEST, X, LOSS, num_neighbors=k)
+  call(np.int32(3))
+  with no_retrace():
+    got = call(np.int32(5))
+  _close(got, call(5), 0)
 
 
 def test_every_public_numerical_function_has_a_case():

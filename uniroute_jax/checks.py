@@ -272,6 +272,9 @@ def _array_doc(name, ndim, shape_doc, found) -> str:
 
 def float_array(name: str, x, *, ndim, shape_doc: str = ""):
   """:func:`array` that must not be complex (losses, costs, embeddings)."""
+  if type(x) is int:
+    # 3 and 3.0 are one value: one dtype, one trace.
+    x = scalar(name, x)
   x = array(name, x, ndim=ndim, shape_doc=shape_doc)
   if jnp.issubdtype(x.dtype, jnp.complexfloating):
     raise ValueError(f"{name} must be real, got dtype {x.dtype}")
@@ -414,10 +417,28 @@ def shown(value) -> str:
 
 
 def scalar(name: str, x):
-  """A real scalar (a Python number, a 0-d array or a tracer)."""
+  """A real scalar (a Python number, a 0-d array or a tracer), as a kernel
+  is to take it: a Python number as a Python float, so that 2 and 2.0 are
+  one value and one trace; anything else as :func:`float_array` returns it.
+  """
   if isinstance(x, bool):
     raise ValueError(f"{name} must be a number, got {x!r}")
-  x = float_array(name, x, ndim=0, shape_doc="(a scalar)")
+  if type(x) in (int, float):
+    try:
+      return float(x)
+    except OverflowError:
+      raise ValueError(f"{name} must be a float, got an integer of "
+                       f"{len(str(abs(x)))} digits") from None
+  return float_array(name, x, ndim=0, shape_doc="(a scalar)")
+
+
+def lambdas(x):
+  """Cost trade-offs ``lambdas``: a scalar or [L], as a kernel is to take
+  them. Host integers become floats (kernels cast lambdas to their compute
+  dtype anyway), so ``3`` and ``3.0`` trace once."""
+  x = float_array("lambdas", x, ndim=(0, 1), shape_doc="(a scalar or [L])")
+  if isinstance(x, np.ndarray) and not np.issubdtype(x.dtype, np.floating):
+    x = x.astype(np.float64)
   return x
 
 

@@ -174,7 +174,7 @@ def cluster_map_loss(phi, psi, errors, mask=None, *, eps=None) -> Array:
         f"errors must have shape {(n, m)} ([n, m] from phi and psi), "
         f"got {errors.shape}")
   mask = checks.mask("mask", mask, (n, m))
-  _check_eps(eps)
+  eps = _check_eps(eps)
   return _loss_kernel(phi, psi, errors, mask, eps,
                       dtype=checks.compute_dtype(phi, psi, errors))
 
@@ -319,7 +319,7 @@ def fit_cluster_map(key, embeddings, errors, psi, *, mask=None,
   if psi.shape[0] < 1:
     raise ValueError(f"psi [k, m] must have at least one row, got {psi.shape}")
   cluster_mask = checks.mask("cluster_mask", cluster_mask, psi.shape[:1])
-  _check_eps(eps)
+  eps = _check_eps(eps)
   if batch_norm and fit.batch_size < 2:
     raise ValueError(
         f"batch_size must be at least 2 with batch_norm (a batch of one has "
@@ -427,9 +427,8 @@ def _check_momentum(momentum) -> float:
   return float(momentum)
 
 
-def _check_eps(eps) -> None:
-  if eps is not None:
-    checks.scalar("eps", eps)
+def _check_eps(eps):
+  return None if eps is None else checks.scalar("eps", eps)
 
 
 def _eps(eps, dtype):

@@ -503,7 +503,7 @@ def kmeans(key, x, *, num_clusters: int | None = None, active_clusters=None,
   max_iter = checks.positive_int("max_iter", max_iter)
   weights = checks.weights("weights", weights, n)
   if tol is not None:
-    checks.scalar("tol", tol)
+    tol = checks.scalar("tol", tol)
   if active_clusters is not None:
     checks.integer_array("active_clusters", active_clusters, ndim=0,
                          shape_doc="(a scalar)")

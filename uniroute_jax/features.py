@@ -89,11 +89,9 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
   if is_empirical_bayes(prior_strength):
     return cluster_posterior(membership, loss, num_clusters=num_clusters,
                              mask=mask, weights=weights).errors
-  membership, loss, mask, weights, k, dtype = _check_errors_args(
-      membership, loss, num_clusters, mask, weights, prior_strength)
-  if isinstance(prior_strength, (int, np.integer)):
-    # 2 and 2.0 are one value: one trace.
-    prior_strength = float(prior_strength)
+  membership, loss, mask, weights, prior_strength, k, dtype = (
+      _check_errors_args(membership, loss, num_clusters, mask, weights,
+                         prior_strength))
   return _cluster_errors(membership, loss, mask, weights, prior_strength,
                          num_clusters=k, dtype=dtype)
 
@@ -137,7 +135,7 @@ def _check_errors_args(membership, loss, num_clusters, mask, weights,
   mask = checks.mask("mask", mask, (n, m))
   weights = checks.weights("weights", weights, n)
   if prior_strength is not None:
-    checks.scalar("prior_strength", prior_strength)
+    prior_strength = checks.scalar("prior_strength", prior_strength)
   membership = checks.array(
       "membership", membership, ndim=(1, 2),
       shape_doc="[n] (clusters) or [n, k] (probabilities)")
@@ -157,7 +155,7 @@ def _check_errors_args(membership, loss, num_clusters, mask, weights,
       raise ValueError("num_clusters must be given with a hard assignment")
     k = checks.positive_int("num_clusters", num_clusters)
     dtype = checks.compute_dtype(loss)
-  return membership, loss, mask, weights, k, dtype
+  return membership, loss, mask, weights, prior_strength, k, dtype
 
 
 def mean_loss(loss, mask, w=None):
@@ -274,18 +272,21 @@ class ClusterPosterior(NamedTuple):
     with no prior and no prompt gets the prior mean."""
     return beta_quantile(self.alpha, self.beta, q, fallback=self.mean)
 
-  def interval(self, level=0.9) -> tuple[Array, Array]:
+  def interval(self, level=None) -> tuple[Array, Array]:
     """([k, m] low, [k, m] high): the central credible interval holding
-    ``level`` (traced, in [0, 1]) of the posterior; [0, 1] for a cell with
-    neither a prior nor a prompt."""
-    level = checks.scalar("level", level)
+    ``level`` (traced, in [0, 1]; default 0.9) of the posterior; [0, 1] for
+    a cell with neither a prior nor a prompt."""
+    if level is not None:
+      level = checks.scalar("level", level)
     return _interval(self.alpha, self.beta, self.mean, level,
                      dtype=checks.compute_dtype(self.alpha))
 
 
 @checks.kernel(static_argnames=("dtype",))
 def _interval(alpha, beta, mean, level, *, dtype):
-  level = level.astype(dtype)
+  # The default is a constant of the program: a host default passed in
+  # would be copied to the device on every call.
+  level = jnp.asarray(0.9 if level is None else level, dtype)
   checks.require((level >= 0) & (level <= 1),
                  "interval: level must lie in [0, 1], got {}", level)
   # A cell with neither a prior nor a prompt could hold any error rate.
@@ -337,8 +338,9 @@ def cluster_posterior(membership, loss, *, num_clusters: int | None = None,
   """
   if is_empirical_bayes(prior_strength):
     prior_strength = None
-  membership, loss, mask, weights, k, dtype = _check_errors_args(
-      membership, loss, num_clusters, mask, weights, prior_strength)
+  membership, loss, mask, weights, prior_strength, k, dtype = (
+      _check_errors_args(membership, loss, num_clusters, mask, weights,
+                         prior_strength))
   return _cluster_posterior(membership, loss, mask, weights, prior_strength,
                             num_clusters=k, dtype=dtype)
 

@@ -295,8 +295,8 @@ def curve_from_points(cost, quality, *, max_cost, best_quality, valid=None
   cost = checks.float_array("cost", cost, ndim=1, shape_doc="[p]")
   quality = checks.float_array("quality", quality, ndim=1, shape_doc="[p]")
   checks.same_size("cost", cost.shape[0], "quality", quality.shape[0], "points")
-  checks.scalar("max_cost", max_cost)
-  checks.scalar("best_quality", best_quality)
+  max_cost = checks.scalar("max_cost", max_cost)
+  best_quality = checks.scalar("best_quality", best_quality)
   valid = checks.mask("valid", valid, cost.shape)
   return _curve_from_points(cost, quality, max_cost, best_quality, valid,
                             dtype=checks.compute_dtype(cost, quality))
@@ -420,7 +420,7 @@ def deferral_metrics(curve: DeferralCurve, *, rtol=None) -> DeferralMetrics:
   """
   curve = _check_curve(curve)
   if rtol is not None:
-    checks.scalar("rtol", rtol)
+    rtol = checks.scalar("rtol", rtol)
   return _deferral_metrics(curve, rtol)
 
 

@@ -157,11 +157,6 @@ def _cluster_rule(membership, psi, loss, cost):
   return membership, psi, loss, cost, n, m
 
 
-def _lambdas(lambdas):
-  return checks.float_array("lambdas", lambdas, ndim=(0, 1),
-                            shape_doc="(a scalar or [L])")
-
-
 def excess_risk(predicted_loss, loss, cost, lambdas, *, mask=None,
                 pool_mask=None, weights=None, routing_cost=None) -> ExcessRisk:
   """Risk of routing by ``predicted_loss`` and of the per-prompt oracle.
@@ -196,7 +191,7 @@ def excess_risk(predicted_loss, loss, cost, lambdas, *, mask=None,
   if gamma.shape != loss.shape:
     raise ValueError(f"predicted_loss must have shape {loss.shape} like loss, "
                      f"got {gamma.shape}")
-  lambdas = _lambdas(lambdas)
+  lambdas = checks.lambdas(lambdas)
   return _excess_risk(gamma, loss, cost, lambdas,
                       *_common(n, m, mask, pool_mask, weights, routing_cost),
                       dtype=checks.compute_dtype(gamma, loss, cost))
@@ -227,7 +222,7 @@ def excess_decomposition(membership, psi, loss, cost, lambdas, *, mask=None,
   """
   membership, psi, loss, cost, n, m = _cluster_rule(membership, psi, loss,
                                                     cost)
-  lambdas = _lambdas(lambdas)
+  lambdas = checks.lambdas(lambdas)
   return _excess_decomposition(
       membership, psi, loss, cost, lambdas,
       *_common(n, m, mask, pool_mask, weights, routing_cost),

@@ -461,17 +461,23 @@ class Router:
       checks.host_labelled("mask", host_mask, names)
     if weights is not None:
       checks.host_positive_weights("weights", checks.weights("weights", weights, n))
-    if prior_strength is None:
+    own_rule = prior_strength is None
+    if own_rule:
       prior_strength = self._psi_prior
-    if prior_strength is not None and not isinstance(prior_strength, str):
-      checks.host_nonnegative("prior_strength",
-                              checks.scalar("prior_strength", prior_strength))
+    elif not isinstance(prior_strength, str):
+      prior_strength = checks.scalar("prior_strength", prior_strength)
+      checks.host_nonnegative("prior_strength", prior_strength)
     if warn_below is not None:
       warn_below = checks.positive_int("warn_below", warn_below)
     groups = membership()
-    errors = features.cluster_errors(
-        groups, loss, num_clusters=self.num_clusters, mask=mask,
-        weights=weights, prior_strength=prior_strength)
+    if own_rule:
+      errors = _errors_by_rule(groups, loss, mask, weights,
+                               num_clusters=self.num_clusters,
+                               rule=prior_strength)
+    else:
+      errors = features.cluster_errors(
+          groups, loss, num_clusters=self.num_clusters, mask=mask,
+          weights=weights, prior_strength=prior_strength)
     if warn_below is not None and host_mask is not None and checks.is_host(loss):
       # A traced strength is not known to be 0: the warning then assumes
       # shrinkage, as it does for the empirical-Bayes rule.
@@ -671,6 +677,17 @@ def _embedder_text(embedder) -> str | None:
 
 
 # ---------------------------------------------------------------- validation
+
+
+@checks.kernel(static_argnames=("num_clusters", "rule"))
+def _errors_by_rule(groups, loss, mask, weights, *, num_clusters, rule):
+  """``cluster_errors`` under a router's own :attr:`Router.psi_prior`. The
+  rule is static metadata of the router, so it is a constant of the
+  program: as a traced scalar it would be copied to the device on every
+  call."""
+  return features.cluster_errors(groups, loss, num_clusters=num_clusters,
+                                 mask=mask, weights=weights,
+                                 prior_strength=rule)
 
 
 def _warn_thin(names, membership, mask, warn_below: int, k: int, *,

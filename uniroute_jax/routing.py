@@ -101,11 +101,6 @@ def _check_models(name: str, x) -> None:
                      f"{tuple(x.shape)}")
 
 
-def _check_lambdas(lambdas):
-  return checks.float_array("lambdas", lambdas, ndim=(0, 1),
-                            shape_doc="(a scalar or [L])")
-
-
 def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
   """argmin_m predicted_loss[i, m] + lambda * cost[(i,) m] over available LLMs.
 
@@ -125,7 +120,7 @@ def choose_models(predicted_loss, cost, lambdas, *, pool_mask=None) -> Array:
   _check_models("predicted_loss", gamma)
   n, m = gamma.shape
   cost = checks.cost("cost", cost, n, m)
-  lambdas = _check_lambdas(lambdas)
+  lambdas = checks.lambdas(lambdas)
   pool_mask = _check_pool(pool_mask, m)
   return _choose_jit(gamma, cost, lambdas, pool_mask,
                      dtype=checks.compute_dtype(gamma, cost))
@@ -298,7 +293,7 @@ def route(membership, psi, cost, lambdas, *, pool_mask=None) -> RoutingResult:
   membership = checks.membership(membership, k)
   n = membership.shape[0]
   cost = checks.cost("cost", cost, n, m)
-  lambdas = _check_lambdas(lambdas)
+  lambdas = checks.lambdas(lambdas)
   pool_mask = _check_pool(pool_mask, m)
   return _route(membership, psi, cost, lambdas, pool_mask,
                 dtype=checks.membership_dtype(membership, psi, cost))

@@ -62,8 +62,10 @@ def knn_predicted_loss(query, reference, reference_loss, *, num_neighbors,
     query: [n, d] embeddings of the prompts to route.
     reference: [v, d] embeddings of the labelled (validation) prompts.
     reference_loss: [v, m] loss of each LLM on the reference prompts.
-    num_neighbors: k in [1, v]: an int, or a traced int scalar (new values
-      do not recompile; one outside [1, v] counts as the nearest bound).
+    num_neighbors: k in [1, v]: a Python int (a constant of the program),
+      or an integer scalar array, JAX or NumPy (``np.int32(5)`` included),
+      which is traced: new values do not recompile, and one outside [1, v]
+      counts as the nearest bound.
     mask: optional [v, m] bool, False where a reference label is missing;
       the mean runs over the neighbours that are labelled for that LLM.
     metric: "cosine" (similarity of the normalised embeddings) or
@@ -84,7 +86,7 @@ def knn_predicted_loss(query, reference, reference_loss, *, num_neighbors,
                                                mask, metric)
   v = loss.shape[0]
   static_k = None
-  if isinstance(num_neighbors, (jax.Array, np.ndarray)):
+  if isinstance(num_neighbors, (jax.Array, np.ndarray, np.integer)):
     k = checks.integer_array("num_neighbors", num_neighbors, ndim=0,
                              shape_doc="(a scalar)")
   else:

@@ -100,7 +100,7 @@ def zero_router_route(key, hull: ParetoHull, budget, *, num_prompts: int
   checks.prng_key("key", key)
   hull = _check_hull(hull)
   n = checks.positive_int("num_prompts", num_prompts)
-  checks.scalar("budget", budget)
+  budget = checks.scalar("budget", budget)
   return _route(key, hull, budget, num_prompts=n)
 
 

@@ -120,7 +120,7 @@ def check_fit_inputs(key, embeddings, errors, *, mask, learning_rate,
                      f"got {x.shape} and {errors.shape}")
   mask = checks.mask("mask", mask, errors.shape)
   if learning_rate is not None:
-    checks.scalar("learning_rate", learning_rate)
+    learning_rate = checks.scalar("learning_rate", learning_rate)
   if select is not None:
     select = check_selection(select, d, m)
   return FitInputs(x, errors, mask, learning_rate,
