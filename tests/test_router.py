@@ -152,6 +152,25 @@ def test_exact_ties_go_to_cheaper_then_lower_index():
       np.asarray(router.route(x, 0.0, models=["a", "c", "d"]).choice), [2, 2])
 
 
+def test_infinite_lambda_routes_to_the_cheapest_most_accurate_llm():
+  """+inf is the rule's limit, as for ``route``: the cheapest LLMs tie on
+  cost, and the lower predicted loss among them wins; NaN is refused."""
+  x = np.array([[0.0], [10.0]])
+  router = Router(centroids=np.array([[0.0], [10.0]]))
+  loss = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+  router = router.add_models(["a", "b", "c"], x, loss, [1.0, 1.0, 5.0],
+                             warn_below=None)
+  np.testing.assert_array_equal(
+      np.asarray(router.route(x, np.array([0.0, np.inf])).choice),
+      [[0, 1], [0, 1]])
+  np.testing.assert_array_equal(
+      np.asarray(router.route(x, np.inf, models=["b", "c"]).choice), [1, 1])
+  with pytest.raises(ValueError, match="lambdas must not be NaN"):
+    router.route(x, np.nan)
+  with pytest.raises(ValueError, match="lambdas must be non-negative"):
+    router.route(x, -np.inf)
+
+
 def test_weights_and_prior_strength_match_numpy():
   p = problem(seed=1)
   w = np.random.default_rng(1).uniform(0.0, 2.0, len(p["x_val"]))
@@ -560,7 +579,7 @@ def test_host_values_are_checked_where_they_enter():
       ["a", "b"], x, loss, [1.0, 2.0])
   for call, match in [
       (lambda: router.route(np.full((2, 3), np.nan), 0.0), "embeddings must be finite"),
-      (lambda: router.route(x[:3], np.nan), "lambdas must be finite"),
+      (lambda: router.route(x[:3], np.nan), "lambdas must not be NaN"),
       (lambda: router.route(x[:3], -5.0), "lambdas must be non-negative"),
       (lambda: router.route(x[:3], "a"), "lambdas must be a numeric"),
       (lambda: Router.from_kmeans(key, x, num_clusters=2,

@@ -515,8 +515,14 @@ def host_in_range(name: str, x, low: float, high: float, where=None) -> None:
         f"{shown(values[~inside].flat[0])}")
 
 
-def host_nonnegative(name: str, x) -> None:
-  host_finite(name, x)
+def host_nonnegative(name: str, x, *, allow_inf: bool = False) -> None:
+  """Host values are non-negative and finite (or +inf, with ``allow_inf``)."""
+  if allow_inf:
+    values = host_values(x)
+    if values is not None and np.any(np.isnan(values)):
+      raise ValueError(f"{name} must not be NaN")
+  else:
+    host_finite(name, x)
   values = host_values(x)
   if values is not None and values.size and np.any(values < 0):
     raise ValueError(f"{name} must be non-negative, found "

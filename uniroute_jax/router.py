@@ -507,9 +507,12 @@ class Router:
     Args:
       embeddings: [n, d] prompt embeddings.
       lambdas: a scalar or [L] non-negative cost trade-offs (traced: new
-        values do not recompile).
+        values do not recompile); +inf picks the cheapest LLM (the most
+        accurate of the cheapest), as in :func:`~uniroute_jax.routing.route`.
       models: optional names of the LLMs available now (a subset of the
-        pool, passed on as a pool mask: no recompilation); default: all.
+        pool, passed on as a traced pool mask: the first call with
+        ``models`` compiles once, and every other subset reuses that
+        program); default: all.
 
     Returns:
       A :class:`~uniroute_jax.routing.RoutingResult` whose ``choice`` ([n]
@@ -527,9 +530,8 @@ class Router:
           np.array([name in available for name in self._models]))
     x = self._map.check_embeddings(embeddings)
     checks.host_finite("embeddings", x)
-    lambdas = checks.float_array("lambdas", lambdas, ndim=(0, 1),
-                                 shape_doc="(a scalar or [L])")
-    checks.host_nonnegative("lambdas", lambdas)
+    lambdas = checks.lambdas(lambdas)
+    checks.host_nonnegative("lambdas", lambdas, allow_inf=True)
     return routing.route(self.membership(x), self._psi, self._cost,
                          lambdas, pool_mask=pool_mask)
 
