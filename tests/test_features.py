@@ -181,11 +181,16 @@ def test_bad_values_are_caught_under_checkify(bad, match):
     checked(cluster_errors)(args.pop("membership"), args.pop("loss"), **args)
 
 
-def test_an_index_outside_the_clusters_leaves_its_prompt_out():
+def test_an_index_outside_the_clusters_puts_its_prompt_in_no_cluster():
+  """Its prompt is in no cell, but still one of the LLM's labels: it counts
+  in the overall mean, which an empty cluster falls back to."""
   loss = np.array([[0.0], [1.0], [1.0]])
-  out = jax.jit(lambda c: cluster_errors(c, loss, num_clusters=2).psi)(
+  out = jax.jit(lambda c: cluster_errors(c, loss, num_clusters=3))(
       np.array([0, 5, 1]))
-  np.testing.assert_allclose(np.asarray(out)[:, 0], [0.0, 1.0])
+  np.testing.assert_allclose(np.asarray(out.psi)[:, 0], [0.0, 1.0, 2 / 3],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(out.counts)[:, 0], [1, 1, 0])
+  np.testing.assert_allclose(np.asarray(out.overall), [2 / 3], rtol=1e-6)
 
 
 def test_an_llm_with_no_label_is_assumed_always_wrong():

@@ -76,8 +76,11 @@ def cluster_errors(membership, loss, *, num_clusters: int | None = None,
   Returns:
     A :class:`ClusterErrors`. An LLM with no labelled prompt at all is
     assumed always wrong: ``overall`` and its ``psi`` are 1
-    (:func:`mean_loss`). A hard cluster index outside [0, k) leaves its
-    prompt out. Values are not checked (see :mod:`uniroute_jax.checks`).
+    (:func:`mean_loss`). A hard cluster index outside [0, k) puts its
+    prompt in no cluster: it adds to no cell's counts or sums, but it is
+    one of the LLM's labelled prompts, so it still counts in ``overall``
+    (the fallback and the shrinkage target). Values are not checked (see
+    :mod:`uniroute_jax.checks`).
 
   Examples:
     >>> import numpy as np
