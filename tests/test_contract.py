@@ -419,6 +419,33 @@ def test_an_integer_scalar_is_the_float_of_its_value(name):
     _close(call(1), expected, 0)
 
 
+_NAN_GAMMA = np.array([[0.1, np.nan], [0.2, 0.3]], np.float32)
+_TWO_COSTS = np.array([1.0, 2.0], np.float32)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ur.switch_path(_NAN_GAMMA, _TWO_COSTS),
+     "switch_path: predicted_loss must be finite"),
+    (lambda: ur.operating_point(_NAN_GAMMA, _TWO_COSTS, max_cost=1.5),
+     "operating_point: predicted_loss must be finite"),
+    (lambda: ur.operating_point(_NAN_GAMMA[1:], -_TWO_COSTS, max_cost=1.5),
+     "operating_point: cost must be finite and non-negative"),
+    (lambda: ur.deferral_curve(_NAN_GAMMA, np.ones((2, 2)), _TWO_COSTS),
+     "deferral_curve: predicted_loss must be finite"),
+    (lambda: ur.deferral_curve(_NAN_GAMMA[1:], np.ones((1, 2)), _TWO_COSTS,
+                               routing_cost=-_TWO_COSTS),
+     "deferral_curve: routing_cost must be finite and non-negative"),
+    (lambda: ur.zero_router_hull(_NAN_GAMMA[0], _TWO_COSTS),
+     "zero_router_hull: mean_loss must be finite"),
+], ids=["switch_path", "operating_point", "operating_point_cost",
+        "deferral_curve", "deferral_curve_routing_cost", "zero_router_hull"])
+def test_a_failed_value_check_names_the_function_called(call, message):
+  """Under ``checked``, a function built on another names itself and its
+  own argument, not the function it calls."""
+  with pytest.raises(ValueError, match=f"^{message}$"):
+    ur.checked(lambda: call())()
+
+
 def test_a_numpy_integer_neighbour_count_is_traced():
   """np.int32(k) is an array to JAX, so it is traced here too: a new k is
   not a new program."""

@@ -399,11 +399,12 @@ def require_membership(membership, k: int, where: str) -> None:
             f"{where}: membership must be non-negative")
 
 
-def require_costs(cost, lambdas=None, where: str = "route") -> None:
+def require_costs(cost, lambdas=None, where: str = "route",
+                  cost_name: str = "cost") -> None:
   """:func:`require` that costs are finite and non-negative, and so are
   the lambdas when given."""
   require(jnp.all(cost >= 0) & jnp.all(jnp.isfinite(cost)),
-          f"{where}: cost must be finite and non-negative")
+          f"{where}: {cost_name} must be finite and non-negative")
   if lambdas is not None:
     require(jnp.all(lambdas >= 0), f"{where}: lambdas must be non-negative")
 

@@ -185,6 +185,9 @@ def _deferral_curve(gamma, truth, cost, pool_mask, w, routing_cost, *, dtype):
   truth = jnp.where(w[:, None] > 0, truth, 0.0)
   cost = jnp.broadcast_to(cost, gamma.shape)
   routing_cost = cost if routing_cost is None else routing_cost.astype(dtype)
+  routing.require_path_inputs(gamma, cost, "deferral_curve")
+  routing.require_path_inputs(gamma, routing_cost, "deferral_curve",
+                              cost_name="routing_cost")
   path = routing.switch_path(gamma, routing_cost, pool_mask=pool)
   rows = jnp.arange(n)
   total = jnp.sum(w)

@@ -349,12 +349,22 @@ def switch_path(predicted_loss, cost, *, pool_mask=None) -> SwitchPath:
                           dtype=checks.compute_dtype(gamma_, cost))
 
 
+def require_path_inputs(predicted_loss, cost, where: str,
+                        loss_name: str = "predicted_loss",
+                        cost_name: str = "cost") -> None:
+  """:func:`checks.require` what a switch path needs (finite predicted
+  losses, finite non-negative costs), naming ``where``: a function built on
+  :func:`switch_path` checks first, so that a failure names the function
+  the user called."""
+  checks.require(jnp.all(jnp.isfinite(predicted_loss)),
+                 f"{where}: {loss_name} must be finite")
+  checks.require_costs(cost, None, where, cost_name)
+
+
 @checks.kernel(static_argnames=("dtype",))
 def _switch_path_jit(gamma_, cost, pool_mask, *, dtype):
   gamma_, cost = gamma_.astype(dtype), cost.astype(dtype)
-  checks.require(jnp.all(jnp.isfinite(gamma_)),
-                 "switch_path: predicted_loss must be finite")
-  checks.require_costs(cost, None, "switch_path")
+  require_path_inputs(gamma_, cost, "switch_path")
   pool = checks.availability(pool_mask, gamma_.shape[1])
   n, m = gamma_.shape
   cost = jnp.broadcast_to(cost, gamma_.shape)
@@ -468,6 +478,7 @@ def _operating_point_jit(gamma_, cost, pool_mask, budget, *, by_cost, dtype):
   gamma_, cost = gamma_.astype(dtype), cost.astype(dtype)
   budget = jnp.asarray(budget, dtype)
   n, m = gamma_.shape
+  require_path_inputs(gamma_, cost, "operating_point")
   path = _switch_path_jit(gamma_, cost, pool_mask, dtype=dtype)
   rows = jnp.arange(n)
   start = jnp.maximum(path.start, 0)

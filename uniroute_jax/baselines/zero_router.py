@@ -59,6 +59,7 @@ def zero_router_hull(mean_loss, cost, *, pool_mask=None) -> ParetoHull:
 @checks.kernel(static_argnames=("dtype",))
 def _hull(mean_loss, cost, pool_mask, *, dtype):
   mean_loss, cost = mean_loss.astype(dtype), cost.astype(dtype)
+  routing.require_path_inputs(mean_loss, cost, "zero_router_hull", "mean_loss")
   path = routing.switch_path(mean_loss[None], cost, pool_mask=pool_mask)
   # The path walks from the most accurate vertex down to the cheapest one.
   steps = jnp.concatenate([path.start, path.choice[:, 0]])
